@@ -1,0 +1,37 @@
+# ConCluGen reproduction: download -> manifest -> probe -> ... -> tables.
+# `snakemake --profile slurm all` runs the paper config (config/config.yaml);
+# `snakemake --configfile config/demo.yaml ...` runs the embedded demo instead (not merged).
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# The package of this checkout; jobs import it from the venv (`pip install -e .`).
+sys.path.insert(0, workflow.basedir)
+
+from conclugen.config import ConfigError, load_checked
+
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+try:
+    load_checked(config, Path(workflow.basedir) / "config" / "schema.yaml")
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/manifest.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{dataset}/manifest.parquet", dataset=DATASETS),
+        expand("results/{dataset}/failures.tsv", dataset=DATASETS),

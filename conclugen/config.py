@@ -1,0 +1,102 @@
+"""Config validation: JSON Schema (draft 2020-12) plus the checks a schema cannot express.
+
+The Snakefile calls :func:`load_checked` before any rule is defined, so an unknown key, a wrong
+type or a missing input path is refused before a single job runs, with the key named.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+
+class ConfigError(ValueError):
+    """The config does not satisfy the schema or names a path that does not exist."""
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in schema ``default`` values while it validates (jsonschema FAQ)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _describe(error) -> str:
+    """One line per error that names the offending key, the way a user reads their YAML."""
+    where = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        names = ", ".join(f"{where}.{k}" if error.absolute_path else k for k in extra)
+        return f"unknown key {names} (allowed here: {', '.join(allowed)})"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def validate(config: dict[str, Any], schema_path: str | os.PathLike) -> dict[str, Any]:
+    """Validate ``config`` in place against the schema, filling defaults; raise ConfigError."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
+        raise ConfigError(f"invalid config ({len(errors)} problem(s)):\n{lines}")
+    return config
+
+
+def produced_by_workflow(path: str, config: dict[str, Any]) -> bool:
+    """Whether ``path`` is written by the workflow itself (the demo's look-alike archives)."""
+    look = config.get("lookalike", {})
+    if not look.get("enabled"):
+        return False
+    root = os.path.normpath(look["root"])
+    return os.path.normpath(path).startswith(root + os.sep)
+
+
+def missing_paths(config: dict[str, Any]) -> list[str]:
+    """User-supplied input paths named by ``config`` that do not exist, as ``key: path`` lines."""
+    problems = []
+    for name, ds in config.get("datasets", {}).items():
+        if not ds.get("enabled", True):
+            continue
+        for i, archive in enumerate(ds["source"]["archives"]):
+            path = archive.get("path")
+            if path is None or produced_by_workflow(path, config):
+                continue
+            if not glob.glob(path):
+                problems.append(f"datasets.{name}.source.archives.{i}.path: {path} does not exist")
+    exclusions = config.get("exclusions")
+    if exclusions and not Path(exclusions).exists():
+        problems.append(f"exclusions: {exclusions} does not exist")
+    return problems
+
+
+def load_checked(config: dict[str, Any], schema_path: str | os.PathLike) -> dict[str, Any]:
+    """Schema validation, then existence of every user-supplied path; raise ConfigError."""
+    validate(config, schema_path)
+    problems = missing_paths(config)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"config names paths that do not exist:\n{lines}")
+    return config
+
+
+def enabled_datasets(config: dict[str, Any]) -> list[str]:
+    return [name for name, ds in config["datasets"].items() if ds["enabled"]]

@@ -1,0 +1,1 @@
+"""Dataset adapters, manifests, media probing and the look-alike generator."""

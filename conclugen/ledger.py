@@ -1,0 +1,95 @@
+"""The failure ledger: bad samples are recorded and skipped, never allowed to kill a shard.
+
+Every stage that touches samples keeps a :class:`FailureLedger`, writes it as a TSV next to its
+output (``results/{dataset}/failures/{stage}/{shard}.tsv``) and calls :meth:`FailureLedger.check`
+before publishing: more than ``max_fraction`` of the shard's samples dropped fails the stage
+loudly, because a silent "everything skipped" run is the worst outcome.
+
+Columns: ``sample_id``, ``stage``, ``reason`` and ``action``: ``dropped`` (the sample leaves
+the pipeline from this stage on) or ``kept`` (a defect worth knowing, e.g. silent audio, that
+later stages handle through the modality presence mask).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conclugen.io import atomic_path
+
+COLUMNS = ("sample_id", "stage", "reason", "action")
+log = logging.getLogger("conclugen")
+
+
+class TooManyFailures(RuntimeError):
+    """More than the configured fraction of a stage's samples failed."""
+
+
+@dataclass
+class FailureLedger:
+    """Failures of one stage on one shard."""
+
+    stage: str
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def drop(self, sample_id: str, reason: str) -> None:
+        """Record a sample that is skipped from this stage on."""
+        self._add(sample_id, reason, "dropped")
+
+    def keep(self, sample_id: str, reason: str) -> None:
+        """Record a defect of a sample that stays in the pipeline."""
+        self._add(sample_id, reason, "kept")
+
+    def _add(self, sample_id: str, reason: str, action: str) -> None:
+        # One line per record: tabs and newlines inside a reason would break the TSV.
+        reason = " ".join(str(reason).split())
+        log.warning("%s: %s %s (%s)", self.stage, action, sample_id, reason)
+        self.rows.append((str(sample_id), self.stage, reason, action))
+
+    @property
+    def dropped(self) -> set[str]:
+        return {r[0] for r in self.rows if r[3] == "dropped"}
+
+    def check(self, total: int, max_fraction: float) -> None:
+        """Raise :class:`TooManyFailures` if over ``max_fraction`` of ``total`` were dropped."""
+        n = len(self.dropped)
+        if total == 0:
+            return
+        if n / total > max_fraction:
+            reasons = Counter(r[2] for r in self.rows if r[3] == "dropped").most_common(3)
+            raise TooManyFailures(
+                f"stage {self.stage!r}: {n} of {total} samples failed "
+                f"({n / total:.1%} > max_failure_fraction {max_fraction:.1%}); "
+                f"most common reasons: {reasons}"
+            )
+
+    def write(self, path: str | os.PathLike) -> None:
+        write_rows(self.rows, path)
+
+
+def write_rows(rows: Iterable[tuple[str, ...]], path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+
+
+def read_ledger(path: str | os.PathLike) -> list[tuple[str, ...]]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = tuple(next(reader))
+        if header != COLUMNS:
+            raise ValueError(f"{path}: not a failure ledger (header {header})")
+        return [tuple(row) for row in reader]
+
+
+def merge_ledgers(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> int:
+    """Concatenate per-stage, per-shard ledgers into one TSV sorted by sample and stage."""
+    rows = sorted(row for p in paths for row in read_ledger(Path(p)))
+    write_rows(rows, out)
+    return len(rows)

@@ -1,0 +1,17 @@
+"""Rule lookalike (demo only): write one dataset's synthetic look-alike in its real form."""
+
+from conclugen.data.lookalike import generate
+
+from conclugen.logs import logged
+
+with logged(snakemake.log[0]):
+    cfg = snakemake.params.lookalike
+    generate(
+        root=cfg["root"],
+        datasets=[snakemake.wildcards.dataset],
+        seed=cfg["seed"],
+        bad_fraction=cfg["bad_fraction"],
+        sizes=cfg["sizes"],
+        clip_seconds=tuple(cfg["clip_seconds"]),
+        workers=snakemake.threads,
+    )
