@@ -1,0 +1,439 @@
+"""Stage "download": fetch or pick up a dataset's archives and publish the extracted raw folder.
+
+A dataset's ``source`` config lists its archives in order::
+
+    source:
+      archives:
+        - url: https://host/MELD.Raw.tar.gz   # public archive: resumable HTTP(S) or file://
+          size: 10878146150                   # optional, bytes
+          sha256: null                        # optional
+        - path: /data/vox2/vox2_dev_mp4_parta?   # user-supplied file, or a glob of byte-split parts
+          name: vox2_dev_mp4.zip                 # needed for a glob of parts
+        - path: /data/CAER                    # user-supplied folder already extracted: linked as is
+        - url: http://host/CMU_MOSEI_Labels.csd
+          extract: false                      # plain file, put into the raw folder as is
+      nested: ["MELD.Raw/*.tar.gz"]           # archives inside the tree, extracted in place
+      require: ["MELD.Raw/dev_sent_emo.csv"]  # globs that must match after extraction
+
+Downloads and assembled archives are cached in ``work_dir`` (``results/{dataset}/download/``) so
+that a failed extraction does not download again; once ``raw/`` exists the user may delete them.
+An interrupted download leaves ``<name>.part`` there, and the next run resumes from its length.
+Every user-facing failure raises :class:`DownloadError`.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tarfile
+import time
+import zipfile
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import BinaryIO
+from urllib.error import HTTPError
+from urllib.parse import unquote, urlparse
+from urllib.request import Request, url2pathname, urlopen
+
+from conclugen.io import atomic_path
+from conclugen.progress import progress
+
+log = logging.getLogger("conclugen")
+
+CHUNK = 1 << 20
+LOG_EVERY_S = 10.0
+TRANSIENT_HTTP = (408, 429)  # client-side codes worth retrying; 5xx are always retried
+# What reading a truncated or corrupt archive raises (other OSErrors, e.g. disk full, propagate).
+CORRUPT = (
+    zipfile.BadZipFile,
+    tarfile.ReadError,
+    tarfile.CompressionError,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+)
+
+
+class DownloadError(RuntimeError):
+    """A download, an archive or a source folder is unusable; the message says what to do."""
+
+
+def fetch(url: str, dest, size=None, sha256=None, retries=3, timeout=60) -> Path:
+    """Download ``url`` to ``dest`` resumably and verify it; return ``dest``.
+
+    Bytes go to ``dest + ".part"``; a retry or a later call resumes from its length with an HTTP
+    ``Range`` request (``file://`` URLs seek). ``dest`` appears only after the size and sha256
+    checks passed, so an existing ``dest`` is trusted (only its size is checked again). A dropped
+    connection is retried ``retries`` times, then raises and keeps the partial for the next run;
+    a sha256 mismatch deletes the partial, which is corrupt.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        _check_size(dest, size, str(dest))
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    done, expected, error = 0, size, None
+    for attempt in range(retries + 1):
+        before = part.stat().st_size if part.exists() else 0
+        try:
+            done, expected = _fetch_once(url, part, size, timeout)
+        except HTTPError as e:
+            if e.code < 500 and e.code not in TRANSIENT_HTTP:
+                raise DownloadError(
+                    f"HTTP {e.code} {e.reason} for {url}: the link may be dead; download the "
+                    "file by hand and use a `path` entry in the dataset's source instead"
+                ) from e
+            error = e
+        except (OSError, EOFError) as e:  # URLError, reset, timeout, http.client.IncompleteRead
+            error = e
+        else:
+            if expected is None or done >= expected:
+                break
+            error = "connection closed early"
+        done = part.stat().st_size if part.exists() else 0
+        log.warning(
+            "%s: attempt %d/%d stopped at %d bytes (%s)", url, attempt + 1, retries + 1, done, error
+        )
+        if attempt < retries and done == before:
+            time.sleep(min(2**attempt, 30))  # no progress at all: back off before the next try
+    else:
+        raise DownloadError(
+            f"download of {url} stopped at {done} of {expected or 'unknown'} bytes after "
+            f"{retries + 1} attempts ({error}); the partial file {part} is kept: rerun to resume"
+        )
+    try:
+        _verify(part, size, sha256, url)
+    except DownloadError:
+        part.unlink()
+        raise
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch_once(url: str, part: Path, size, timeout) -> tuple[int, int | None]:
+    """One request from the partial's length on; return (bytes now in ``part``, total or None)."""
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset == size:
+        return offset, size  # complete already (e.g. killed while checking the sha256)
+    stream, start, total = _open(url, offset, timeout)
+    expected = size if size is not None else total
+    if size is not None and total is not None and total != size:
+        stream.close()
+        raise DownloadError(
+            f"{url} has {total} bytes but the source config says size {size}: the file changed "
+            "upstream or the configured size is wrong"
+        )
+    if start < offset:
+        log.warning("%s: server restarted from byte %d instead of %d", url, start, offset)
+    part.touch()
+    with stream, open(part, "r+b") as out:
+        out.truncate(start)
+        out.seek(start)
+        done = _copy(stream, out, start, expected, part.name)
+    return done, expected
+
+
+def _open(url: str, offset: int, timeout) -> tuple[BinaryIO, int, int | None]:
+    """Open ``url`` at byte ``offset``: (stream, the byte it really starts at, total size or None).
+
+    A server that ignores ``Range`` starts at 0; a 416 answer means nothing is left to send.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        path = url2pathname(parsed.path)
+        if not os.path.isfile(path):
+            raise DownloadError(f"{url}: no such file")
+        total = os.path.getsize(path)
+        start = offset if offset <= total else 0
+        stream = open(path, "rb")  # closed by the caller
+        stream.seek(start)
+        return stream, start, total
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        response = urlopen(Request(url, headers=headers), timeout=timeout)
+    except HTTPError as e:
+        if e.code != 416:
+            raise
+        total = _range_total(e.headers.get("Content-Range"))
+        e.close()
+        if total is not None and total != offset:
+            return _open(url, 0, timeout)  # the partial is longer than the file: start over
+        return io.BytesIO(), offset, total
+    if response.status == 206:
+        return response, offset, _range_total(response.headers.get("Content-Range"))
+    length = response.headers.get("Content-Length")
+    return response, 0, int(length) if length else None
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The total size in a ``Content-Range`` header (``bytes 0-9/10`` or ``bytes */10``)."""
+    total = (content_range or "").rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _copy(stream, out, done: int, total: int | None, label: str) -> int:
+    """Copy ``stream`` into ``out`` with a progress line every ~10 s; return the new ``done``."""
+    first, start = done, time.monotonic()
+    last = start
+    while chunk := stream.read(CHUNK):
+        out.write(chunk)
+        done += len(chunk)
+        now = time.monotonic()
+        if now - last >= LOG_EVERY_S:
+            last = now
+            rate = (done - first) / max(now - start, 1e-9)
+            eta = f", ETA {(total - done) / rate:.0f} s" if total and rate > 0 else ""
+            of = f" of {total / 1e9:.2f}" if total else ""
+            log.info("%s: %.2f%s GB (%.1f MB/s%s)", label, done / 1e9, of, rate / 1e6, eta)
+    return done
+
+
+def _check_size(path: Path, size, what: str) -> None:
+    """Raise if ``path`` does not have ``size`` bytes (None: unknown, not checked)."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        state = "truncated" if actual < size else "too large"
+        raise DownloadError(
+            f"{what} is {state}: {actual} bytes, expected {size}; the file is incomplete or a "
+            "different version, or `size` in the source config is wrong"
+        )
+
+
+def _verify(path: Path, size, sha256, what: str) -> None:
+    """Check the size, then the sha256 (both optional) of ``path``, described as ``what``."""
+    _check_size(path, size, what)
+    if sha256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            sink = SimpleNamespace(write=digest.update)
+            _copy(f, sink, 0, path.stat().st_size, f"sha256 of {path.name}")
+        actual = digest.hexdigest()
+        if actual != sha256.lower():
+            raise DownloadError(
+                f"sha256 mismatch for {what}: expected {sha256.lower()}, got {actual}; the file "
+                "is corrupt or a different version"
+            )
+
+
+def assemble(path_or_glob: str, dest, size=None, sha256=None) -> Path:
+    """Verify a user-supplied archive and return its path.
+
+    A single file is verified in place (no copy). A glob matching several files is taken as
+    byte-split parts: they are concatenated in sorted order into ``dest`` atomically, verified,
+    and ``dest`` is returned; an existing ``dest`` is trusted (only its size is checked again).
+    """
+    pattern = os.path.expanduser(str(path_or_glob))
+    parts = [pattern] if os.path.exists(pattern) else sorted(glob.glob(pattern))
+    if not parts:
+        raise DownloadError(
+            f"no file matches {path_or_glob}: download the archive by hand (see the dataset's "
+            "notes) and fix `path` in its source config"
+        )
+    if not all(os.path.isfile(p) for p in parts):
+        raise DownloadError(f"{path_or_glob} must match files only, got {parts}")
+    if len(parts) == 1:
+        _verify(Path(parts[0]), size, sha256, parts[0])
+        return Path(parts[0])
+    dest = Path(dest)
+    what = f"{dest.name} (the {len(parts)} parts matching {path_or_glob}, concatenated)"
+    if dest.exists():
+        _check_size(dest, size, what)
+        return dest
+    log.info("concatenating %d parts matching %s into %s", len(parts), path_or_glob, dest)
+    total = sum(os.path.getsize(p) for p in parts)
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as out:
+            done = 0
+            for p in parts:
+                with open(p, "rb") as f:
+                    done = _copy(f, out, done, total, dest.name)
+        _verify(tmp, size, sha256, what)
+    return dest
+
+
+def archive_format(name: str) -> str | None:
+    """``"zip"``, ``"tar"`` (.tar, .tar.gz, .tgz) or None, from a file name."""
+    name = name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        return "tar"
+    return None
+
+
+def extract(archive, dest_dir, name: str | None = None) -> None:
+    """Extract a zip or tar(.gz) ``archive`` into the existing folder ``dest_dir``.
+
+    The format comes from ``name`` (default: the archive's file name). Members that would land
+    outside ``dest_dir`` (absolute paths, ``..``, links pointing out) are refused; a truncated
+    or corrupt archive raises :class:`DownloadError` naming it.
+    """
+    archive, dest_dir = Path(archive), Path(dest_dir)
+    kind = archive_format(name or archive.name)
+    if kind is None:
+        raise DownloadError(f"cannot extract {archive}: not a .zip, .tar, .tar.gz or .tgz file")
+    log.info("extracting %s into %s", archive, dest_dir)
+    try:
+        if kind == "zip":
+            _unzip(archive, dest_dir)
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                tf.extractall(dest_dir, filter=_safe_tar_member)
+    except tarfile.FilterError as e:
+        raise DownloadError(f"{archive}: refusing unsafe member ({e})") from e
+    except CORRUPT as e:
+        raise DownloadError(
+            f"{archive} is truncated or corrupt ({type(e).__name__}: {e}); replace it with a "
+            "complete copy (a file in the download cache can be deleted: the next run fetches "
+            "or assembles it again)"
+        ) from e
+
+
+def _unzip(archive: Path, dest_dir: Path) -> None:
+    """Extract a zip after checking that no member name leads outside ``dest_dir``."""
+    root = os.path.abspath(dest_dir)
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for m in members:  # a lexical check is enough: zipfile writes no symlinks
+            target = os.path.normpath(os.path.join(root, m.filename))
+            if os.path.commonpath([root, target]) != root:
+                raise DownloadError(
+                    f"{archive}: refusing member {m.filename!r} that would be written outside "
+                    f"{dest_dir}"
+                )
+        for m in progress(members, len(members), f"unzip {archive.name}"):
+            zf.extract(m, dest_dir)
+
+
+def _safe_tar_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's "data" filter, but refusing absolute names instead of stripping their slash."""
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, dest)
+
+
+def prepare_source(source: dict, raw_dir, work_dir) -> Path:
+    """Run the whole stage for one dataset: fetch, verify, extract and publish ``raw_dir``.
+
+    Archives are fetched (``url``) or assembled (``path``) into ``work_dir`` in order, extracted
+    (or, with ``extract: false``, put as is) into a temporary folder, ``nested`` archives are
+    extracted in place and removed, ``require`` globs are checked, and the folder is published as
+    ``raw_dir`` atomically. A single folder entry is checked against ``require`` and published as
+    a symlink. Rerunning is safe: cached archives are reused and ``raw_dir`` is replaced whole.
+    """
+    raw_dir, work_dir = Path(raw_dir), Path(work_dir)
+    _remove_stale_temporaries(raw_dir)
+    entries = source["archives"]
+    folders = [e for e in entries if "path" in e and os.path.isdir(os.path.expanduser(e["path"]))]
+    if folders:
+        if len(entries) > 1:
+            raise DownloadError(
+                "a source folder (`path` to a directory) must be the only entry "
+                f"of `archives`; got {len(entries)} entries"
+            )
+        folder = Path(os.path.expanduser(folders[0]["path"])).resolve()
+        _check_require(folder, source.get("require", []))
+        with atomic_path(raw_dir) as tmp:
+            tmp.symlink_to(folder, target_is_directory=True)
+        log.info("linked %s -> %s", raw_dir, folder)
+        return raw_dir
+    files = [_obtain(entry, work_dir) for entry in entries]
+    with atomic_path(raw_dir) as tmp:
+        tmp.mkdir()
+        for path, name, unpack in files:
+            if unpack:
+                extract(path, tmp, name)
+            else:
+                _link_or_copy(path, tmp / name)
+        for pattern in source.get("nested", []):
+            inner = sorted(tmp.glob(pattern))
+            if not inner:
+                raise DownloadError(
+                    f"nested archive glob {pattern!r} matched nothing in the "
+                    f"extracted tree (top level: {_listing(tmp)})"
+                )
+            for archive in inner:
+                extract(archive, archive.parent)
+                archive.unlink()
+        _check_require(tmp, source.get("require", []))
+        if raw_dir.is_symlink():
+            raw_dir.unlink()  # was a folder source; a folder cannot replace a link atomically
+    log.info("published %s", raw_dir)
+    return raw_dir
+
+
+def _obtain(entry: dict, work_dir: Path) -> tuple[Path, str, bool]:
+    """Fetch or assemble one archive entry: (local file, its name, whether to extract it)."""
+    size, sha256 = entry.get("size"), entry.get("sha256")
+    if "url" in entry:
+        name = entry.get("name") or unquote(Path(urlparse(entry["url"]).path).name)
+        path = fetch(entry["url"], work_dir / name, size, sha256)
+    else:
+        if glob.has_magic(entry["path"]) and not entry.get("name"):
+            raise DownloadError(
+                f"source entry {entry['path']!r} is a glob of parts: give the "
+                "assembled archive a `name` (e.g. vox2_dev_mp4.zip)"
+            )
+        name = entry.get("name") or Path(entry["path"]).name
+        _remove_stale_temporaries(work_dir / name)
+        path = assemble(entry["path"], work_dir / name, size, sha256)
+    unpack = entry.get("extract", archive_format(name) is not None)
+    if unpack and archive_format(name) is None:
+        raise DownloadError(
+            f"cannot extract {name}: not a .zip, .tar, .tar.gz or .tgz name; "
+            "set `extract: false` to keep it as a plain file"
+        )
+    return path, name, unpack
+
+
+def _check_require(root: Path, patterns: list[str]) -> None:
+    """Raise naming every glob of ``patterns`` that matches nothing under ``root``."""
+    missing = [p for p in patterns if next(iter(root.glob(p)), None) is None]
+    if missing:
+        raise DownloadError(
+            f"the dataset is incomplete or laid out differently than expected: nothing matches "
+            f"{missing} (top level: {_listing(root)}); check the archives or the source's `require`"
+        )
+
+
+def _listing(root: Path, limit: int = 10) -> list[str]:
+    """The first ``limit`` names at the top of ``root``, to show in error messages."""
+    return sorted(p.name for p in root.iterdir())[:limit]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (no extra disk space), or copy it across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``atomic_path`` temporaries of ``path`` left by killed processes (can be huge)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s left by a killed run", tmp)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
