@@ -1,0 +1,214 @@
+"""Pretraining on tiny look-alike features: every method, exact resume, learning, the store."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from conclugen import featstore
+from conclugen.featstore import read_features, synthetic_features, write_features
+from conclugen.model import load_model
+from conclugen.pretrain import METHODS, cross_modal_recall_at_1, method_config, pretrain
+
+DIMS = {"video": 48, "audio": 32, "text": 24}
+TINY = dict(
+    batch_size=128,
+    rep_dim=64,
+    proj_dim=16,
+    rec_dim=32,
+    cluster_start_epoch=1,
+    queue_batches=2,
+    eval_samples=50,
+    lr=3e-3,
+    T_0=2,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("feat") / "features.zarr"
+    fs = synthetic_features(600, DIMS, seed=0, views=3, missing={"text": 0.1})
+    write_features(path, fs.sample_id, fs.split, fs.features, fs.present, views=fs.views)
+    return path
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["conclugen", "instancecont"])
+def test_resume_after_a_kill_ends_with_the_same_weights(store, tmp_path, name):
+    hp = dict(TINY, epochs=4)
+    full = pretrain(store, tmp_path / "full", method_config(name), hp, device="cpu")
+
+    def kill_after_second_epoch(epoch, row):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        pretrain(store, tmp_path / "cut", method_config(name), hp, "cpu", kill_after_second_epoch)
+    assert (tmp_path / "cut" / "last.ckpt").exists()
+    assert not (tmp_path / "cut" / "model.pt").exists()  # a killed run never looks finished
+    assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) == 2
+
+    epochs_run = []
+    resumed = pretrain(
+        store, tmp_path / "cut", method_config(name), hp, "cpu", lambda e, r: epochs_run.append(e)
+    )
+    assert epochs_run == [2, 3]  # resumed where it stopped
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+    h_full = pd.read_csv(tmp_path / "full" / "history.csv")
+    h_cut = pd.read_csv(tmp_path / "cut" / "history.csv")
+    assert np.allclose(h_full["total"], h_cut["total"], atol=1e-6)
+
+
+def test_a_changed_configuration_does_not_resume(store, tmp_path):
+    hp = dict(TINY, epochs=2)
+    pretrain(store, tmp_path, method_config("multicont"), hp, device="cpu")
+    seen = []
+    pretrain(
+        store, tmp_path, method_config("multicont", lr=1e-3), hp, "cpu", lambda e, r: seen.append(e)
+    )
+    assert seen == [0, 1]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_trains_and_records_its_terms(store, tmp_path, name):
+    method = method_config(name)
+    path = pretrain(store, tmp_path, method, dict(TINY, epochs=3), device="cpu")
+    history = pd.read_csv(tmp_path / "history.csv")
+    terms = list(method["terms"])
+    expected = {"epoch", "lr", "total", "seconds", "samples_per_s"}
+    expected |= set(terms) | {f"{t}_weighted" for t in terms}
+    assert set(history.columns) == expected
+    assert len(history) == 3
+    for t in terms:
+        # The clustering term is off before cluster_start_epoch (1 here), everything else on.
+        assert history[t][1:].map(math.isfinite).all()
+        assert math.isnan(history[t][0]) == (t == "clustering")
+    assert history["total"].map(math.isfinite).all()
+    for name_ in ("model.pt", "last.ckpt", "loss.png", "retrieval.json"):
+        assert (tmp_path / name_).stat().st_size > 0
+    model = load_model(path)
+    assert set(model.heads) == set(method["modalities"])
+    assert (model.cluster is not None) == ("clustering" in terms)
+    assert set(model.decoders) == (
+        set(method["modalities"]) if "reconstruction" in terms else set()
+    )
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_total_is_the_sum_or_the_mean_of_weighted_terms(store, tmp_path, mode):
+    hp = dict(TINY, epochs=2, combine=mode, weights={"mms": 0.5, "reconstruction": 2.0})
+    pretrain(store, tmp_path, method_config("conclugen"), hp, device="cpu")
+    h = pd.read_csv(tmp_path / "history.csv")
+    assert np.allclose(h["mms_weighted"], 0.5 * h["mms"])
+    terms = h[["mms_weighted", "clustering_weighted", "reconstruction_weighted"]]
+    expected = terms.sum(axis=1) if mode == "sum" else terms.mean(axis=1)  # NaN skipped
+    assert np.allclose(h["total"], expected, rtol=1e-5)
+
+
+def test_pretrained_conclugen_retrieves_across_modalities(tmp_path):
+    fs = synthetic_features(2048, {"video": 96, "audio": 64, "text": 48}, seed=1)
+    path = tmp_path / "features.zarr"
+    write_features(path, fs.sample_id, fs.split, fs.features, fs.present)
+    hp = dict(TINY, epochs=20, batch_size=256, rep_dim=128, proj_dim=32, T_0=20, eval_samples=200)
+    hp.update(cluster_start_epoch=2, queue_batches=4)
+    model_path = pretrain(path, tmp_path / "out", method_config("conclugen"), hp, device="cpu")
+    report = json.loads((tmp_path / "out" / "retrieval.json").read_text())
+    # On the test split (never seen in pretraining), against a fresh model.
+    test = read_features(path, split="test")
+    trained = cross_modal_recall_at_1(load_model(model_path), test, "test")
+    torch.manual_seed(0)
+    fresh = cross_modal_recall_at_1(load_model(model_path).apply(_reset), test, "test")
+    for pair in ("video->text", "video->audio"):
+        r = report[pair]
+        assert r["pretrained"] > 10 * r["chance"] and r["pretrained"] > r["init"] + 0.1
+        assert trained[pair]["recall_at_1"] > 10 * trained[pair]["chance"]
+        assert trained[pair]["recall_at_1"] > fresh[pair]["recall_at_1"] + 0.1
+
+
+def _reset(module):
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+
+
+def test_featstore_round_trip(tmp_path):
+    fs = synthetic_features(50, DIMS, seed=2, views=2, missing={"audio": 0.3})
+    path = tmp_path / "f.zarr"
+    write_features(path, fs.sample_id, fs.split, fs.features, fs.present, views=fs.views)
+    back = read_features(path)
+    assert list(back.sample_id) == list(fs.sample_id) and list(back.split) == list(fs.split)
+    assert back.modalities == ["video", "audio", "text"] and back.dims == DIMS
+    for m in DIMS:
+        assert back.features[m].dtype == torch.float32
+        assert torch.equal(back.features[m], fs.features[m].half().float())  # stored float16
+        assert torch.equal(back.present[m], fs.present[m])
+    assert not back.present["audio"].all() and back.present["video"].all()
+    assert torch.equal(back.views, fs.views.half().float())
+    assert back.attrs["views"] == 2
+    group = zarr.open_group(path, mode="r")
+    assert group["video"].dtype == np.float16
+    assert group["video_views"].shape == (50, 2, DIMS["video"])
+
+    test = read_features(path, modalities=["text", "video"], split="test", dtype=None, views=False)
+    idx = np.flatnonzero(fs.split == "test")
+    assert test.modalities == ["video", "text"] and test.views is None
+    assert list(test.sample_id) == list(fs.sample_id[idx])
+    assert test.features["text"].dtype == torch.float16
+    assert torch.equal(test.features["text"], fs.features["text"][idx].half())
+    assert torch.equal(test.present["text"], fs.present["text"][idx])
+    no_text = tmp_path / "no_text.zarr"
+    write_features(no_text, fs.sample_id, fs.split, {"video": fs.features["video"]})
+    assert read_features(no_text).modalities == ["video"]
+    assert read_features(no_text).present["video"].all()
+    with pytest.raises(KeyError, match="text"):
+        read_features(no_text, modalities=["video", "text"])
+
+
+def test_a_half_written_store_is_never_read_as_finished(tmp_path, monkeypatch):
+    fs = synthetic_features(200, DIMS, seed=3)
+    path = tmp_path / "f.zarr"
+    monkeypatch.setattr(featstore, "CHUNK_BYTES", 1024)  # many chunks
+
+    class DiesMidway:
+        shape = fs.features["audio"].shape
+
+        def __getitem__(self, key):
+            if key.start > 50:
+                raise OSError("disk full")
+            return fs.features["audio"][key]
+
+    arrays = dict(fs.features, audio=DiesMidway())
+    with pytest.raises(OSError):
+        write_features(path, fs.sample_id, fs.split, arrays, fs.present)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+    # A store copied or written without its final mark is refused too.
+    write_features(path, fs.sample_id, fs.split, fs.features, fs.present)
+    assert len(read_features(path)) == 200
+    del zarr.open_group(path, mode="a").attrs["complete"]
+    with pytest.raises(ValueError, match="not a complete"):
+        read_features(path)
+
+
+def test_synthetic_features_share_structure_across_modalities():
+    fs = synthetic_features(400, DIMS, seed=4, views=2)
+    # A sample's video is closer (after centring) to its own augmented views than to others'.
+    v = fs.features["video"] - fs.features["video"].mean(0)
+    w = fs.views[:, 0] - fs.views[:, 0].mean(0)
+    sims = torch.nn.functional.normalize(v, dim=1) @ torch.nn.functional.normalize(w, dim=1).T
+    assert (sims.argmax(1) == torch.arange(400)).float().mean() > 0.5
+    assert sorted(set(fs.split)) == ["test", "train", "val"]
+    assert (fs.split == "train").sum() == 320
