@@ -109,3 +109,72 @@ def _to_float(samples: np.ndarray) -> np.ndarray:
     if np.issubdtype(samples.dtype, np.integer):
         return samples.astype(np.float32) / np.iinfo(samples.dtype).max
     return samples.astype(np.float32, copy=False)
+
+
+def sample_times(start: float, end: float, fps: float) -> np.ndarray:
+    """Timestamps ``start, start + 1/fps, ...`` strictly before ``end`` (at least one)."""
+    n = max(1, int(np.floor((end - start) * fps + 1e-6)))
+    return start + np.arange(n) / fps
+
+
+def read_frames(path: str | os.PathLike, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the frames on screen at ``times`` (seconds): ``(frames [T, H, W, 3] uint8, found)``.
+
+    Time ``t`` gets the last frame whose timestamp is <= ``t``, as a player shows it, so the 1 fps
+    samples of a clip are a subset of its 16 fps samples. ``found[i]`` is False where the video
+    ended before ``times[i]`` (that slot repeats the last frame). Decoding starts at the keyframe
+    before ``times[0]``, so a segment deep inside a long video costs only its own frames.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    picked: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if times[0] > 1.0:
+                container.seek(int(times[0] / stream.time_base), stream=stream, backward=True)
+            shown, shown_t, step = None, -np.inf, 0.0
+            for frame in container.decode(stream):
+                t = float(frame.time if frame.time is not None else 0.0)
+                step = t - shown_t if shown is not None else step
+                while len(picked) < len(times) and times[len(picked)] < t - 1e-6:
+                    picked.append(shown)  # None only before the first frame: fixed below
+                if len(picked) == len(times):
+                    break
+                shown, shown_t = frame.to_ndarray(format="rgb24"), t
+    except (av.FFmpegError, IndexError) as e:
+        raise MediaError(f"video not decodable: {e}") from None
+    if shown is None:
+        raise MediaError("no video frames")
+    n_decoded = len(picked)
+    found = np.ones(len(times), dtype=bool)
+    found[n_decoded:] = times[n_decoded:] < shown_t + max(step, 1e-3)
+    picked += [shown] * (len(times) - n_decoded)
+    first = next(f for f in picked if f is not None)
+    return np.stack([first if f is None else f for f in picked]), found
+
+
+def read_audio(
+    path: str | os.PathLike, sample_rate: int = 16000, start: float = 0.0, end: float | None = None
+) -> np.ndarray:
+    """The first audio track as float32 mono at ``sample_rate`` between ``start`` and ``end``.
+
+    Raises :class:`MediaError` when there is no audio track.
+    """
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    chunks = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise MediaError("no audio stream")
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except av.FFmpegError as e:
+        raise MediaError(f"audio not decodable: {e}") from None
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    first = int(round(start * sample_rate))
+    last = None if end is None else int(round(end * sample_rate))
+    return np.ascontiguousarray(audio[first:last], dtype=np.float32)
