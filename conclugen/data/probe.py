@@ -59,7 +59,7 @@ def probe_shard(
             )
             continue
         has_audio, peak = info.has_audio, info.audio_peak
-        if rec.get("audio"):
+        if isinstance(rec.get("audio"), str):  # NaN where the video carries the audio
             audio = _cached(audio_infos, rec["audio"], audio_only=True)
             has_audio, peak = (False, 0.0) if isinstance(audio, MediaError) else audio
         if not has_audio:
