@@ -45,7 +45,8 @@ def rows(raw_dir: Path, ledger: FailureLedger) -> list[dict]:
             try:
                 dia, utt = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
             except (KeyError, TypeError, ValueError):
-                ledger.drop(f"{split}_row{row.get('Sr No.')}", f"unreadable label row: {row}")
+                fields = {k: row.get(k) for k in ("Dialogue_ID", "Utterance_ID", "Emotion")}
+                ledger.drop(f"{split}_row{row.get('Sr No.')}", f"unreadable label row: {fields}")
                 continue
             sample_id = f"{split}_dia{dia}_utt{utt}"
             if emotion not in CLASSES:
