@@ -1,7 +1,6 @@
 """Rule lookalike (demo only): write one dataset's synthetic look-alike in its real form."""
 
 from conclugen.data.lookalike import generate
-
 from conclugen.logs import logged
 
 with logged(snakemake.log[0]):
