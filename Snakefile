@@ -28,6 +28,8 @@ except ConfigError as error:
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/manifest.smk"
+include: "rules/faces.smk"
+include: "rules/subtitles.smk"
 
 
 rule all:
@@ -35,3 +37,4 @@ rule all:
     input:
         expand("results/{dataset}/manifest.parquet", dataset=DATASETS),
         expand("results/{dataset}/failures.tsv", dataset=DATASETS),
+        expand("results/{dataset}/faces/preview.png", dataset=FACE_DATASETS),

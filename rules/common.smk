@@ -2,6 +2,7 @@
 from conclugen.config import enabled_datasets, produced_by_workflow
 
 DATASETS = enabled_datasets(config)
+FACE_DATASETS = [d for d in DATASETS if d in config["faces"]["datasets"]]
 LOOKALIKE = config["lookalike"]
 
 
@@ -27,9 +28,19 @@ def lookalike_input(wildcards):
     return []
 
 
+def shard_stages(dataset):
+    """The per-shard stages that run on a dataset (config `faces.datasets` etc.)."""
+    stages = ["probe"]
+    stages += ["faces"] if dataset in config["faces"]["datasets"] else []
+    stages += ["subtitles"] if dataset in config["subtitles"]["datasets"] else []
+    return stages
+
+
 def stage_ledgers(wildcards):
     """Every per-stage, per-shard failure ledger of a dataset, merged into failures.tsv."""
     d = wildcards.dataset
     return [f"results/{d}/failures/manifest.tsv"] + [
-        f"results/{d}/failures/probe/{s}.tsv" for s in shards(d)
+        f"results/{d}/failures/{stage}/{s}.tsv"
+        for stage in shard_stages(d)
+        for s in shards(d)
     ]

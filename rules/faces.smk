@@ -1,0 +1,47 @@
+rule faces:
+    """MTCNN face tracks of one shard (16 fps frames, most probable face, smoothed track)."""
+    input:
+        manifest="results/{dataset}/manifest.parquet",
+        probe="results/{dataset}/probe/{shard}.parquet",
+    output:
+        faces="results/{dataset}/faces/{shard}.parquet",
+        failures="results/{dataset}/failures/faces/{shard}.tsv",
+    log:
+        "results/logs/faces/{dataset}/{shard}.log",
+    benchmark:
+        "results/benchmarks/faces/{dataset}/{shard}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: config["faces"]["workers"] + 1
+    resources:
+        mem_mb=8000,
+        runtime=12 * 60,
+    params:
+        faces=config["faces"],
+        max_failure_fraction=config["max_failure_fraction"],
+    script:
+        "../workflow/scripts/faces.py"
+
+
+rule face_preview:
+    """Contact sheet of face crops (detections green, tracks red) for the report."""
+    input:
+        manifest="results/{dataset}/manifest.parquet",
+        faces=lambda w: expand(
+            "results/{{dataset}}/faces/{shard}.parquet", shard=shards(w.dataset)
+        ),
+    output:
+        "results/{dataset}/faces/preview.png",
+    log:
+        "results/logs/face_preview/{dataset}.log",
+    benchmark:
+        "results/benchmarks/face_preview/{dataset}.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        clips=config["faces"]["preview_clips"],
+    script:
+        "../workflow/scripts/face_preview.py"

@@ -1,0 +1,23 @@
+rule subtitles:
+    """Whisper transcripts of one shard, for datasets without their own text (CAER)."""
+    input:
+        manifest="results/{dataset}/manifest.parquet",
+        probe="results/{dataset}/probe/{shard}.parquet",
+    output:
+        subtitles="results/{dataset}/subtitles/{shard}.parquet",
+        failures="results/{dataset}/failures/subtitles/{shard}.tsv",
+    log:
+        "results/logs/subtitles/{dataset}/{shard}.log",
+    benchmark:
+        "results/benchmarks/subtitles/{dataset}/{shard}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=12 * 60,
+    params:
+        subtitles=config["subtitles"],
+        max_failure_fraction=config["max_failure_fraction"],
+    script:
+        "../workflow/scripts/subtitles.py"

@@ -1,0 +1,27 @@
+"""Rule subtitles: Whisper transcripts of one shard (datasets without their own text)."""
+
+import pandas as pd
+
+from conclugen.asr import load_transcriber, resolve_model, subtitles_shard
+from conclugen.data.manifest import read_manifest
+from conclugen.io import write_parquet
+from conclugen.ledger import FailureLedger
+from conclugen.logs import logged
+from conclugen.torchutil import resolve_device
+
+with logged(snakemake.log[0]) as log:
+    cfg = snakemake.params.subtitles
+    manifest, _ = read_manifest(snakemake.input.manifest, shard=int(snakemake.wildcards.shard))
+    clips = manifest.merge(pd.read_parquet(snakemake.input.probe), on="sample_id")
+    options = {"beam_size": cfg["beam_size"]}
+    if cfg["backend"] == "faster-whisper":
+        options |= {"compute_type": cfg["compute_type"], "threads": snakemake.threads}
+    transcriber = load_transcriber(
+        cfg["backend"], resolve_model(cfg["model"]), resolve_device(cfg["device"]), **options
+    )
+    ledger = FailureLedger("subtitles")
+    table = subtitles_shard(clips, transcriber, ledger, cfg["batch_size"])
+    ledger.write(snakemake.output.failures)
+    ledger.check(len(clips), snakemake.params.max_failure_fraction)
+    write_parquet(table, snakemake.output.subtitles)
+    log.info("%d clips transcribed, %d without speech", len(table), int(table["no_speech"].sum()))
