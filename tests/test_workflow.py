@@ -7,14 +7,19 @@ generator says which clips are bad and how, so the ledger can be checked sample 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from conclugen.data.manifest import read_manifest
 from conclugen.ledger import read_ledger
-from tests.conftest import ROOT, run_snakemake
+from tests.conftest import ROOT, SNAKEMAKE, run_snakemake
 
 DATASETS = ("voxceleb2", "caer", "meld", "mosei")
 TINY_SIZES = {
@@ -37,6 +42,7 @@ def tiny_config(workdir) -> dict:
     config["max_failure_fraction"] = 0.6
     config["lookalike"]["sizes"] = TINY_SIZES
     config["lookalike"]["bad_fraction"] = 0.1
+    config["faces"]["detect_every"] = 8
     return config
 
 
@@ -99,9 +105,11 @@ def test_every_bad_file_lands_in_the_ledger(demo_run, dataset):
         "silent_audio": ("probe", "kept", "silent audio"),
         "bad_label_row": ("manifest", "dropped", "unreadable label row"),
     }
+    if dataset != "voxceleb2":  # VoxCeleb2 is face-centred: not cropped, so no face check
+        expected["no_face"] = ("faces", "dropped", "no face")
     checked = 0
     for row in want.dropna(subset=["bad"]).itertuples():
-        if row.bad not in expected:  # no_face: found by the faces stage
+        if row.bad not in expected:
             continue
         stage, action, fragment = expected[row.bad]
         if dataset == "meld" and row.sample_id in ("train_dia125_utt3", "dev_dia110_utt7"):
@@ -146,3 +154,46 @@ def test_manifest_metadata_is_json(demo_run):
     workdir, _, _ = demo_run
     _, meta = read_manifest(workdir / "results" / "caer" / "manifest.parquet")
     assert meta["dataset"] == "caer" and json.dumps(meta["classes"])
+
+
+def test_subtitles_transcribe_caer(demo_run):
+    workdir, _, _ = demo_run
+    subs = pd.concat(
+        pd.read_parquet(p) for p in (workdir / "results/caer/subtitles").glob("*.parquet")
+    )
+    want = truth(workdir, "caer").set_index("sample_id")
+    spoken = subs[~subs["no_speech"]]
+    assert len(spoken) >= 0.8 * len(subs) and (spoken["language"] == "en").all()
+    overlap = []
+    for sample_id, text in zip(spoken["sample_id"], spoken["text"], strict=True):
+        said = want.loc[sample_id, "sentence"].lower().split()
+        overlap.append(len(set(text.lower().split()) & set(said)) / len(said))
+    assert np.mean(overlap) > 0.6
+
+
+def test_killed_faces_job_reruns_to_the_same_output(demo_run):
+    workdir, _, _ = demo_run
+    config = tiny_config(workdir)
+    config["faces"]["detect_every"] = 4  # slow enough (tens of seconds) to be killed midway
+    cfg = workdir / "kill.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    target = workdir / "results/caer/faces/0.parquet"
+    args = ["--configfile", str(cfg), "--cores", "2", str(target.relative_to(workdir))]
+    run_snakemake(args, workdir)  # uninterrupted
+    reference = pd.read_parquet(target)
+    target.unlink()
+    log = workdir / "results/logs/faces/caer/0.log"
+    log.unlink()
+    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.0)  # the job is loading MTCNN or detecting
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()  # nothing that looks finished
+    run_snakemake(["--configfile", str(cfg), "--unlock"], workdir)
+    run_snakemake([*args, "--rerun-incomplete"], workdir)
+    pd.testing.assert_frame_equal(pd.read_parquet(target), reference)
