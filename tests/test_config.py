@@ -60,7 +60,8 @@ def test_archive_needs_exactly_one_of_url_and_path():
         validate(config, SCHEMA)
 
 
-def test_missing_user_path_is_refused_and_named(tmp_path):
+def test_missing_user_path_is_refused_and_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths resolve where nothing was generated
     config = demo_config()
     config["lookalike"]["enabled"] = False
     validate(config, SCHEMA)
