@@ -22,7 +22,8 @@ $(STAMP): requirements.txt pyproject.toml
 # The embedded demo: the whole DAG on synthetic look-alike datasets.
 demo: setup
 	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES) all
-	@echo "Demo finished: manifests in results/<dataset>/manifest.parquet," \
+	@echo "Demo finished: manifests in results/<dataset>/manifest.parquet, face tracks and" \
+		"previews in results/<dataset>/faces/, subtitles in results/caer/subtitles/," \
 		"failure ledgers in results/<dataset>/failures.tsv, logs in results/logs/."
 
 test: setup
