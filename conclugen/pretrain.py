@@ -28,6 +28,7 @@ from conclugen import losses as L
 from conclugen.featstore import MODALITIES, FeatureSet, read_features
 from conclugen.io import atomic_path
 from conclugen.model import ConCluGenModel, save_model
+from conclugen.torchutil import resolve_device
 
 log = logging.getLogger("conclugen")
 
@@ -317,7 +318,7 @@ def pretrain(
     hp = resolve_hparams(hparams)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(device or "auto"))
     name, mods, terms = method.get("name", "pretrain"), method["modalities"], method["terms"]
     if set(terms) - set(TERMS) or set(mods) - set(MODALITIES):
         raise ValueError(f"unknown loss terms or modalities in {method}")
