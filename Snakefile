@@ -30,6 +30,7 @@ include: "rules/download.smk"
 include: "rules/manifest.smk"
 include: "rules/faces.smk"
 include: "rules/subtitles.smk"
+include: "rules/features.smk"
 
 
 rule all:
@@ -38,3 +39,4 @@ rule all:
         expand("results/{dataset}/manifest.parquet", dataset=DATASETS),
         expand("results/{dataset}/failures.tsv", dataset=DATASETS),
         expand("results/{dataset}/faces/preview.png", dataset=FACE_DATASETS),
+        expand("results/{dataset}/features.zarr", dataset=DATASETS),

@@ -24,16 +24,15 @@ import re
 import struct
 import tempfile
 import time
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from clips import lookalike_clips
 
 from conclugen.asr import load_transcriber, transcribe, word_error_rate
-from conclugen.data.lookalike import generate
 from conclugen.faces import FPS, detect, detect_clips, load_mtcnn
 from conclugen.media import read_audio, read_frames, sample_times
 
@@ -140,23 +139,6 @@ def ct2_to_openai(model_dir, out_path) -> None:
                 linear(f"{dst}.cross_attn.out", f"{cross}/linear_2")
                 norm(f"{dst}.cross_attn_ln", f"{cross}/layer_norm")
     torch.save({"dims": asdict(dims), "model_state_dict": sd}, out_path)
-
-
-def lookalike_clips(root: Path | None, n: int, workdir: Path) -> pd.DataFrame:
-    """``n`` good CAER look-alike clips: sample_id, video, start, end, duration, sentence."""
-    if root is None:
-        root = workdir / "lookalike"
-        per_split = max(1, -(-n // 21))  # 7 classes x 3 splits per unit
-        sizes = {"caer": {"train": per_split, "validation": per_split, "test": per_split}}
-        generate(root, ["caer"], seed=0, bad_fraction=0.0, sizes=sizes, workers=2)
-    truth = pd.read_parquet(Path(root) / "caer" / "truth.parquet")
-    truth = truth[truth["bad"].isna()].head(n).reset_index(drop=True)
-    with zipfile.ZipFile(Path(root) / "caer" / "CAER.zip") as archive:
-        archive.extractall(workdir / "raw")
-    truth["video"] = [str(workdir / "raw" / "CAER" / s / c / f"{i}.avi")
-                      for s, c, i in truth["sample_id"].str.split("_")]  # fmt: skip
-    truth["duration"] = truth["end"] - truth["start"]
-    return truth
 
 
 def bench_faces(clips: pd.DataFrame, device: str, batch_frames: int) -> None:

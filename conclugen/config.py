@@ -70,6 +70,13 @@ def produced_by_workflow(path: str, config: dict[str, Any]) -> bool:
     return os.path.normpath(path).startswith(root + os.sep)
 
 
+def is_local_weights(spec: str) -> bool:
+    """Whether a weights spec names a local file (not a URL, package folder or registry name)."""
+    if "://" in spec or spec.startswith("package:"):
+        return False
+    return os.sep in spec or spec.endswith((".pth", ".pt", ".bin", ".tar"))
+
+
 def missing_paths(config: dict[str, Any]) -> list[str]:
     """User-supplied input paths named by ``config`` that do not exist, as ``key: path`` lines."""
     problems = []
@@ -82,6 +89,11 @@ def missing_paths(config: dict[str, Any]) -> list[str]:
                 continue
             if not glob.glob(path):
                 problems.append(f"datasets.{name}.source.archives.{i}.path: {path} does not exist")
+    for role in ("video2d", "video3d", "audio"):
+        spec = config.get("features", {}).get(role, {}).get("weights", "")
+        if is_local_weights(spec) and not produced_by_workflow(spec, config):
+            if not Path(spec).exists():
+                problems.append(f"features.{role}.weights: {spec} does not exist")
     exclusions = config.get("exclusions")
     if exclusions and not Path(exclusions).exists():
         problems.append(f"exclusions: {exclusions} does not exist")

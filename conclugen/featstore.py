@@ -78,14 +78,20 @@ def _chunk_rows(row_shape: tuple[int, ...], dtype) -> int:
     return max(1, CHUNK_BYTES // max(row_bytes, 1))
 
 
-def _write_array(group, name: str, data, dtype) -> None:
+def create_array(group, name: str, shape: tuple[int, ...], dtype):
+    """An empty array in ``group`` chunked in row blocks of about :data:`CHUNK_BYTES`."""
+    rows = min(_chunk_rows(shape[1:], dtype), max(shape[0], 1))
+    return group.create_array(
+        name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), compressors=COMPRESSOR
+    )
+
+
+def write_array(group, name: str, data, dtype) -> None:
     """Create ``name`` and copy ``data`` (numpy, torch or any sliceable array) chunk by chunk,
     so a source larger than memory (another zarr array) streams through."""
     shape = tuple(data.shape)
-    rows = min(_chunk_rows(shape[1:], dtype), max(shape[0], 1))
-    arr = group.create_array(
-        name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), compressors=COMPRESSOR
-    )
+    arr = create_array(group, name, shape, dtype)
+    rows = arr.chunks[0]
     for start in range(0, shape[0], rows):
         block = data[start : start + rows]
         if isinstance(block, torch.Tensor):
@@ -121,15 +127,15 @@ def write_features(
         raise ValueError("views must be [N, K, Dv] with the video feature size")
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        _write_array(group, "sample_id", sample_id, str)
-        _write_array(group, "split", split, str)
+        write_array(group, "sample_id", sample_id, str)
+        write_array(group, "split", split, str)
         for m in mods:
-            _write_array(group, m, arrays[m], dtype)
+            write_array(group, m, arrays[m], dtype)
             mask = present.get(m)
             mask = np.ones(n, bool) if mask is None else np.asarray(mask, dtype=bool)
-            _write_array(group, f"{m}_present", mask, bool)
+            write_array(group, f"{m}_present", mask, bool)
         if views is not None:
-            _write_array(group, "video_views", views, dtype)
+            write_array(group, "video_views", views, dtype)
         group.attrs.update(
             modalities=mods,
             dims={m: int(arrays[m].shape[1]) for m in mods},
@@ -138,7 +144,7 @@ def write_features(
         group.attrs["complete"] = True  # last: a reader trusts nothing without it
 
 
-def _strings(arr) -> np.ndarray:
+def read_strings(arr) -> np.ndarray:
     """A stored string array as a fixed-width numpy ``str`` array (zarr yields StringDType)."""
     return arr[:].astype(object).astype(str)
 
@@ -161,7 +167,7 @@ def read_features(
     missing = set(mods) - set(stored)
     if missing:
         raise KeyError(f"{path} has no modality {sorted(missing)} (it has {stored})")
-    split_all = _strings(group["split"])
+    split_all = read_strings(group["split"])
     index = None if split is None else np.flatnonzero(split_all == split)
 
     def load(name):
@@ -170,7 +176,7 @@ def read_features(
         t = torch.from_numpy(np.ascontiguousarray(out))
         return t if dtype is None or t.dtype == torch.bool else t.to(dtype)
 
-    sample_id = _strings(group["sample_id"])
+    sample_id = read_strings(group["sample_id"])
     has_views = views and "video" in mods and group.attrs.get("views", 0) > 0
     return FeatureSet(
         sample_id=sample_id if index is None else sample_id[index],

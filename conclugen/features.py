@@ -1,0 +1,599 @@
+"""Frozen-backbone features of one shard, one backbone at a time (DESIGN.md §3, §4, §7).
+
+Four roles, each one backbone (:mod:`conclugen.backbones`) and one job per (dataset, shard, role):
+
+- ``video2d``: 2D ResNet on frames at 1 fps (every 16th frame of the 16 fps grid the face tracks
+  use), avgpool vector per frame, **mean over frames**;
+- ``video3d``: Hara 3D ResNet on non-overlapping 16-frame windows of the 16 fps frames, one vector
+  per window, **mean over windows**. The last window of a clip is completed by repeating its last
+  frame (a clip shorter than 16 frames is one such window), so every real frame counts once and
+  no window is pure padding;
+- ``audio``: ResDAVEnet on the mel spectrogram of the 16 kHz mono track (torchaudio's
+  ``MelSpectrogram`` defaults as the authors used them: n_fft 2048, hop 160, 128 HTK mels, power 2,
+  no log; min-max normalised per clip), **mean over all output positions** of the clip;
+- ``text``: a Hugging Face encoder, mean of the last hidden state over tokens.
+
+Frames are cropped by the face track (:mod:`conclugen.faces`; the full frame for datasets that
+are not cropped, such as VoxCeleb2) and resized to ``crop_size`` squared (180 in the paper) in
+one batched ``roi_align`` call per clip, then normalised with the backbone's mean and std. The
+authors swapped ImageNet's mean and std for the 2D frames; we normalise correctly.
+
+Augmented views (Instance-Cont): for datasets in ``views.datasets`` each clip also yields K
+features of augmented copies: random resized crop (scale 0.8-1, ratio 0.8-1.2, taken inside
+the face box), horizontal flip, colour jitter, grayscale and Gaussian blur, with parameters drawn
+once per clip (temporally consistent) from a generator seeded by (seed, sample id, view), so the
+2D and 3D jobs augment the same view identically and a rerun reproduces it.
+
+Speed: clips are decoded, cropped and augmented by DataLoader workers; the main process gathers
+the inputs of several clips into batches of ``batch_size`` model inputs (frames, windows, clips
+or texts), runs them (bf16 autocast and channels_last on a GPU) and pools per clip with tensor
+operations. Nothing loops over frames in Python.
+
+Per-shard stores (:func:`write_shard`) hold ``sample_id``, ``split``, ``feature [N, D]``,
+``present [N]`` (False where the clip has no such modality: no or silent audio track, no text)
+and ``views [N, K, D]``; :func:`merge_shards` joins them into ``features.zarr``
+(:mod:`conclugen.featstore` layout, video = 2D || 3D).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+
+from conclugen import featstore
+from conclugen.io import atomic_path
+from conclugen.media import SILENCE_PEAK, MediaError, read_audio, read_frames, sample_times
+from conclugen.progress import progress
+from conclugen.shards import stable_hash
+
+log = logging.getLogger("conclugen")
+
+ROLES = ("video2d", "video3d", "audio", "text")
+VIDEO_ROLES = ("video2d", "video3d")
+FPS = 16  # the face tracks' frame grid; 2D takes every FPS-th frame (1 fps)
+WINDOW = 16  # frames per 3D window
+SAMPLE_RATE = 16000
+N_FFT, HOP, N_MELS = 2048, 160, 128
+
+
+# ---------------------------------------------------------------------------------------------
+# Clips of a shard
+
+
+def shard_clips(
+    manifest: pd.DataFrame,
+    probe: pd.DataFrame,
+    faces: pd.DataFrame | None = None,
+    subtitles: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The usable clips of one shard: manifest rows that passed the probe (and got a face track
+    when ``faces`` is given), with ``end`` filled from the probe and ``text`` from the subtitles
+    when the dataset has them (empty where Whisper heard no speech)."""
+    clips = manifest.merge(probe, on="sample_id")
+    if faces is not None:
+        clips = clips[clips["sample_id"].isin(faces["sample_id"])]
+    clips = clips.copy()
+    clips["end"] = clips["end"].where(clips["end"].notna(), clips["start"] + clips["duration"])
+    if subtitles is not None:
+        text = subtitles.set_index("sample_id")["text"]
+        clips["text"] = clips["sample_id"].map(text)
+    return clips.reset_index(drop=True)
+
+
+def face_boxes(faces: pd.DataFrame | None) -> dict[str, np.ndarray]:
+    """sample_id -> [T, 4] smoothed track boxes on the 16 fps grid (empty without faces)."""
+    if faces is None:
+        return {}
+    faces = faces.sort_values(["sample_id", "frame"])
+    boxes = faces[["tx1", "ty1", "tx2", "ty2"]].to_numpy(np.float32)
+    ids = faces["sample_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return {ids[a]: boxes[a:b] for a, b in zip(starts, np.r_[starts[1:], len(ids)], strict=True)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cropping and augmentation (one call per clip and view, never per frame)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """One augmented view's parameters, shared by all frames of a clip."""
+
+    crop: tuple[float, float, float, float]  # x0, y0, w, h as fractions of the face box
+    flip: bool
+    jitter: tuple[float, float, float, float] | None  # brightness, contrast, saturation, hue
+    gray: bool
+    blur_sigma: float | None
+
+
+def view_params(sample_id: str, view: int, seed: int) -> ViewParams:
+    """Draw the augmentation of ``view`` of a clip (SimCLR's recipe as the authors set it:
+    random resized crop scale 0.8-1 ratio 0.8-1.2, flip p 0.5, colour jitter 0.8/0.8/0.8/0.2
+    p 0.8, grayscale p 0.2, blur sigma 0.1-2 p 0.5), deterministically from its seed."""
+    rng = np.random.default_rng([seed, stable_hash(sample_id), view])
+    crop = (0.0, 0.0, 1.0, 1.0)
+    for _ in range(10):
+        area = rng.uniform(0.8, 1.0)
+        ratio = np.exp(rng.uniform(np.log(0.8), np.log(1.2)))
+        w, h = np.sqrt(area * ratio), np.sqrt(area / ratio)
+        if w <= 1 and h <= 1:
+            crop = (rng.uniform(0, 1 - w), rng.uniform(0, 1 - h), w, h)
+            break
+    flip = bool(rng.random() < 0.5)
+    jitter = None
+    if rng.random() < 0.8:
+        b, c, s = rng.uniform(0.2, 1.8, size=3)
+        jitter = (float(b), float(c), float(s), float(rng.uniform(-0.2, 0.2)))
+    gray = bool(rng.random() < 0.2)
+    blur = float(rng.uniform(0.1, 2.0)) if rng.random() < 0.5 else None
+    return ViewParams(tuple(float(v) for v in crop), flip, jitter, gray, blur)
+
+
+def clamp_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes clipped to the frame; a box that collapses there becomes the whole frame."""
+    boxes = np.asarray(boxes, dtype=np.float32).copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    bad = (boxes[:, 2] - boxes[:, 0] < 2) | (boxes[:, 3] - boxes[:, 1] < 2) | np.isnan(boxes).any(1)
+    boxes[bad] = (0, 0, width, height)
+    return boxes
+
+
+def crop_frames(
+    frames: np.ndarray, boxes: np.ndarray, size: int, views: list[ViewParams] = ()
+) -> torch.Tensor:
+    """Crop ``frames`` [T, H, W, 3] uint8 to ``boxes`` [T, 4] and resize to ``size`` squared:
+    uint8 [1 + len(views), T, 3, size, size], the plain crop first, then each augmented view.
+
+    ``roi_align`` with adaptive sampling averages the source pixels under each output pixel, so
+    shrinking a large face is anti-aliased; all frames of a view go through one call.
+    """
+    from torchvision.ops import roi_align
+    from torchvision.transforms.v2 import functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    boxes = torch.from_numpy(clamp_boxes(boxes, x.shape[3], x.shape[2]))
+    index = torch.arange(len(x), dtype=torch.float32)[:, None]
+    out = []
+    for p in [None, *views]:
+        b = boxes
+        if p is not None:
+            x0, y0, w, h = p.crop
+            bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+            left, top = boxes[:, 0] + x0 * bw, boxes[:, 1] + y0 * bh
+            b = torch.stack([left, top, left + w * bw, top + h * bh], 1)
+        crop = roi_align(x, torch.cat([index, b], 1), size, 1.0, -1, aligned=True) / 255
+        if p is not None:
+            if p.flip:
+                crop = F.horizontal_flip(crop)
+            if p.jitter is not None:
+                bright, contrast, saturation, hue = p.jitter
+                crop = F.adjust_brightness(crop, bright)
+                crop = F.adjust_contrast(crop, contrast)
+                crop = F.adjust_saturation(crop, saturation)
+                crop = F.adjust_hue(crop, hue)
+            if p.gray:
+                crop = F.rgb_to_grayscale(crop, num_output_channels=3)
+            if p.blur_sigma is not None:
+                k = int(0.1 * size) // 2 * 2 + 1
+                crop = F.gaussian_blur(crop, [k, k], [p.blur_sigma, p.blur_sigma])
+        out.append((crop.clamp(0, 1) * 255).round().to(torch.uint8))
+    return torch.stack(out)
+
+
+def windows(clip: torch.Tensor, length: int = WINDOW) -> torch.Tensor:
+    """[V, T, 3, H, W] frames -> [V, ceil(T / length), 3, length, H, W] non-overlapping windows;
+    the last window is completed by repeating the clip's last frame."""
+    v, t = clip.shape[:2]
+    n = -(-t // length)
+    pad = n * length - t
+    if pad:
+        clip = torch.cat([clip, clip[:, -1:].expand(v, pad, *clip.shape[2:])], 1)
+    return clip.reshape(v, n, length, *clip.shape[2:]).transpose(2, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding workers
+
+
+@dataclass
+class ClipInputs:
+    """What a worker prepared for one clip: model inputs, or why there are none."""
+
+    sample_id: str
+    inputs: torch.Tensor | None  # video: [V, n, ...]; audio: [F, T] spectrogram
+    present: bool = True  # False: the clip lacks this modality (not an error)
+    error: str | None = None  # the clip is unusable (ledger)
+
+
+class VideoClips(torch.utils.data.Dataset):
+    """Decodes, crops and augments one clip per item for ``video2d`` (1 fps frames) or
+    ``video3d`` (16 fps frames in 16-frame windows)."""
+
+    def __init__(self, clips: pd.DataFrame, role: str, boxes: dict[str, np.ndarray],
+                 crop_size: int, views: int = 0, view_seed: int = 0):  # fmt: skip
+        if role not in VIDEO_ROLES:
+            raise ValueError(f"not a video role: {role}")
+        self.clips = clips[["sample_id", "video", "start", "end", "width", "height"]].to_dict(
+            "records"
+        )
+        self.role, self.boxes, self.size = role, boxes, crop_size
+        self.views, self.view_seed = views, view_seed
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> ClipInputs:
+        clip = self.clips[i]
+        times = sample_times(clip["start"], clip["end"], FPS)
+        index = np.arange(0, len(times), FPS if self.role == "video2d" else 1)
+        try:
+            frames, found = read_frames(clip["video"], times[index])
+        except MediaError as e:
+            return ClipInputs(clip["sample_id"], None, error=str(e))
+        track = self.boxes.get(clip["sample_id"])
+        if track is None:
+            boxes = np.tile([0, 0, clip["width"], clip["height"]], (len(index), 1))
+        else:
+            boxes = track[np.minimum(index, len(track) - 1)]
+        # A clip always has its first frame; frames past the video's real end are dropped.
+        keep = found | (np.arange(len(found)) == 0)
+        params = [view_params(clip["sample_id"], k, self.view_seed) for k in range(self.views)]
+        crops = crop_frames(frames[keep], boxes[keep], self.size, params)
+        return ClipInputs(clip["sample_id"], crops if self.role == "video2d" else windows(crops))
+
+
+def mel_filters() -> torch.Tensor:
+    """[N_MELS, N_FFT // 2 + 1] HTK mel filterbank without area normalisation (torchaudio's
+    ``MelSpectrogram`` defaults, which the authors used), 0-8 kHz."""
+    import librosa
+
+    fb = librosa.filters.mel(
+        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0, fmax=SAMPLE_RATE / 2, htk=True,
+        norm=None,
+    )  # fmt: skip
+    return torch.from_numpy(fb)
+
+
+def spectrogram(audio: np.ndarray, filters: torch.Tensor) -> torch.Tensor:
+    """Power mel spectrogram [N_MELS, 1 + len // HOP] of 16 kHz audio, min-max scaled to [0, 1]
+    per clip (the authors' normalisation; no log)."""
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    stft = torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT), center=True,
+                      pad_mode="reflect", return_complex=True)  # fmt: skip
+    mel = filters @ stft.abs().pow(2)
+    return (mel - mel.min()) / (mel.max() - mel.min() + 1e-8)
+
+
+class AudioClips(torch.utils.data.Dataset):
+    """Decodes one clip's audio per item into its mel spectrogram."""
+
+    def __init__(self, clips: pd.DataFrame):
+        self.clips = clips.to_dict("records")
+        self.filters = mel_filters()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> ClipInputs:
+        clip = self.clips[i]
+        if not clip["has_audio"] or clip["audio_peak"] < SILENCE_PEAK:
+            return ClipInputs(clip["sample_id"], None, present=False)
+        source = clip["audio"] if isinstance(clip.get("audio"), str) else clip["video"]
+        try:
+            audio = read_audio(source, SAMPLE_RATE, clip["start"], clip["end"])
+        except MediaError:
+            return ClipInputs(clip["sample_id"], None, present=False)
+        if len(audio) <= N_FFT // 2:  # too short to frame (reflect padding needs more)
+            return ClipInputs(clip["sample_id"], None, present=False)
+        return ClipInputs(clip["sample_id"], spectrogram(audio, self.filters))
+
+
+def decoded(dataset, workers: int) -> Iterator[ClipInputs]:
+    """The dataset's items in order, prepared by ``workers`` processes (0: in this process)."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )  # fmt: skip
+    yield from loader
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the backbones, batched across clips
+
+
+@dataclass
+class Result:
+    sample_id: str
+    feature: torch.Tensor | None  # [V, D] float32 on the CPU: the plain clip, then its views
+    present: bool = True
+    error: str | None = None
+
+
+class VideoRunner:
+    """Normalises uint8 frames [B, 3, H, W] or windows [B, 3, T, H, W] on the device and runs a
+    2D or 3D backbone."""
+
+    def __init__(self, model: torch.nn.Module, mean, std, device: str, is_3d: bool):
+        self.device = torch.device(device)
+        self.is_3d = is_3d
+        self.format = torch.channels_last_3d if self.is_3d else torch.channels_last
+        self.model = model.to(self.device, memory_format=self.format)
+        shape = (1, 3, 1, 1, 1) if self.is_3d else (1, 3, 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).reshape(shape)
+        self.std = torch.tensor(std, device=self.device).reshape(shape)
+        self.dim = model.feature_dim
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).float().div_(255)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=self.format)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+            return self.model(x).float().cpu()
+
+
+def run_video(runner, clips: Iterable[ClipInputs], batch_size: int) -> Iterator[Result]:
+    """Pool each clip's frames (or windows) to one vector per view, running ``batch_size``
+    inputs per forward pass gathered across clips."""
+    pending: list[ClipInputs] = []
+    units = 0
+    for clip in clips:
+        if clip.error is not None:
+            yield from _flush_video(runner, pending, batch_size)
+            pending, units = [], 0
+            yield Result(clip.sample_id, None, error=clip.error)
+            continue
+        pending.append(clip)
+        units += clip.inputs.shape[0] * clip.inputs.shape[1]
+        if units >= batch_size:
+            yield from _flush_video(runner, pending, batch_size)
+            pending, units = [], 0
+    yield from _flush_video(runner, pending, batch_size)
+
+
+def _flush_video(runner, pending: list[ClipInputs], batch_size: int) -> Iterator[Result]:
+    if not pending:
+        return
+    flat = torch.cat([c.inputs.flatten(0, 1) for c in pending])
+    out = torch.cat([runner(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)])
+    sizes = [c.inputs.shape[0] * c.inputs.shape[1] for c in pending]
+    for clip, feats in zip(pending, out.split(sizes), strict=True):
+        v, n = clip.inputs.shape[:2]
+        yield Result(clip.sample_id, feats.reshape(v, n, -1).mean(1))
+
+
+class AudioRunner:
+    """Runs ResDAVEnet on padded spectrogram batches; pools each clip over its own positions."""
+
+    def __init__(self, model: torch.nn.Module, device: str):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.dim = model.feature_dim
+
+    @torch.inference_mode()
+    def __call__(self, specs: list[torch.Tensor]) -> torch.Tensor:
+        lengths = torch.tensor([s.shape[1] for s in specs])
+        batch = torch.zeros(len(specs), specs[0].shape[0], int(lengths.max()))
+        for i, s in enumerate(specs):
+            batch[i, :, : s.shape[1]] = s
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.model(batch.to(self.device)).float()  # [B, D, H', T']
+        steps = self.model.output_steps(lengths).to(self.device)
+        mask = torch.arange(out.shape[3], device=self.device)[None] < steps[:, None]  # [B, T']
+        total = (out * mask[:, None, None]).sum((2, 3))
+        return (total / (steps * out.shape[2])[:, None]).cpu()
+
+
+def run_audio(runner, clips: Iterable[ClipInputs], batch_size: int) -> Iterator[Result]:
+    """One vector per clip; ``batch_size`` clips per forward pass (padded to the longest)."""
+    pending: list[ClipInputs] = []
+
+    def flush():
+        if pending:
+            feats = runner([c.inputs for c in pending])
+            for clip, f in zip(pending, feats, strict=True):
+                yield Result(clip.sample_id, f[None])
+            pending.clear()
+
+    for clip in clips:
+        if clip.inputs is None:
+            yield from flush()
+            yield Result(clip.sample_id, None, present=clip.present, error=clip.error)
+            continue
+        pending.append(clip)
+        if len(pending) >= batch_size:
+            yield from flush()
+    yield from flush()
+
+
+def run_text(encoder, texts: list, batch_size: int, device: str) -> list[Result]:
+    """One vector per text (absent where the text is missing or empty); texts are encoded in
+    batches of similar length so padding stays small (padding does not change a feature)."""
+    clean = ["" if not isinstance(t, str) else t.strip() for t in texts]
+    order = sorted((i for i, t in enumerate(clean) if t), key=lambda i: len(clean[i]))
+    feats: dict[int, torch.Tensor] = {}
+    batches = range(0, len(order), batch_size)
+    for start in progress(batches, len(batches), "text batches"):
+        idx = order[start : start + batch_size]
+        out = encoder.encode([clean[i] for i in idx], device)
+        feats.update(zip(idx, out.float().cpu(), strict=True))
+    return [
+        Result(str(i), feats[i][None]) if i in feats else Result(str(i), None, present=False)
+        for i in range(len(clean))
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# One shard, one role
+
+
+@dataclass
+class ShardFeatures:
+    """The features of one shard for one role, in the clips' order."""
+
+    sample_id: np.ndarray  # [N]
+    split: np.ndarray  # [N]
+    feature: torch.Tensor  # [N, D] float32
+    present: torch.Tensor  # [N] bool
+    views: torch.Tensor | None  # [N, K, D]
+
+
+def extract_shard(
+    role: str,
+    clips: pd.DataFrame,
+    model,
+    ledger,
+    device: str = "cpu",
+    batch_size: int = 32,
+    workers: int = 1,
+    boxes: dict[str, np.ndarray] | None = None,
+    crop_size: int = 180,
+    mean=None,
+    std=None,
+    views: int = 0,
+    view_seed: int = 0,
+) -> ShardFeatures:
+    """Features of ``clips`` (:func:`shard_clips`) for ``role`` with a loaded backbone.
+
+    Clips that cannot be decoded are recorded in ``ledger`` and left out; clips without the
+    modality stay in with ``present=False`` and zeros. ``views`` applies to the video roles only.
+    """
+    views = views if role in VIDEO_ROLES else 0
+    if role in VIDEO_ROLES:
+        data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed)
+        runner = VideoRunner(model, mean, std, device, is_3d=role == "video3d")
+        results = run_video(runner, decoded(data, workers), batch_size)
+    elif role == "audio":
+        runner = AudioRunner(model, device)
+        results = run_audio(runner, decoded(AudioClips(clips), workers), batch_size)
+    elif role == "text":
+        results = run_text(model, list(clips["text"]), batch_size, device)
+        ids = clips["sample_id"].to_numpy()
+        results = [Result(ids[int(r.sample_id)], r.feature, r.present) for r in results]
+    else:
+        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    dim = model.feature_dim
+    kept, feats, present = [], [], []
+    for r in progress(results, len(clips), f"{role} clips"):
+        if r.error is not None:
+            ledger.drop(r.sample_id, r.error)
+            continue
+        kept.append(r.sample_id)
+        present.append(r.present and r.feature is not None)
+        feats.append(r.feature if r.feature is not None else torch.zeros(1 + views, dim))
+    stacked = torch.stack(feats) if feats else torch.zeros(0, 1 + views, dim)
+    split = clips.set_index("sample_id").loc[kept, "split"].to_numpy() if kept else np.array([])
+    return ShardFeatures(
+        sample_id=np.array(kept, dtype=str),
+        split=np.asarray(split, dtype=str),
+        feature=stacked[:, 0],
+        present=torch.tensor(present, dtype=torch.bool),
+        views=stacked[:, 1:] if views else None,
+    )
+
+
+def write_shard(path: str | os.PathLike, shard: ShardFeatures, dtype: str, attrs: dict) -> None:
+    """Write one shard's features atomically; ``complete`` is set last."""
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        featstore.write_array(group, "sample_id", shard.sample_id, str)
+        featstore.write_array(group, "split", shard.split, str)
+        featstore.write_array(group, "feature", shard.feature, dtype)
+        featstore.write_array(group, "present", shard.present, bool)
+        if shard.views is not None:
+            featstore.write_array(group, "views", shard.views, dtype)
+        group.attrs.update(attrs, dim=int(shard.feature.shape[1]))
+        group.attrs["complete"] = True
+
+
+def open_shard(path: str | os.PathLike):
+    """A finished shard store (refuses one without the ``complete`` attribute)."""
+    group = zarr.open_group(path, mode="r")
+    if not group.attrs.get("complete"):
+        raise ValueError(f"{path} is not a complete shard store (no 'complete' attribute)")
+    return group
+
+
+# ---------------------------------------------------------------------------------------------
+# Merging the shards of all roles into features.zarr
+
+
+def merge_shards(
+    shards: dict[str, list[str | os.PathLike]], out: str | os.PathLike, dtype: str = "float16"
+) -> int:
+    """Join per-shard, per-role stores into one :mod:`conclugen.featstore` store; returns N.
+
+    ``shards``: role -> shard store paths (same shard order for every role). A sample is kept
+    when both video roles have it; audio and text rows follow it (absent when missing). Rows are
+    copied shard by shard, so a dataset larger than memory streams through.
+    """
+    missing = set(VIDEO_ROLES) - set(shards)
+    if missing:
+        raise ValueError(f"merging needs the video roles; missing {sorted(missing)}")
+    counts = {len(paths) for paths in shards.values()}
+    if len(counts) != 1:
+        raise ValueError("every role needs the same number of shards")
+    groups = {role: [open_shard(p) for p in paths] for role, paths in shards.items()}
+    mods = ["video"] + [m for m in ("audio", "text") if m in groups]
+    dims = {r: int(groups[r][0].attrs["dim"]) for r in groups}
+    dims["video"] = dims["video2d"] + dims["video3d"]
+    n_views = min(int(g.attrs.get("views", 0)) for r in VIDEO_ROLES for g in groups[r])
+
+    per_shard = []  # (kept ids, split, {role: row index into that role's shard})
+    for k in range(counts.pop()):
+        ids = {r: featstore.read_strings(groups[r][k]["sample_id"]) for r in groups}
+        kept = [s for s in ids["video2d"] if s in set(ids["video3d"])]
+        lost = set(ids["video2d"]).symmetric_difference(ids["video3d"])
+        if lost:
+            log.warning("shard %d: %d clips lack one of the video features; left out", k, len(lost))
+        rows = {r: pd.Index(ids[r]).get_indexer(kept) for r in groups}
+        split = featstore.read_strings(groups["video2d"][k]["split"])[rows["video2d"]]
+        per_shard.append((np.array(kept, dtype=str), split, rows))
+    n = sum(len(p[0]) for p in per_shard)
+
+    with atomic_path(out) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        arrays = {"sample_id": featstore.create_array(group, "sample_id", (n,), str),
+                  "split": featstore.create_array(group, "split", (n,), str)}  # fmt: skip
+        for m in mods:
+            arrays[m] = featstore.create_array(group, m, (n, dims[m]), dtype)
+            arrays[f"{m}_present"] = featstore.create_array(group, f"{m}_present", (n,), bool)
+        if n_views:
+            shape = (n, n_views, dims["video"])
+            arrays["video_views"] = featstore.create_array(group, "video_views", shape, dtype)
+        offset = 0
+        for k, (kept, split, rows) in enumerate(per_shard):
+            block = slice(offset, offset + len(kept))
+            arrays["sample_id"][block], arrays["split"][block] = kept, split
+            video = [groups[r][k]["feature"][:][rows[r]] for r in VIDEO_ROLES]
+            arrays["video"][block] = np.concatenate(video, 1).astype(dtype)
+            arrays["video_present"][block] = np.ones(len(kept), bool)
+            if n_views:
+                views = [groups[r][k]["views"][:][rows[r], :n_views] for r in VIDEO_ROLES]
+                arrays["video_views"][block] = np.concatenate(views, 2).astype(dtype)
+            for m in mods[1:]:
+                r = rows[m]
+                found = r >= 0
+                feats = np.zeros((len(kept), dims[m]), dtype)
+                present = np.zeros(len(kept), bool)
+                feats[found] = groups[m][k]["feature"][:][r[found]]
+                present[found] = groups[m][k]["present"][:][r[found]]
+                arrays[m][block], arrays[f"{m}_present"][block] = feats, present
+            offset += len(kept)
+        group.attrs.update(
+            modalities=mods,
+            dims={m: dims[m] for m in mods},
+            views=n_views,
+            backbones={
+                r: {k: v for k, v in groups[r][0].attrs.items() if k != "complete"} for r in groups
+            },
+        )
+        group.attrs["complete"] = True
+    return n

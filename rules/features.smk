@@ -1,0 +1,61 @@
+rule lookalike_weights:
+    """Demo only: random backbones in the real checkpoint formats (no weights can be fetched)."""
+    output:
+        expand(f"{LOOKALIKE['root']}/weights/{{name}}", name=DEMO_WEIGHTS),
+    log:
+        "results/logs/lookalike_weights.log",
+    benchmark:
+        "results/benchmarks/lookalike_weights.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow/scripts/lookalike_weights.py"
+
+
+rule features:
+    """One backbone's frozen features of one shard (decoding workers feed cross-clip batches)."""
+    input:
+        unpack(features_input),
+    output:
+        store=directory("results/{dataset}/features/{backbone}/{shard}.zarr"),
+        failures="results/{dataset}/failures/features/{backbone}/{shard}.tsv",
+    log:
+        "results/logs/features/{dataset}/{backbone}/{shard}.log",
+    benchmark:
+        "results/benchmarks/features/{dataset}/{backbone}/{shard}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: config["features"]["workers"] + 1
+    resources:
+        mem_mb=16000,
+        runtime=12 * 60,
+        gpu=0 if config["features"]["device"] == "cpu" else 1,
+    params:
+        features=feature_settings,
+        max_failure_fraction=config["max_failure_fraction"],
+    script:
+        "../workflow/scripts/features.py"
+
+
+rule features_merge:
+    """All shards and backbones of a dataset in one store (video = 2D || 3D)."""
+    input:
+        unpack(feature_shards),
+    output:
+        directory("results/{dataset}/features.zarr"),
+    log:
+        "results/logs/features_merge/{dataset}.log",
+    benchmark:
+        "results/benchmarks/features_merge/{dataset}.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=2 * 60,
+    params:
+        dtype=config["features"]["dtype"],
+    script:
+        "../workflow/scripts/features_merge.py"

@@ -1,0 +1,312 @@
+"""Feature extraction: sampling and pooling semantics on videos with known answers, cropping and
+augmented views, the mel spectrogram, determinism, shard stores and their merge."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from conclugen import featstore
+from conclugen.features import (
+    AudioRunner,
+    ShardFeatures,
+    VideoClips,
+    crop_frames,
+    extract_shard,
+    mel_filters,
+    merge_shards,
+    open_shard,
+    spectrogram,
+    view_params,
+    windows,
+    write_shard,
+)
+from conclugen.ledger import FailureLedger
+
+W, H = 64, 48
+
+
+def encode(path, frames: np.ndarray, fps: int = 16) -> None:
+    """Write [T, H, W, 3] uint8 frames losslessly (x264 RGB, qp 0)."""
+    h, w = frames.shape[1:3]
+    cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-r", str(fps), "-i", "-", "-c:v", "libx264rgb", "-qp", "0",
+           "-pix_fmt", "rgb24", str(path)]  # fmt: skip
+    subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True)
+
+
+def grey_ramp(n: int, step: int = 6) -> np.ndarray:
+    """n frames, frame k uniformly grey at level step * k."""
+    levels = (np.arange(n) * step).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (n, H, W, 3)).copy()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    paths = {"ramp40": root / "ramp40.mp4", "ramp10": root / "ramp10.mp4"}
+    encode(paths["ramp40"], grey_ramp(40))
+    encode(paths["ramp10"], grey_ramp(10))
+    # A still scene with structure (for crops and views): a gradient with a bright square.
+    still = np.zeros((20, H, W, 3), np.uint8)
+    still[:] = np.linspace(0, 200, W, dtype=np.uint8)[None, None, :, None]
+    still[:, 10:30, 20:40] = (250, 40, 40)
+    paths["still"] = root / "still.mp4"
+    encode(paths["still"], still)
+    return paths
+
+
+def clips_table(paths: dict, names: list[str], frames: dict[str, int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sample_id": names,
+            "split": ["train"] * len(names),
+            "video": [str(paths[n]) for n in names],
+            "audio": [None] * len(names),
+            "start": [0.0] * len(names),
+            "end": [frames[n] / 16 for n in names],
+            "width": [W] * len(names),
+            "height": [H] * len(names),
+            "has_audio": [False] * len(names),
+            "audio_peak": [0.0] * len(names),
+            "text": [None] * len(names),
+        }
+    )
+
+
+class MeanColour2D(torch.nn.Module):
+    """A stand-in backbone whose feature is the mean colour of each (normalised) frame."""
+
+    feature_dim = 3
+
+    def forward(self, x):
+        assert x.dim() == 4
+        return x.mean((2, 3))
+
+
+class MeanColour3D(torch.nn.Module):
+    """The same for 16-frame windows [B, 3, T, H, W]: the mean colour of the window."""
+
+    feature_dim = 3
+
+    def forward(self, x):
+        assert x.dim() == 5 and x.shape[2] == 16
+        return x.mean((2, 3, 4))
+
+
+IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def extract(role, clips, model, **kw):
+    ledger = FailureLedger(f"features/{role}")
+    return extract_shard(role, clips, model, ledger, crop_size=32, **IDENTITY, **kw), ledger
+
+
+def test_2d_is_the_mean_over_1fps_frames(videos):
+    clips = clips_table(videos, ["ramp40"], {"ramp40": 40})
+    shard, _ = extract("video2d", clips, MeanColour2D(), workers=0)
+    # 1 fps = frames 0, 16, 32 of the 16 fps grid: grey 0, 96, 192.
+    assert torch.allclose(shard.feature, torch.full((1, 3), 96 / 255), atol=1e-6)
+
+
+def test_3d_is_the_mean_over_16_frame_windows_with_the_last_completed(videos):
+    clips = clips_table(videos, ["ramp40", "ramp10"], {"ramp40": 40, "ramp10": 10})
+    shard, _ = extract("video3d", clips, MeanColour3D(), workers=0)
+    # Windows 0-15, 16-31, 32-39 + frame 39 repeated 8 times; grey 6k for frame k.
+    last = (sum(range(32, 40)) + 8 * 39) / 16
+    expected_40 = 6 * np.mean([np.mean(range(16)), np.mean(range(16, 32)), last]) / 255
+    # A clip shorter than one window: one window, frames 0-9 then frame 9 six times.
+    expected_10 = 6 * (sum(range(10)) + 6 * 9) / 16 / 255
+    expected = torch.tensor([[expected_40] * 3, [expected_10] * 3], dtype=torch.float32)
+    assert torch.allclose(shard.feature, expected, atol=1e-6)
+
+
+def test_windows_shape_and_padding():
+    clip = torch.arange(20).reshape(1, 20, 1, 1, 1).expand(2, 20, 3, 4, 4)
+    out = windows(clip)
+    assert out.shape == (2, 2, 3, 16, 4, 4)  # [V, windows, C, T, H, W]
+    assert out[0, 1, 0, :, 0, 0].tolist() == list(range(16, 20)) + [19] * 12
+
+
+def test_batching_across_clips_does_not_change_features(videos):
+    names = ["ramp40", "ramp10", "still"]
+    clips = clips_table(videos, names, {"ramp40": 40, "ramp10": 10, "still": 20})
+    small, _ = extract("video3d", clips, MeanColour3D(), batch_size=1, workers=0)
+    large, _ = extract("video3d", clips, MeanColour3D(), batch_size=64, workers=2)
+    assert small.sample_id.tolist() == large.sample_id.tolist() == names
+    assert torch.allclose(small.feature, large.feature, atol=1e-6)
+
+
+def test_crop_follows_the_box_and_resizes():
+    frames = np.zeros((3, H, W, 3), np.uint8)
+    frames[:, 10:30, 20:40] = (250, 40, 40)
+    crops = crop_frames(frames, np.tile([20, 10, 40, 30], (3, 1)), 16)
+    assert crops.shape == (1, 3, 3, 16, 16) and crops.dtype == torch.uint8
+    # Inside the box exactly its colour (bilinear sampling blends only the outermost pixels).
+    inner = crops[0, :, :, 1:-1, 1:-1]
+    assert (inner[:, 0] == 250).all() and (inner[:, 1] == 40).all()
+    # A box outside the frame falls back to the whole frame.
+    whole = crop_frames(frames, np.tile([100, 100, 120, 120], (3, 1)), 16)
+    assert whole[0, :, 0].float().mean() < 250 and whole[0, :, 0].max() == 250
+
+
+def test_views_are_temporally_consistent_and_shared_by_2d_and_3d(videos):
+    clips = clips_table(videos, ["still"], {"still": 20})
+    v2d = VideoClips(clips, "video2d", {}, 32, views=3, view_seed=5)[0].inputs
+    v3d = VideoClips(clips, "video3d", {}, 32, views=3, view_seed=5)[0].inputs
+    assert v2d.shape == (4, 2, 3, 32, 32)  # plain + 3 views, 1 fps frames at t = 0, 1
+    assert v3d.shape == (4, 2, 3, 16, 32, 32)  # 20 frames -> 2 windows
+    frames3d = v3d.transpose(2, 3).flatten(1, 2)  # [V, 32, 3, H, W]
+    # The still video: every frame of a view is the same image (consistent over time) ...
+    assert (v2d == v2d[:, :1]).all() and (frames3d[:, :20] == frames3d[:, :1]).all()
+    # ... and the 2D job's view k is the 3D job's view k.
+    assert torch.equal(v2d[:, 0], frames3d[:, 0])
+    # Views differ from the plain crop and from each other; a rerun draws the same views.
+    firsts = [v2d[k, 0] for k in range(4)]
+    assert all(not torch.equal(firsts[i], firsts[j]) for i in range(4) for j in range(i))
+    again = VideoClips(clips, "video2d", {}, 32, views=3, view_seed=5)[0].inputs
+    assert torch.equal(v2d, again)
+    assert view_params("still", 0, 5) != view_params("still", 0, 6)
+
+
+def test_undecodable_clip_goes_to_the_ledger(videos, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    paths = dict(videos, broken=broken)
+    clips = clips_table(paths, ["ramp40", "broken"], {"ramp40": 40, "broken": 16})
+    shard, ledger = extract("video2d", clips, MeanColour2D(), workers=0)
+    assert shard.sample_id.tolist() == ["ramp40"]
+    assert [r[0] for r in ledger.rows] == ["broken"]
+
+
+def test_mel_spectrogram_of_a_tone():
+    t = np.arange(16000) / 16000
+    spec = spectrogram(np.sin(2 * np.pi * 1000 * t).astype(np.float32), mel_filters())
+    assert spec.shape == (128, 1 + 16000 // 160)
+    assert float(spec.min()) == 0.0 and abs(float(spec.max()) - 1.0) < 1e-6
+    # The loudest band is the one whose centre is closest to 1 kHz (HTK mel scale, 0-8 kHz).
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
+    centres = np.linspace(mel(0), mel(8000), 130)[1:-1]
+    expected = int(np.argmin(np.abs(centres - mel(1000))))
+    assert abs(int(spec[:, 10:-10].mean(1).argmax()) - expected) <= 1
+
+
+class StepMap(torch.nn.Module):
+    """A stand-in DAVEnet: [B, F, T] -> [B, 2, 3, ceil(T / 16)] maps of the input's 16-step
+    means, so the pooled feature of a constant spectrogram is that constant."""
+
+    feature_dim = 2
+
+    def output_steps(self, t):
+        return -(-t // 16)
+
+    def forward(self, x):
+        pooled = torch.nn.functional.avg_pool1d(x.mean(1, keepdim=True), 16, ceil_mode=True)
+        return pooled[:, :, None].expand(-1, 2, 3, -1)
+
+
+def test_audio_pooling_ignores_batch_padding(monkeypatch):
+    runner = AudioRunner(StepMap(), "cpu")
+    short, long = torch.full((128, 32), 0.25), torch.full((128, 160), 0.75)
+    feats = runner([short, long])
+    assert torch.allclose(feats, torch.tensor([[0.25, 0.25], [0.75, 0.75]]))
+
+
+def shard_of(ids, dim, value, present=None, views=0):
+    n = len(ids)
+    feats = torch.full((n, dim), float(value)) + torch.arange(n)[:, None]
+    return ShardFeatures(
+        sample_id=np.array(ids),
+        split=np.array(["train"] * n),
+        feature=feats,
+        present=torch.ones(n, dtype=torch.bool) if present is None else torch.tensor(present),
+        views=feats[:, None].repeat(1, views, 1) + 0.5 if views else None,
+    )
+
+
+def test_merge_joins_roles_and_shards(tmp_path):
+    paths = {r: [] for r in ("video2d", "video3d", "audio", "text")}
+    layout = {
+        # shard: role -> (ids, dim, value, present)
+        0: {"video2d": (["a", "b", "c"], 4, 1, None), "video3d": (["a", "b", "c"], 2, 2, None),
+            "audio": (["a", "b", "c"], 3, 3, [True, False, True]),
+            "text": (["a", "c"], 5, 4, None)},
+        1: {"video2d": (["d", "e"], 4, 1, None), "video3d": (["d"], 2, 2, None),
+            "audio": (["d", "e"], 3, 3, None), "text": (["d", "e"], 5, 4, [False, True])},
+    }  # fmt: skip
+    for k, roles in layout.items():
+        for role, (ids, dim, value, present) in roles.items():
+            path = tmp_path / role / f"{k}.zarr"
+            views = 2 if role.startswith("video") else 0
+            write_shard(path, shard_of(ids, dim, value, present, views), "float32",
+                        {"role": role, "views": views})  # fmt: skip
+            paths[role].append(path)
+    out = tmp_path / "features.zarr"
+    assert merge_shards(paths, out, "float16") == 4  # e lacks a 3D feature: left out
+    fs = featstore.read_features(out)
+    assert fs.sample_id.tolist() == ["a", "b", "c", "d"]
+    assert fs.dims == {"video": 6, "audio": 3, "text": 5}
+    assert zarr.open_group(out)["video"].dtype == np.float16
+    assert fs.features["video"][1].tolist() == [2, 2, 2, 2, 3, 3]  # b: 2D row 1, 3D row 1
+    assert fs.present["audio"].tolist() == [True, False, True, True]
+    assert fs.present["text"].tolist() == [True, False, True, False]  # b missing, d absent
+    assert fs.features["text"][2].tolist() == [5] * 5  # c is row 1 of the text shard
+    assert fs.features["text"][1].abs().sum() == 0
+    assert fs.views.shape == (4, 2, 6) and fs.views[0, 0].tolist() == [1.5] * 4 + [2.5] * 2
+
+
+def test_an_unfinished_shard_store_is_refused(tmp_path):
+    path = tmp_path / "0.zarr"
+    write_shard(path, shard_of(["a"], 2, 1), "float32", {"role": "audio"})
+    group = zarr.open_group(path, mode="r+")
+    del group.attrs["complete"]
+    with pytest.raises(ValueError, match="not a complete shard store"):
+        open_shard(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbones(tmp_path_factory):
+    from conclugen import backbones, lookalike_weights
+
+    root = tmp_path_factory.mktemp("weights")
+    widths = (8, 16, 16, 32)
+    lookalike_weights.write_torchvision_resnet(root / "r2d.pth", depth=18, widths=widths)
+    lookalike_weights.write_hara_resnet3d(root / "r3d.pth", depth=18, widths=widths,
+                                          packaging="hara2020")  # fmt: skip
+    return backbones.load_resnet2d(str(root / "r2d.pth")), backbones.load_resnet3d(
+        str(root / "r3d.pth")
+    )
+
+
+def normalised(frames: np.ndarray, size: int) -> torch.Tensor:
+    """[T, H, W, 3] uniform frames -> the [T, 3, size, size] tensor the backbone sees."""
+    x = torch.from_numpy(frames[:, :size, :size]).permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(0.5)) / torch.tensor(0.25)
+
+
+def test_real_backbones_pool_known_inputs(videos, tiny_backbones):
+    r2d, r3d = tiny_backbones
+    clips = clips_table(videos, ["ramp40", "ramp10"], {"ramp40": 40, "ramp10": 10})
+    kw = {"crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "workers": 0}
+    ledger = FailureLedger("features")
+    f2d = extract_shard("video2d", clips, r2d, ledger, **kw).feature
+    f3d = extract_shard("video3d", clips, r3d, ledger, **kw).feature
+    ramp = normalised(grey_ramp(40, step=6)[..., :32, :32, :], 32)  # uniform frames: crop = frame
+    with torch.inference_mode():
+        want2d = r2d(ramp[[0, 16, 32]]).mean(0)
+        windows40 = torch.stack(
+            [ramp[0:16], ramp[16:32], torch.cat([ramp[32:40], ramp[39:40].expand(8, -1, -1, -1)])]
+        )
+        want3d = r3d(windows40.transpose(1, 2)).mean(0)
+        short = torch.cat([ramp[:10], ramp[9:10].expand(6, -1, -1, -1)])  # the 10-frame clip
+        want3d_short = r3d(short[None].transpose(1, 2))[0]
+    assert torch.allclose(f2d[0], want2d, atol=1e-4)
+    assert torch.allclose(f3d[0], want3d, atol=1e-4)
+    assert torch.allclose(f3d[1], want3d_short, atol=1e-4)
+    again = extract_shard("video3d", clips, r3d, ledger, **kw).feature
+    assert torch.equal(f3d, again)

@@ -1,0 +1,56 @@
+"""Rule features: one backbone's frozen features of one shard's usable clips."""
+
+import pandas as pd
+import torch
+
+from conclugen import backbones
+from conclugen.data.manifest import read_manifest
+from conclugen.features import extract_shard, face_boxes, shard_clips, write_shard
+from conclugen.ledger import FailureLedger
+from conclugen.logs import logged
+from conclugen.torchutil import resolve_device
+
+LOADERS = {
+    "video2d": backbones.load_resnet2d,
+    "video3d": backbones.load_resnet3d,
+    "audio": backbones.load_davenet,
+    "text": backbones.load_text_encoder,
+}
+
+with logged(snakemake.log[0]) as log:
+    cfg = snakemake.params.features
+    role = snakemake.wildcards.backbone
+    spec = cfg["model"] if role == "text" else cfg["weights"]
+    inputs = snakemake.input
+    manifest, _ = read_manifest(inputs.manifest, shard=int(snakemake.wildcards.shard))
+    faces = pd.read_parquet(inputs.faces) if "faces" in inputs.keys() else None
+    subtitles = pd.read_parquet(inputs.subtitles) if "subtitles" in inputs.keys() else None
+    clips = shard_clips(manifest, pd.read_parquet(inputs.probe), faces, subtitles)
+
+    workers = snakemake.threads - 1
+    torch.set_num_threads(max(1, snakemake.threads - workers))
+    device = resolve_device(cfg["device"])
+    model = LOADERS[role](spec)
+    log.info("%s: %s on %s, %d-d, %d clips", role, spec, device, model.feature_dim, len(clips))
+    ledger = FailureLedger(f"features/{role}")
+    shard = extract_shard(
+        role,
+        clips,
+        model,
+        ledger,
+        device=device,
+        batch_size=cfg["batch_size"],
+        workers=workers,
+        boxes=face_boxes(faces),
+        crop_size=cfg["crop_size"],
+        mean=cfg.get("mean"),
+        std=cfg.get("std"),
+        views=cfg["views"],
+        view_seed=cfg["view_seed"],
+    )
+    ledger.write(snakemake.output.failures)
+    ledger.check(len(clips), snakemake.params.max_failure_fraction)
+    views = 0 if shard.views is None else shard.views.shape[1]
+    attrs = {"role": role, "weights": spec, "views": views, "crop_size": cfg["crop_size"]}
+    write_shard(snakemake.output.store, shard, cfg["dtype"], attrs)
+    log.info("%d clips, %d with this modality", len(shard.sample_id), int(shard.present.sum()))
