@@ -14,9 +14,9 @@ Four roles, each one backbone (:mod:`conclugen.backbones`) and one job per (data
 - ``text``: a Hugging Face encoder, mean of the last hidden state over tokens.
 
 Frames are cropped by the face track (:mod:`conclugen.faces`; the full frame for datasets that
-are not cropped, such as VoxCeleb2) and resized to ``crop_size`` squared (180 in the paper) in
-one batched ``roi_align`` call per clip, then normalised with the backbone's mean and std. The
-authors swapped ImageNet's mean and std for the 2D frames; we normalise correctly.
+are not cropped, such as VoxCeleb2) and resized to ``crop_size`` squared (180 in the paper) by
+one batched ``grid_sample`` call per clip and view, then normalised with the backbone's mean
+and std. The authors swapped ImageNet's mean and std for the 2D frames; we normalise correctly.
 
 Augmented views (Instance-Cont): for datasets in ``views.datasets`` each clip also yields K
 features of augmented copies: random resized crop (scale 0.8-1, ratio 0.8-1.2, taken inside
@@ -152,15 +152,20 @@ def crop_frames(
     """Crop ``frames`` [T, H, W, 3] uint8 to ``boxes`` [T, 4] and resize to ``size`` squared:
     uint8 [1 + len(views), T, 3, size, size], the plain crop first, then each augmented view.
 
-    ``roi_align`` with adaptive sampling averages the source pixels under each output pixel, so
-    shrinking a large face is anti-aliased; all frames of a view go through one call.
+    All frames of a view are sampled in one bilinear ``grid_sample`` call, each frame through
+    its own box (an affine map; a flip is a negative x scale). When every box is at least twice the
+    crop size the frames are first average-pooled by the whole factor, so shrinking a large face
+    does not alias.
     """
-    from torchvision.ops import roi_align
     from torchvision.transforms.v2 import functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     boxes = torch.from_numpy(clamp_boxes(boxes, x.shape[3], x.shape[2]))
-    index = torch.arange(len(x), dtype=torch.float32)[:, None]
+    factor = int(torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).min()) // size
+    if factor >= 2:
+        x = torch.nn.functional.avg_pool2d(x, factor, ceil_mode=True)
+        boxes = boxes / factor
+    height, width = x.shape[2:]
     out = []
     for p in [None, *views]:
         b = boxes
@@ -169,10 +174,20 @@ def crop_frames(
             bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
             left, top = boxes[:, 0] + x0 * bw, boxes[:, 1] + y0 * bh
             b = torch.stack([left, top, left + w * bw, top + h * bh], 1)
-        crop = roi_align(x, torch.cat([index, b], 1), size, 1.0, -1, aligned=True) / 255
+        sign = -1.0 if p is not None and p.flip else 1.0
+        theta = torch.zeros(len(x), 2, 3)
+        theta[:, 0, 0] = sign * (b[:, 2] - b[:, 0]) / width
+        theta[:, 0, 2] = (b[:, 0] + b[:, 2]) / width - 1
+        theta[:, 1, 1] = (b[:, 3] - b[:, 1]) / height
+        theta[:, 1, 2] = (b[:, 1] + b[:, 3]) / height - 1
+        grid = torch.nn.functional.affine_grid(theta, [len(x), 3, size, size], align_corners=False)
+        crop = (
+            torch.nn.functional.grid_sample(
+                x, grid, mode="bilinear", padding_mode="border", align_corners=False
+            )
+            / 255
+        )
         if p is not None:
-            if p.flip:
-                crop = F.horizontal_flip(crop)
             if p.jitter is not None:
                 bright, contrast, saturation, hue = p.jitter
                 crop = F.adjust_brightness(crop, bright)
@@ -217,6 +232,8 @@ class VideoClips(torch.utils.data.Dataset):
     """Decodes, crops and augments one clip per item for ``video2d`` (1 fps frames) or
     ``video3d`` (16 fps frames in 16-frame windows)."""
 
+    read = staticmethod(read_frames)  # (path, times) -> (frames, found)
+
     def __init__(self, clips: pd.DataFrame, role: str, boxes: dict[str, np.ndarray],
                  crop_size: int, views: int = 0, view_seed: int = 0):  # fmt: skip
         if role not in VIDEO_ROLES:
@@ -235,7 +252,7 @@ class VideoClips(torch.utils.data.Dataset):
         times = sample_times(clip["start"], clip["end"], FPS)
         index = np.arange(0, len(times), FPS if self.role == "video2d" else 1)
         try:
-            frames, found = read_frames(clip["video"], times[index])
+            frames, found = self.read(clip["video"], times[index])
         except MediaError as e:
             return ClipInputs(clip["sample_id"], None, error=str(e))
         track = self.boxes.get(clip["sample_id"])
@@ -471,8 +488,11 @@ def extract_shard(
         runner = VideoRunner(model, mean, std, device, is_3d=role == "video3d")
         results = run_video(runner, decoded(data, workers), batch_size)
     elif role == "audio":
+        # Batches of similar length waste little on padding; rows return to the clips' order.
+        by_length = clips.assign(length=clips["end"] - clips["start"])
+        by_length = by_length.sort_values(["length", "sample_id"], kind="stable")
         runner = AudioRunner(model, device)
-        results = run_audio(runner, decoded(AudioClips(clips), workers), batch_size)
+        results = run_audio(runner, decoded(AudioClips(by_length), workers), batch_size)
     elif role == "text":
         results = run_text(model, list(clips["text"]), batch_size, device)
         ids = clips["sample_id"].to_numpy()
@@ -488,6 +508,10 @@ def extract_shard(
         kept.append(r.sample_id)
         present.append(r.present and r.feature is not None)
         feats.append(r.feature if r.feature is not None else torch.zeros(1 + views, dim))
+    if role == "audio":  # back to the clips' order
+        rank = {sample_id: i for i, sample_id in enumerate(clips["sample_id"])}
+        order = sorted(range(len(kept)), key=lambda i: rank[kept[i]])
+        kept, feats, present = ([x[i] for i in order] for x in (kept, feats, present))
     stacked = torch.stack(feats) if feats else torch.zeros(0, 1 + views, dim)
     split = clips.set_index("sample_id").loc[kept, "split"].to_numpy() if kept else np.array([])
     return ShardFeatures(

@@ -123,7 +123,8 @@ def read_frames(path: str | os.PathLike, times: np.ndarray) -> tuple[np.ndarray,
     Time ``t`` gets the last frame whose timestamp is <= ``t``, as a player shows it, so the 1 fps
     samples of a clip are a subset of its 16 fps samples. ``found[i]`` is False where the video
     ended before ``times[i]`` (that slot repeats the last frame). Decoding starts at the keyframe
-    before ``times[0]``, so a segment deep inside a long video costs only its own frames.
+    before ``times[0]``, so a segment deep inside a long video costs only its own frames, and only
+    the frames picked are converted to RGB (at 1 fps from a 25 fps video, 1 frame in 25).
     """
     times = np.asarray(times, dtype=np.float64)
     picked: list[np.ndarray] = []
@@ -141,17 +142,23 @@ def read_frames(path: str | os.PathLike, times: np.ndarray) -> tuple[np.ndarray,
                     picked.append(shown)  # None only before the first frame: fixed below
                 if len(picked) == len(times):
                     break
-                shown, shown_t = frame.to_ndarray(format="rgb24"), t
+                shown, shown_t = frame, t
+            if shown is None:
+                raise MediaError("no video frames")
+            n_decoded = len(picked)
+            found = np.ones(len(times), dtype=bool)
+            found[n_decoded:] = times[n_decoded:] < shown_t + max(step, 1e-3)
+            picked += [shown] * (len(times) - n_decoded)
+            first = next(f for f in picked if f is not None)
+            rgb = {}  # a frame shown at several times is converted once
+            for f in picked:
+                f = first if f is None else f
+                if id(f) not in rgb:
+                    rgb[id(f)] = f.to_ndarray(format="rgb24")
+            frames = np.stack([rgb[id(first if f is None else f)] for f in picked])
     except (av.FFmpegError, IndexError) as e:
         raise MediaError(f"video not decodable: {e}") from None
-    if shown is None:
-        raise MediaError("no video frames")
-    n_decoded = len(picked)
-    found = np.ones(len(times), dtype=bool)
-    found[n_decoded:] = times[n_decoded:] < shown_t + max(step, 1e-3)
-    picked += [shown] * (len(times) - n_decoded)
-    first = next(f for f in picked if f is not None)
-    return np.stack([first if f is None else f for f in picked]), found
+    return frames, found
 
 
 def read_audio(

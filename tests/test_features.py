@@ -310,3 +310,31 @@ def test_real_backbones_pool_known_inputs(videos, tiny_backbones):
     assert torch.allclose(f3d[1], want3d_short, atol=1e-4)
     again = extract_shard("video3d", clips, r3d, ledger, **kw).feature
     assert torch.equal(f3d, again)
+
+
+def test_audio_rows_keep_the_clips_order(tmp_path):
+    """Audio is batched by length, but the rows come back in the clips' order. Lengths give
+    whole 16-frame output steps (1 + 100 s = 16 k frames), so padding cannot matter."""
+    paths, names, lengths = {}, [], {}
+    for i, seconds in enumerate([1.91, 0.31, 1.27]):
+        path = tmp_path / f"a{i}.mp4"
+        cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+               f"color=c=gray:s=64x48:r=16:d={seconds}", "-f", "lavfi", "-i",
+               f"sine=f={300 + 200 * i}:d={seconds}:r=16000", "-shortest", str(path)]  # fmt: skip
+        subprocess.run(cmd, check=True)
+        paths[f"a{i}"], lengths[f"a{i}"] = path, seconds * 16
+        names.append(f"a{i}")
+    clips = clips_table(paths, names, lengths).assign(has_audio=True, audio_peak=0.5)
+    model = StepMap()
+    batched, _ = extract("audio", clips, model, batch_size=3, workers=0)
+    alone = [extract("audio", clips.iloc[[i]], model, workers=0)[0].feature[0] for i in range(3)]
+    assert batched.sample_id.tolist() == names
+    assert torch.allclose(batched.feature, torch.stack(alone), atol=1e-6)
+
+
+def test_crop_of_a_large_box_is_antialiased():
+    """A fine stripe pattern shrunk 4x averages to grey instead of aliasing."""
+    frames = np.zeros((2, 256, 256, 3), np.uint8)
+    frames[:, :, ::2] = 255  # one-pixel stripes
+    crops = crop_frames(frames, np.tile([0, 0, 256, 256], (2, 1)), 64).float()
+    assert abs(crops.mean() - 127.5) < 2 and crops.std() < 3

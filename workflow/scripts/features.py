@@ -28,7 +28,8 @@ with logged(snakemake.log[0]) as log:
     clips = shard_clips(manifest, pd.read_parquet(inputs.probe), faces, subtitles)
 
     workers = snakemake.threads - 1
-    torch.set_num_threads(max(1, snakemake.threads - workers))
+    # The model may use every core: decoding workers sleep while their queue is full.
+    torch.set_num_threads(snakemake.threads)
     device = resolve_device(cfg["device"])
     model = LOADERS[role](spec)
     log.info("%s: %s on %s, %d-d, %d clips", role, spec, device, model.feature_dim, len(clips))
