@@ -11,7 +11,7 @@ rule faces:
     benchmark:
         "results/benchmarks/faces/{dataset}/{shard}.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/models.yaml"
     threads: config["faces"]["workers"] + 1
     resources:
         mem_mb=8000,
@@ -37,7 +37,7 @@ rule face_preview:
     benchmark:
         "results/benchmarks/face_preview/{dataset}.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/models.yaml"
     resources:
         mem_mb=2000,
         runtime=30,

@@ -7,7 +7,7 @@ rule lookalike_weights:
     benchmark:
         "results/benchmarks/lookalike_weights.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/models.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
@@ -27,7 +27,7 @@ rule features:
     benchmark:
         "results/benchmarks/features/{dataset}/{backbone}/{shard}.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/models.yaml"
     threads: config["features"]["workers"] + 1
     resources:
         mem_mb=16000,
@@ -51,7 +51,7 @@ rule features_merge:
     benchmark:
         "results/benchmarks/features_merge/{dataset}.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/models.yaml"
     resources:
         mem_mb=8000,
         runtime=2 * 60,

@@ -11,7 +11,7 @@ rule subtitles:
     benchmark:
         "results/benchmarks/subtitles/{dataset}/{shard}.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/models.yaml"
     threads: 2
     resources:
         mem_mb=8000,
