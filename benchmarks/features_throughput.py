@@ -4,9 +4,11 @@ Three ways over the same clips, with the same loaded model and the same CPU core
 
 - naive, the authors' way: decode one clip in the main process (every frame to RGB, as
   ``torchvision.io.read_video`` did, then pick the sampled frames), run its frames (windows,
-  spectrogram, text) as one batch, pool, next clip;
+  spectrogram, text) as one batch through the model as loaded (fp32, default memory format,
+  BatchNorm as a layer), pool, next clip;
 - clip-wise: the same loop with our decoder (:func:`conclugen.media.read_frames` converts only the
-  sampled frames), to separate the decoder's gain from the pipeline's;
+  sampled frames) and our runners (the model's inference form: BatchNorm folded, channels_last,
+  ``--precision``), to separate those gains from the batching's;
 - batched = :func:`conclugen.features.extract_shard`, what the ``features`` rule runs: clips are
   decoded, cropped and resized by DataLoader workers while the model runs ``batch_size`` inputs
   gathered across clips.
@@ -23,7 +25,13 @@ model stays MiniLM, the only real text weights available offline). Weights are r
 in the real formats: speed does not depend on their values. Usage::
 
     python benchmarks/features_throughput.py [--clips 24] [--sizes demo|paper] [--device cpu]
-        [--workers 1] [--roles video2d video3d audio text] [--crop-size 180]
+        [--workers 1] [--roles video2d video3d audio text] [--crop-size 180] [--precision auto]
+
+``--precision auto`` is the features rule's default: bf16 on a GPU or a CPU with AMX, else fp32.
+``--forward-only`` skips decoding and times one forward pass per backbone on random inputs of a
+batch's size: the model as loaded (fp32) against its inference form
+(:func:`conclugen.backbones.for_inference` at ``--precision``), with the relative L2 difference
+of their outputs.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from conclugen.features import (
 )
 from conclugen.ledger import FailureLedger
 from conclugen.media import probe
+from conclugen.torchutil import resolve_precision
 
 ROLES = ("video2d", "video3d", "audio", "text")
 BATCH = {"video2d": 64, "video3d": 8, "audio": 16, "text": 64}
@@ -115,7 +124,34 @@ class AuthorsVideoClips(VideoClips):
     read = staticmethod(read_every_frame)
 
 
-def naive(role: str, clips: pd.DataFrame, model, device: str, crop_size: int, authors=True):
+class AuthorsVideoRunner:
+    """The authors' forward pass: normalise, run the model as loaded (fp32, no folding)."""
+
+    def __init__(self, model, mean, std, device: str, is_3d: bool):
+        shape = (1, 3, 1, 1, 1) if is_3d else (1, 3, 1, 1)
+        self.model, self.device = model.to(device), device
+        self.mean = torch.tensor(mean, device=device).reshape(shape)
+        self.std = torch.tensor(std, device=device).reshape(shape)
+
+    @torch.inference_mode()
+    def __call__(self, x):
+        x = x.to(self.device).float().div_(255)
+        return self.model((x - self.mean) / self.std).cpu()
+
+
+def authors_audio(model, device: str):
+    """The authors' audio pass: one clip's spectrogram, the mean over every output position."""
+    model = model.to(device)
+
+    @torch.inference_mode()
+    def run(specs):
+        return model(specs[0][None].to(device)).mean((2, 3)).cpu()
+
+    return run
+
+
+def naive(role: str, clips: pd.DataFrame, model, device: str, crop_size: int, precision: str,
+          authors=True):  # fmt: skip
     """Decode one clip in this process, run it as one batch, pool; next clip."""
     done = 0
     if role == "text":
@@ -124,7 +160,8 @@ def naive(role: str, clips: pd.DataFrame, model, device: str, crop_size: int, au
             done += 1
         return done
     if role == "audio":
-        data, runner = AudioClips(clips), AudioRunner(model, device)
+        data = AudioClips(clips)
+        runner = authors_audio(model, device) if authors else AudioRunner(model, device, precision)
         for i in range(len(data)):
             item = data[i]
             if item.inputs is not None:
@@ -132,8 +169,12 @@ def naive(role: str, clips: pd.DataFrame, model, device: str, crop_size: int, au
             done += 1
         return done
     mean, std = MEAN_STD[role]
-    data = (AuthorsVideoClips if authors else VideoClips)(clips, role, {}, crop_size)
-    runner = VideoRunner(model, mean, std, device, is_3d=role == "video3d")
+    if authors:
+        data = AuthorsVideoClips(clips, role, {}, crop_size)
+        runner = AuthorsVideoRunner(model, mean, std, device, role == "video3d")
+    else:
+        data = VideoClips(clips, role, {}, crop_size)
+        runner = VideoRunner(model, mean, std, device, role == "video3d", precision)
     for i in range(len(data)):
         item = data[i]
         runner(item.inputs.flatten(0, 1)).mean(0)
@@ -164,20 +205,23 @@ def child(role: str, mode: str, work: Path, args) -> dict:
     workers = args.workers if mode == "batched" else 0
     torch.set_num_threads(args.cores)  # as the features rule: the model may use every core
     model = load(role, weights)
+    precision = resolve_precision(args.precision, args.device)
     warm = clips.head(2)
-    naive(role, warm, model, args.device, args.crop_size)  # warm-up, not timed
+    naive(role, warm, model, args.device, args.crop_size, precision, authors=mode == "naive")
     sampler = GpuSampler() if args.device == "cuda" else None
     if sampler:
         torch.cuda.reset_peak_memory_stats()
         sampler.start()
     t0 = time.perf_counter()
     if mode in ("naive", "clipwise"):
-        done = naive(role, clips, model, args.device, args.crop_size, authors=mode == "naive")
+        authors = mode == "naive"
+        done = naive(role, clips, model, args.device, args.crop_size, precision, authors)
     else:
         mean, std = MEAN_STD.get(role, (None, None))
         shard = extract_shard(
             role, clips, model, FailureLedger("bench"), device=args.device,
             batch_size=BATCH[role], workers=workers, crop_size=args.crop_size, mean=mean, std=std,
+            precision=precision,
         )  # fmt: skip
         done = len(shard.sample_id)
     if args.device == "cuda":
@@ -195,6 +239,41 @@ def child(role: str, mode: str, work: Path, args) -> dict:
     return result
 
 
+FORWARD_INPUT = {"video2d": (64, 3, 180, 180), "video3d": (8, 3, 16, 180, 180),
+                 "audio": (16, 128, 300)}  # fmt: skip
+
+
+def forward_only(args, weights: dict) -> None:
+    """Seconds per forward pass: plain fp32 model vs inference form, same random batch."""
+    torch.set_num_threads(args.cores)
+    precision = resolve_precision(args.precision, args.device)
+    print(f"forward passes, device {args.device}, {args.cores} threads, precision {precision}")
+    for role in [r for r in args.roles if r in FORWARD_INPUT]:
+        model = load(role, weights).to(args.device)
+        x = torch.randn(*FORWARD_INPUT[role], generator=torch.Generator().manual_seed(0))
+        x = x.to(args.device)
+        fmt = {"video2d": torch.channels_last, "video3d": torch.channels_last_3d}.get(
+            role, torch.contiguous_format
+        )
+        fast = backbones.for_inference(model, args.device, precision, fmt)
+        runs = {}
+        for name, net, inp in [("plain", model, x),
+                               ("inference form", fast, x.to(fast.input_dtype).contiguous(
+                                   memory_format=fmt))]:  # fmt: skip
+            with torch.inference_mode():
+                out = net(inp)  # warm-up
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    out = net(inp)
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+            runs[name] = ((time.perf_counter() - t0) / 3, out.float())
+        (t_plain, ref), (t_fast, got) = runs["plain"], runs["inference form"]
+        error = float((got - ref).norm() / ref.norm())
+        print(f"{role:9} {tuple(x.shape)}: plain {t_plain:.3f} s, inference form {t_fast:.3f} s, "
+              f"{t_plain / t_fast:.2f}x, relative difference {error:.4f}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=24)
@@ -203,6 +282,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (batched)")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="CPU cores in all")
     parser.add_argument("--crop-size", type=int, default=180)
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument("--forward-only", action="store_true", help="model forward passes only")
     parser.add_argument("--roles", nargs="+", choices=ROLES, default=list(ROLES))
     parser.add_argument("--child", nargs=3, metavar=("ROLE", "MODE", "WORKDIR"),
                         help=argparse.SUPPRESS)  # fmt: skip
@@ -213,11 +294,15 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.forward_only:
+            forward_only(args, write_weights(work / "weights", args.sizes))
+            return
         prepare(args, work)
         gpu = args.device == "cuda"
         print(
             f"{args.clips} clips, {args.sizes} backbones, device {args.device}, "
-            f"{args.cores} cores, {args.workers} decoding worker(s), crop {args.crop_size}"
+            f"{args.cores} cores, {args.workers} decoding worker(s), crop {args.crop_size}, "
+            f"precision {resolve_precision(args.precision, args.device)} (naive: fp32)"
         )
         header = f"{'backbone':9} {'naive':>8} {'clip-wise':>9} {'batched':>8} (clips/s)  ratio"
         print(header + "  peak MB naive/batched" + ("  GPU util naive/batched" if gpu else ""))
@@ -227,7 +312,8 @@ def main() -> None:
             for mode in modes:
                 cmd = [sys.executable, __file__, "--child", role, mode, str(work),
                        "--device", args.device, "--workers", str(args.workers),
-                       "--cores", str(args.cores), "--crop-size", str(args.crop_size)]  # fmt: skip
+                       "--cores", str(args.cores), "--crop-size", str(args.crop_size),
+                       "--precision", args.precision]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
                     sys.exit(f"{role} {mode} failed:\n{out.stderr[-3000:]}")

@@ -19,6 +19,7 @@ from conclugen.backbones import (
     ResNet2D,
     ResNet3D,
     davenet_output_steps,
+    for_inference,
     load_davenet,
     load_resnet2d,
     load_resnet3d,
@@ -31,6 +32,7 @@ from conclugen.lookalike_weights import (
     write_resdavenet,
     write_torchvision_resnet,
 )
+from conclugen.torchutil import resolve_precision
 from conclugen.weights import load_checkpoint, resolve_model
 
 TINY = (4, 8, 16, 32)  # ResNet stage widths small enough for CPU tests
@@ -430,3 +432,83 @@ def test_real_minilm_from_its_package_gives_meaningful_features():
     unit = nn.functional.normalize(features, dim=1)
     similar, unrelated = unit[0] @ unit[1], unit[0] @ unit[2]
     assert similar > 0.6 and similar > unrelated + 0.3
+
+
+# ---- inference form: BatchNorm folded, bf16 -------------------------------------------------
+
+
+def _random_batchnorm(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine terms, so folding has work to do."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference")
+    write_torchvision_resnet(root / "r2d.pth", depth=18, widths=TINY)
+    write_hara_resnet3d(root / "r3dA.pth", depth=18, widths=TINY, packaging="hara2020",
+                        shortcut="A")  # fmt: skip
+    write_hara_resnet3d(root / "r3dB.pth", depth=50, widths=TINY, packaging="pretorched")
+    write_resdavenet(root / "dav.pth", widths=TINY_DAVENET)
+    gen = torch.Generator().manual_seed(1)
+    clip = (2, 3, 16, 32, 32)
+    return {
+        "r2d": (load_resnet2d(str(root / "r2d.pth")), torch.randn(3, 3, 40, 40, generator=gen)),
+        "r3dA": (load_resnet3d(str(root / "r3dA.pth")), torch.randn(*clip, generator=gen)),
+        "r3dB": (load_resnet3d(str(root / "r3dB.pth")), torch.randn(*clip, generator=gen)),
+        "dav": (load_davenet(str(root / "dav.pth")), torch.rand(2, 128, 90, generator=gen)),
+    }
+
+
+@pytest.mark.parametrize("name", ["r2d", "r3dA", "r3dB", "dav"])
+def test_folding_batchnorm_keeps_the_outputs(tiny_models, name):
+    model, x = tiny_models[name]
+    model = _random_batchnorm(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = for_inference(model, "cpu", "fp32")
+    with torch.no_grad():
+        want, got = model(x), fast(x.to(fast.input_dtype))
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    used = [m for n, m in fast.named_modules() if n != "batchnorm1"]  # ResDAVEnet's is unused
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in used)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy
+
+
+@pytest.mark.parametrize("name", ["r2d", "r3dA", "dav"])
+def test_bf16_inference_is_close_and_deterministic(tiny_models, name):
+    model, x = tiny_models[name]
+    fast = for_inference(model, "cpu", "bf16")
+    # The 1-3-channel stem stays fp32 on a CPU; everything after it is bf16.
+    assert fast.conv1.weight.dtype == torch.float32 and fast.input_dtype == torch.float32
+    assert {p.dtype for n, p in fast.named_parameters() if not n.startswith("conv1.")} == {
+        torch.bfloat16
+    }
+    with torch.no_grad():
+        want = model(x)
+        first, second = fast(x), fast(x)
+    assert torch.equal(first, second)
+    error = (first.float() - want).norm() / want.norm()
+    assert 0 < error < 0.03
+
+
+def test_precision_resolution(monkeypatch):
+    from conclugen import torchutil
+
+    assert resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert torchutil.native_bf16("cpu") and resolve_precision("auto", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8", "cpu")

@@ -8,7 +8,7 @@ from conclugen.data.manifest import read_manifest
 from conclugen.features import extract_shard, face_boxes, shard_clips, write_shard
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
-from conclugen.torchutil import resolve_device
+from conclugen.torchutil import resolve_device, resolve_precision
 
 LOADERS = {
     "video2d": backbones.load_resnet2d,
@@ -31,8 +31,12 @@ with logged(snakemake.log[0]) as log:
     # The model may use every core: decoding workers sleep while their queue is full.
     torch.set_num_threads(snakemake.threads)
     device = resolve_device(cfg["device"])
+    precision = "fp32" if role == "text" else resolve_precision(cfg["precision"], device)
     model = LOADERS[role](spec)
-    log.info("%s: %s on %s, %d-d, %d clips", role, spec, device, model.feature_dim, len(clips))
+    log.info(
+        "%s: %s on %s (%s), %d-d, %d clips",
+        role, spec, device, precision, model.feature_dim, len(clips),
+    )  # fmt: skip
     ledger = FailureLedger(f"features/{role}")
     shard = extract_shard(
         role,
@@ -48,10 +52,12 @@ with logged(snakemake.log[0]) as log:
         std=cfg.get("std"),
         views=cfg["views"],
         view_seed=cfg["view_seed"],
+        precision=precision,
     )
     ledger.write(snakemake.output.failures)
     ledger.check(len(clips), snakemake.params.max_failure_fraction)
     views = 0 if shard.views is None else shard.views.shape[1]
-    attrs = {"role": role, "weights": spec, "views": views, "crop_size": cfg["crop_size"]}
+    attrs = {"role": role, "weights": spec, "views": views, "crop_size": cfg["crop_size"],
+             "precision": precision}  # fmt: skip
     write_shard(snakemake.output.store, shard, cfg["dtype"], attrs)
     log.info("%d clips, %d with this modality", len(shard.sample_id), int(shard.present.sum()))
