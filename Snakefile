@@ -31,6 +31,7 @@ include: "rules/manifest.smk"
 include: "rules/faces.smk"
 include: "rules/subtitles.smk"
 include: "rules/features.smk"
+include: "rules/pretrain.smk"
 
 
 rule all:
@@ -40,3 +41,4 @@ rule all:
         expand("results/{dataset}/failures.tsv", dataset=DATASETS),
         expand("results/{dataset}/faces/preview.png", dataset=FACE_DATASETS),
         expand("results/{dataset}/features.zarr", dataset=DATASETS),
+        expand("results/pretrain/{method}/model.pt", method=PRETRAIN["methods"]),

@@ -100,9 +100,32 @@ def missing_paths(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def inconsistencies(config: dict[str, Any]) -> list[str]:
+    """Settings that are valid one by one but do not fit together."""
+    problems = []
+    pre = config.get("pretrain", {})
+    if pre.get("methods"):
+        if pre["dataset"] not in enabled_datasets(config):
+            problems.append(f"pretrain.dataset: {pre['dataset']} is not an enabled dataset")
+        views = config["features"]["views"]
+        if "instancecont" in pre["methods"] and (
+            pre["dataset"] not in views["datasets"] or views["count"] < 2
+        ):
+            problems.append(
+                "pretrain.methods: instancecont needs features.views.count >= 2 and "
+                f"{pre['dataset']} in features.views.datasets"
+            )
+    return problems
+
+
 def load_checked(config: dict[str, Any], schema_path: str | os.PathLike) -> dict[str, Any]:
-    """Schema validation, then existence of every user-supplied path; raise ConfigError."""
+    """Schema validation, then consistency and existence of every user-supplied path; raise
+    ConfigError."""
     validate(config, schema_path)
+    problems = inconsistencies(config)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"inconsistent config:\n{lines}")
     problems = missing_paths(config)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -111,4 +134,4 @@ def load_checked(config: dict[str, Any], schema_path: str | os.PathLike) -> dict
 
 
 def enabled_datasets(config: dict[str, Any]) -> list[str]:
-    return [name for name, ds in config["datasets"].items() if ds["enabled"]]
+    return [name for name, ds in config["datasets"].items() if ds.get("enabled", True)]

@@ -85,7 +85,7 @@ HPARAMS: dict = dict(
     lr=None,  # None: each method's own value (METHODS); a number overrides all (e.g. the demo)
     weight_decay=None,  # likewise
     train_split="train",
-    eval_samples=1000,  # held out of the training split for retrieval (at most 10 %)
+    eval_samples=1000,  # held out of the training split for retrieval (at most a quarter)
 )
 
 
@@ -282,8 +282,8 @@ def _plot_history(history: list[dict], out_dir: Path) -> None:
 
 def load_training_data(features_path, method: dict, hp: dict) -> tuple[FeatureSet, FeatureSet]:
     """(train, heldout): the ``train_split`` samples that have all the method's modalities, with
-    ``eval_samples`` of them (at most 10 %, chosen by the seed) held out for retrieval and never
-    trained on. float16 features stay float16 (half the memory; batches are cast to float32)."""
+    ``eval_samples`` of them (at most a quarter, chosen by the seed) held out for retrieval and
+    never trained on. float16 features stay float16 (half the memory; batches become float32)."""
     mods, terms = method["modalities"], method["terms"]
     feats = read_features(
         features_path, mods, split=hp["train_split"], dtype=None, views="infonce" in terms
@@ -295,7 +295,7 @@ def load_training_data(features_path, method: dict, hp: dict) -> tuple[FeatureSe
         log.info(f"{int((~complete).sum())} samples lack one of {list(mods)} and are left out")
         feats = feats.select(complete)
     order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(hp["seed"]))
-    n_eval = min(hp["eval_samples"], len(feats) // 10)
+    n_eval = min(hp["eval_samples"], len(feats) // 4)
     return feats.select(order[n_eval:].sort().values), feats.select(order[:n_eval].sort().values)
 
 

@@ -4,12 +4,14 @@ from conclugen.config import enabled_datasets, produced_by_workflow
 DATASETS = enabled_datasets(config)
 FACE_DATASETS = [d for d in DATASETS if d in config["faces"]["datasets"]]
 LOOKALIKE = config["lookalike"]
+PRETRAIN = config["pretrain"]
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "none",
     shard=r"\d+",
     backbone="video2d|video3d|audio|text",
+    method="|".join(config["pretrain"]["methods"]) or "none",
 
 
 def dataset_config(wildcards):
@@ -88,7 +90,7 @@ def feature_settings(wildcards):
     cfg = config["features"]
     views = cfg["views"]
     return {
-        **{k: cfg[k] for k in ("device", "dtype", "crop_size", "workers")},
+        **{k: cfg[k] for k in ("device", "precision", "dtype", "crop_size", "workers")},
         **cfg[wildcards.backbone],
         "views": (
             views["count"]

@@ -86,3 +86,37 @@ def test_snakemake_refuses_unknown_key_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "unknown key datasets.meld.shardz" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_pretrain_hparams_in_the_schema_are_the_code_s():
+    from conclugen.pretrain import HPARAMS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    hparams = schema["properties"]["pretrain"]["properties"]["hparams"]["properties"]
+    assert set(hparams) == set(HPARAMS)
+    assert set(hparams["weights"]["properties"]) == set(HPARAMS["weights"])
+
+
+def test_missing_local_weights_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = demo_config()
+    config["lookalike"]["enabled"] = False
+    validate(config, SCHEMA)
+    assert "features.audio.weights: results/lookalike/weights/davenet.pth does not exist" in (
+        missing_paths(config)
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dataset": "mosei", "methods": ["conclugen"]}, "mosei is not an enabled dataset"),
+        ({"dataset": "meld", "methods": ["instancecont"]}, "instancecont needs"),
+    ],
+)
+def test_inconsistent_pretraining_is_refused(change, message):
+    config = demo_config()
+    config["datasets"]["mosei"]["enabled"] = False
+    config["pretrain"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        load_checked(config, SCHEMA)
