@@ -1,0 +1,202 @@
+"""The paper's tables: published numbers, our means over seeds beside them, and the writers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conclugen import tables
+from tests.conftest import ROOT
+
+PAPER = tables.load_paper_results(ROOT / "config" / "paper_results.yaml")
+STUDY_IDS = [
+    "conclugen",
+    "conclu",
+    "congen",
+    "multicont",
+    "instancecont",
+    "generative",
+    "conclugen_vision",
+    "multicont_wo_text",
+    "multicont_wo_audio",
+]
+
+
+def _run(dataset, method, protocol, seed, accuracy, f1=0.5, precision=0.5, recall=0.5):
+    return dict(
+        dataset=dataset,
+        method=method,
+        protocol=protocol,
+        seed=seed,
+        accuracy=accuracy,
+        f1=f1,
+        precision=precision,
+        recall=recall,
+    )
+
+
+@pytest.fixture
+def runs() -> pd.DataFrame:
+    rows = [
+        # CAER ConCluGen, linear: accuracy 30, 35, 40 % -> mean 35, std 5; f1 20, 25, 30 -> 25, 5
+        *[
+            _run("caer", "conclugen", "linear", s, a, f1=f)
+            for s, a, f in [(0, 0.30, 0.20), (1, 0.35, 0.25), (2, 0.40, 0.30)]
+        ],
+        # CAER ConCluGen, finetuned: must not leak into Table 5 (linear).
+        *[_run("caer", "conclugen", "finetune", s, 0.9) for s in (0, 1)],
+        # CAER Instance-Cont: one seed -> std NaN.
+        _run("caer", "instancecont", "linear", 0, 0.346),
+        # MOSEI ConCluGen finetuned, 2 seeds: 66 and 67 -> 66.5 ± 0.7071; linear, 2 seeds.
+        *[_run("mosei", "conclugen", "finetune", s, a) for s, a in [(0, 0.66), (1, 0.67)]],
+        *[_run("mosei", "conclugen", "linear", s, a) for s, a in [(0, 0.59), (1, 0.61)]],
+        # Supervised baseline on MOSEI and CAER; none on MELD.
+        *[
+            _run(d, "supervised", "supervised", s, a)
+            for d, a in [("mosei", 0.5), ("caer", 0.3)]
+            for s in (0, 1)
+        ],
+        # MELD: ConClu and ConCluGen/(vision) (a row Table 4 does not print).
+        *[_run("meld", "conclu", "linear", s, 0.55) for s in (0, 1, 2)],
+        *[_run("meld", "conclugen_vision", "linear", s, 0.5) for s in (0, 1)],
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_paper_results_hold_the_printed_tables():
+    t1 = PAPER["table1"]["rows"]
+    assert len(t1) == 12 and [r["method"] for r in t1 if r.get("ours")] == ["ConCluGen (ours)"]
+    assert all(r["citation"].startswith("[") for r in t1 if not r.get("ours"))
+    assert [r["group"] for r in t1].count("self_supervised") == 4
+    assert [r["protocol"] for r in PAPER["table2"]["rows"]] == ["supervised", "linear", "finetune"]
+    for name, dataset in [("table3", "mosei"), ("table5", "caer")]:
+        assert PAPER[name]["dataset"] == dataset
+        assert [r["method"] for r in PAPER[name]["rows"]] == STUDY_IDS
+    t4 = PAPER["table4"]
+    assert [r["method"] for r in t4["rows"]] == [m for m in STUDY_IDS if m != "conclugen_vision"]
+    assert all(r[m] is None for r in t4["rows"] for m in tables.METRICS)
+    # Single-label weighted recall is accuracy: the CAER table shows Acc. == Recall throughout.
+    assert all(r["accuracy"] == r["recall"] for r in PAPER["table5"]["rows"])
+
+
+def test_study_table_means_stds_and_differences(runs):
+    t5 = tables.study_table(runs, PAPER, "table5")
+    assert t5["id"].tolist() == STUDY_IDS
+    assert t5["method"].tolist() == [r["label"] for r in PAPER["table5"]["rows"]]
+    row = t5.set_index("id").loc["conclugen"]
+    assert row["accuracy"] == pytest.approx(35.0) and row["accuracy_std"] == pytest.approx(5.0)
+    assert row["accuracy_paper"] == 37.5 and row["accuracy_diff"] == pytest.approx(-2.5)
+    assert row["f1"] == pytest.approx(25.0) and row["f1_diff"] == pytest.approx(25.0 - 26.1)
+    assert row["n_seeds"] == 3
+    single = t5.set_index("id").loc["instancecont"]
+    assert single["accuracy"] == pytest.approx(34.6) and math.isnan(single["accuracy_std"])
+    missing = t5.set_index("id").loc["conclu"]  # no CAER ConClu run
+    assert missing["n_seeds"] == 0 and math.isnan(missing["accuracy"])
+    assert math.isnan(missing["accuracy_diff"]) and missing["accuracy_paper"] == 36.6
+
+
+def test_table4_has_no_paper_numbers_and_appends_our_extra_row(runs):
+    t4 = tables.study_table(runs, PAPER, "table4")
+    assert t4["id"].tolist()[:-1] == [m for m in STUDY_IDS if m != "conclugen_vision"]
+    assert t4["id"].iloc[-1] == "conclugen_vision"
+    assert t4["method"].iloc[-1] == "ConCluGen/(vision)"
+    for m in tables.METRICS:
+        assert t4[f"{m}_paper"].isna().all() and t4[f"{m}_diff"].isna().all()
+    conclu = t4.set_index("id").loc["conclu"]
+    assert conclu["accuracy"] == pytest.approx(55.0) and conclu["accuracy_std"] == 0
+    # Without runs the table is the paper's rows only, every cell empty.
+    bare = tables.study_table(None, PAPER, "table4")
+    assert len(bare) == 8 and bare["accuracy"].isna().all()
+
+
+def test_table1_puts_our_finetuned_mosei_row_beside_the_paper(runs):
+    t1 = tables.table1(runs, PAPER)
+    assert t1["method"].tolist() == [r["method"] for r in PAPER["table1"]["rows"]]
+    ours = t1[t1["method"] == "ConCluGen (ours)"].iloc[0]
+    assert ours["accuracy"] == pytest.approx(66.5)
+    assert ours["accuracy_std"] == pytest.approx(np.std([66, 67], ddof=1))
+    assert ours["accuracy_paper"] == 66.48 and ours["accuracy_diff"] == pytest.approx(0.02)
+    baselines = t1[t1["method"] != "ConCluGen (ours)"]
+    assert baselines["accuracy"].isna().all() and baselines["accuracy_paper"].notna().all()
+    sse = t1.iloc[0]
+    assert (sse["method"], sse["citation"], sse["accuracy_paper"]) == (
+        "SSE-FT",
+        "[52] Siriwardhana et al. 2020",
+        55.7,
+    )
+
+
+def test_table2_rows_and_dataset_columns(runs):
+    t2 = tables.table2(runs, PAPER)
+    assert t2["method"].tolist() == [
+        "Supervised baseline",
+        "ConCluGen (linear eval.)",
+        "ConCluGen (finetuned)",
+    ]
+    by = t2.set_index("id")
+    assert by.loc["supervised/supervised", "mosei"] == pytest.approx(50.0)
+    assert by.loc["supervised/supervised", "mosei_diff"] == pytest.approx(50.0 - 57.88)
+    assert math.isnan(by.loc["supervised/supervised", "meld"])  # no MELD baseline run
+    assert by.loc["supervised/supervised", "meld_paper"] == 55.97
+    assert by.loc["conclugen/linear", "mosei"] == pytest.approx(60.0)
+    assert by.loc["conclugen/linear", "mosei_diff"] == pytest.approx(0.0)
+    assert by.loc["conclugen/finetune", "caer"] == pytest.approx(90.0)
+    assert by.loc["conclugen/finetune", "caer_n_seeds"] == 2
+
+
+def test_write_table_writes_three_parseable_files(runs, tmp_path):
+    built = tables.build_tables(runs, PAPER)
+    assert list(built) == ["table1", "table2", "table3", "table4", "table5"]
+    frame = built["table5"]
+    paths = tables.write_table(frame, tmp_path / "tables" / "table5")
+    assert [p.name for p in paths] == ["table5.md", "table5.csv", "table5.tex"]
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == sorted(p.name for p in paths)
+
+    back = pd.read_csv(paths[1])
+    assert back.columns.tolist() == frame.columns.tolist()
+    assert back["id"].tolist() == STUDY_IDS
+    numeric = [c for c in frame.columns if c not in ("method", "id")]
+    np.testing.assert_allclose(back[numeric].to_numpy(float), frame[numeric].to_numpy(float))
+    assert back.set_index("id").loc["conclu"].isna()["accuracy"]  # empty cell
+
+    md = paths[0].read_text().splitlines()
+    assert md[0].startswith("| Method | Acc. ours | Acc. paper | Acc. Δ |")
+    assert md[1].startswith("|---|---:|")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md[2:11]}
+    assert list(rows) == [r["label"] for r in PAPER["table5"]["rows"]]
+    assert "| 35.00 ± 5.00 | 37.5 | -2.50 |" in rows["ConCluGen"]
+    assert "| 34.60 | 34.6 | +0.00 |" in rows["Instance-Cont"]  # one seed: no ±
+    assert rows["ConClu"].startswith("| ConClu |  | 36.6 |  |")
+    assert "Table 5." in md[-1]
+
+    tex = paths[2].read_text()
+    assert tex.startswith("% Table 5.") and r"\begin{tabular}{l" in tex
+    assert r"35.00 $\pm$ 5.00 & 37.5 & -2.50" in tex and tex.rstrip().endswith(r"\end{tabular}")
+    assert tex.count(r"\\") == 1 + len(frame)
+
+
+def test_table4_renders_empty_paper_cells(runs, tmp_path):
+    md_path, csv_path, _ = tables.write_table(
+        tables.study_table(runs, PAPER, "table4"), tmp_path / "t4"
+    )
+    back = pd.read_csv(csv_path)
+    assert back["accuracy_paper"].isna().all()
+    conclu = next(
+        line for line in md_path.read_text().splitlines() if line.startswith("| ConClu |")
+    )
+    assert conclu.startswith("| ConClu | 55.00 ± 0.00 |  |  |")
+
+
+def test_tex_escape():
+    assert tables.tex_escape("a_b 50% & c") == r"a\_b 50\% \& c"
+    assert tables.tex_escape("1 ± 2, Δ") == r"1 $\pm$ 2, $\Delta$"
+
+
+def test_bad_runs_are_rejected(runs):
+    with pytest.raises(ValueError, match="fractions"):
+        tables.summarise_runs(runs.assign(accuracy=runs["accuracy"] * 100))
+    with pytest.raises(ValueError, match="duplicate"):
+        tables.summarise_runs(pd.concat([runs, runs.iloc[:1]]))
+    with pytest.raises(ValueError, match="lack columns"):
+        tables.summarise_runs(runs.drop(columns="seed"))
