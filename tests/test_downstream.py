@@ -1,0 +1,256 @@
+"""Downstream protocols on tiny feature stores whose labels are a known function of the features."""
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conclugen.data.caer import CLASSES as CAER
+from conclugen.data.mosei import CLASSES as MOSEI
+from conclugen.downstream import evaluate, loss_weights, write_evaluation
+from conclugen.featstore import read_features, synthetic_features, write_features
+from conclugen.io import write_parquet
+from conclugen.metrics import classification_metrics
+from conclugen.model import ConCluGenModel, load_model, save_model
+
+DIMS = {"video": 16, "audio": 8, "text": 12}
+TINY = dict(batch_size=128, max_epochs=25, patience=8, lr=1e-2, warmup_epochs=0, T_0=10, rep_dim=32)
+
+
+def _split(n, rng):
+    return rng.choice(["train", "val", "test"], size=n, p=[0.7, 0.15, 0.15])
+
+
+def _manifest(path, sample_id, split, labels, task, classes):
+    frame = pd.DataFrame({"sample_id": sample_id, "split": split, "labels": list(labels)})
+    meta = {"dataset": "x", "task": task, "classes": json.dumps(list(classes))}
+    write_parquet(frame, path, metadata=meta)
+
+
+def planted(tmp, name, n=1200, signal=("video", "audio", "text"), shuffle=False, seed=0, **kw):
+    """Class c ~ U{7}; modality m is N(0, 1) plus 2 mu_m[c] when m carries the ``signal``.
+    ``shuffle`` permutes the labels: no signal at all. Returns (features, manifest, classes)."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, 7, n)
+    feats = {}
+    for m, d in DIMS.items():
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        if m in signal:
+            x += 2.0 * rng.standard_normal((7, d)).astype(np.float32)[cls]
+        feats[m] = x
+    ids = np.array([f"s{i:05d}" for i in range(n)])
+    split = _split(n, rng)
+    write_features(tmp / f"{name}.zarr", ids, split, feats, kw.get("present"))
+    labels = np.eye(7)[rng.permutation(cls) if shuffle else cls]
+    _manifest(tmp / f"{name}.parquet", ids, split, labels, "single_label", CAER)
+    return tmp / f"{name}.zarr", tmp / f"{name}.parquet", cls
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: threads only add synchronisation (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("down")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp):
+    """A (random) pretrained model in the real model.pt format, and one without audio."""
+    torch.manual_seed(0)
+    save_model(
+        ConCluGenModel(DIMS, rep_dim=32, proj_dim=8, num_clusters=0, rec_dim=0), tmp / "m.pt"
+    )
+    wo_audio = {m: d for m, d in DIMS.items() if m != "audio"}
+    save_model(ConCluGenModel(wo_audio, 32, 8, num_clusters=0, rec_dim=0), tmp / "wo_audio.pt")
+    return tmp / "m.pt", tmp / "wo_audio.pt"
+
+
+@pytest.fixture(scope="module")
+def signal(tmp):
+    return planted(tmp, "signal")
+
+
+@pytest.fixture(scope="module")
+def linear(signal, pretrained):
+    return evaluate(*signal[:2], "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+
+
+def test_linear_learns_a_planted_signal_and_not_noise(tmp, linear, pretrained):
+    assert linear.metrics["accuracy"] > 0.9
+    assert linear.metrics["modalities"] == ["video", "audio", "text"]
+    assert linear.model.fc.in_features == 3 * 32
+    noise = planted(tmp, "noise", shuffle=True)
+    ev = evaluate(*noise[:2], "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+    assert ev.metrics["accuracy"] < 0.3  # chance is 1/7
+    feats = read_features(noise[0])  # every labelled test sample is evaluated
+    assert ev.metrics["n_test"] == int((feats.split == "test").sum())
+
+
+def test_linear_freezes_the_heads_and_finetune_changes_them(signal, linear, pretrained):
+    source = load_model(pretrained[0]).heads.state_dict()
+    for k, v in linear.model.heads.state_dict().items():
+        assert torch.equal(v, source[k]), k
+    ft = evaluate(*signal[:2], "caer", "finetune", pretrained[0], TINY, seed=0, device="cpu")
+    changed = [k for k, v in ft.model.heads.state_dict().items() if not torch.equal(v, source[k])]
+    assert len(changed) == len(source)
+    assert ft.metrics["accuracy"] > 0.9
+
+
+def test_supervised_trains_from_scratch(signal, pretrained):
+    ev = evaluate(*signal[:2], "caer", "supervised", None, TINY, seed=0, device="cpu")
+    assert ev.metrics["accuracy"] > 0.9
+    assert list(ev.model.heads) == ["video", "audio", "text"]
+    with pytest.raises(ValueError, match="from scratch"):
+        evaluate(*signal[:2], "caer", "supervised", pretrained[0], TINY, device="cpu")
+    with pytest.raises(ValueError, match="needs a pretrained"):
+        evaluate(*signal[:2], "caer", "linear", None, TINY, device="cpu")
+
+
+def test_vision_uses_only_the_video_head(tmp, pretrained):
+    text_only = planted(tmp, "text_only", signal=("text",))
+    vision = evaluate(*text_only[:2], "caer", "vision", pretrained[0], TINY, seed=0, device="cpu")
+    assert vision.metrics["modalities"] == ["video"] and list(vision.model.heads) == ["video"]
+    assert vision.model.fc.in_features == 32
+    assert vision.metrics["accuracy"] < 0.3  # the signal is in the text, which it never sees
+    linear = evaluate(*text_only[:2], "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+    assert linear.metrics["accuracy"] > 0.9
+
+
+def test_a_model_without_audio_uses_its_own_modalities(signal, pretrained):
+    ev = evaluate(*signal[:2], "caer", "linear", pretrained[1], TINY, seed=0, device="cpu")
+    assert ev.metrics["modalities"] == ["video", "text"]
+    assert ev.model.fc.in_features == 2 * 32
+
+
+def test_absent_modalities_are_kept_with_a_zero_representation(tmp, pretrained):
+    n = 1200
+    present = {"text": np.random.default_rng(1).random(n) > 0.3}
+    path, manifest, _ = planted(tmp, "missing", n=n, present=present)
+    ev = evaluate(path, manifest, "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+    assert ev.metrics["n_train"] + ev.metrics["n_val"] + ev.metrics["n_test"] == n
+    feats = read_features(path)
+    rep = ev.model.represent(feats.features, feats.present).detach()
+    text = rep[:, 64:]
+    assert (text[~feats.present["text"]] == 0).all()
+    assert (text[feats.present["text"]].abs().sum(1) > 0).all()
+    assert ev.metrics["accuracy"] > 0.9
+
+
+def test_unlabelled_samples_are_left_out(tmp, signal, pretrained):
+    path, manifest, _ = signal
+    frame = pd.read_parquet(manifest)
+    frame.loc[:99, "labels"] = None  # unlabelled
+    frame = frame.drop(index=range(100, 150))  # not in the manifest at all
+    meta = {"dataset": "x", "task": "single_label", "classes": json.dumps(list(CAER))}
+    write_parquet(frame, tmp / "partial.parquet", metadata=meta)
+    hp = dict(TINY, max_epochs=2)
+    ev = evaluate(path, tmp / "partial.parquet", "caer", "linear", pretrained[0], hp, device="cpu")
+    assert len(ev.predictions) == 1200 - 150
+    assert not set(ev.predictions["sample_id"]) & set(frame["sample_id"][:100])
+
+
+def test_early_stopping_reports_the_best_validation_epoch(tmp, pretrained):
+    noise = planted(tmp, "noise_es", shuffle=True, seed=3)
+    hp = dict(TINY, max_epochs=200, patience=4, lr=3e-2)
+    ev = evaluate(*noise[:2], "caer", "supervised", None, hp, seed=0, device="cpu")
+    h, best = ev.history, ev.metrics["best_epoch"]
+    assert len(h) < 200 and len(h) == best + 1 + 4 == ev.metrics["epochs"]
+    assert best == int(h["val_loss"].idxmin())
+    assert ev.metrics["val_loss"] == h["val_loss"].min() < h["val_loss"].iloc[-1]
+    # the predictions (and the test metrics) come from the best state, not the last one
+    p = ev.predictions
+    val, test = p[p.split == "val"], p[p.split == "test"]
+    assert (val.target == val.predicted).mean() == pytest.approx(h["val_accuracy"][best])
+    assert ev.metrics["val"]["accuracy"] == pytest.approx(h["val_accuracy"][best])
+    again = classification_metrics(test.target, test.predicted, False, 7)
+    assert again["accuracy"] == ev.metrics["accuracy"] and again["f1"] == ev.metrics["f1"]
+
+
+def test_seed_decides_the_result(signal, linear, pretrained):
+    same = evaluate(*signal[:2], "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+    other = evaluate(*signal[:2], "caer", "linear", pretrained[0], TINY, seed=1, device="cpu")
+    assert same.metrics == linear.metrics
+    pd.testing.assert_frame_equal(same.predictions, linear.predictions)
+    assert other.metrics["val_loss"] != linear.metrics["val_loss"]
+    assert not other.history["train_loss"].equals(linear.history["train_loss"])
+
+
+def test_class_weights_by_hand():
+    target = torch.tensor([0] * 6 + [1] * 3 + [3] * 1)  # 10 samples, 4 classes, class 2 absent
+    w = loss_weights(target, multilabel=False, num_outputs=4)
+    assert w.tolist() == pytest.approx([10 / (4 * 6), 10 / (4 * 3), 0.0, 10 / (4 * 1)])
+    labels = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=torch.float32)
+    pos_weight = loss_weights(labels, multilabel=True, num_outputs=3)
+    assert pos_weight.tolist() == [2 / 2, 3 / 1, 1.0]  # #neg / #pos; no positives: 1
+
+
+def test_warmup_starts_at_a_tenth_of_the_learning_rate(signal, pretrained):
+    hp = dict(TINY, max_epochs=7, patience=100, warmup_epochs=5, lr=0.01)
+    ev = evaluate(*signal[:2], "caer", "linear", pretrained[0], hp, device="cpu")
+    lr = ev.history["lr"].tolist()
+    assert lr[0] == pytest.approx(0.001) and lr[5] == pytest.approx(0.01)
+    assert lr[0] < lr[1] < lr[2] < lr[5] and lr[6] < lr[5]
+
+
+@pytest.fixture(scope="module")
+def mosei(tmp, pretrained):
+    """Six emotions, label l positive (intensity 0.33..3) iff video feature l > t_l."""
+    n = 1200
+    fs = synthetic_features(n, DIMS, seed=2, splits=(("train", 0.7), ("val", 0.15), ("test", 0.15)))
+    write_features(tmp / "mosei.zarr", fs.sample_id, fs.split, fs.features, fs.present)
+    feats = read_features(tmp / "mosei.zarr")
+    v = feats.features["video"][:, :6].numpy()
+    thresholds = np.quantile(v, [0.5, 0.7, 0.8, 0.85, 0.9, 0.95], axis=0).diagonal()
+    rng = np.random.default_rng(0)
+    intensity = (v > thresholds) * rng.choice([0.33, 1.0, 2.0, 3.0], size=v.shape)
+    _manifest(tmp / "mosei.parquet", feats.sample_id, feats.split, intensity, "multi_label", MOSEI)
+    train = intensity[feats.split == "train"] > 0
+    hand = (len(train) - train.sum(0)) / train.sum(0)
+    hp = dict(TINY, max_epochs=60)
+    ev = evaluate(
+        tmp / "mosei.zarr", tmp / "mosei.parquet", "mosei", "linear", pretrained[0], hp, 0, "cpu"
+    )
+    return ev, hand, intensity > 0
+
+
+def test_mosei_is_multilabel_with_pos_weight(mosei):
+    ev, hand, positive = mosei
+    assert ev.metrics["loss_weights"] == pytest.approx(hand.tolist())
+    assert hand[0] == pytest.approx(1.0, abs=0.2) and hand[-1] > 10  # 50 % and 5 % positives
+    p = ev.predictions
+    assert (p[[f"target_{c}" for c in MOSEI]].to_numpy() == positive).all()
+    assert len(ev.metrics["confusion"]) == 6 and np.shape(ev.metrics["confusion"])[1:] == (2, 2)
+    test = p[p.split == "test"]
+    again = classification_metrics(
+        test[[f"target_{c}" for c in MOSEI]], test[[f"score_{c}" for c in MOSEI]], True
+    )
+    assert again["f1"] == pytest.approx(ev.metrics["f1"]) and ev.metrics["f1"] > 0.5
+
+
+@pytest.mark.parametrize("which", ["caer", "mosei"])
+def test_write_evaluation_round_trips(tmp, linear, mosei, which):
+    ev = linear if which == "caer" else mosei[0]
+    out = tmp / f"out_{which}"
+    write_evaluation(ev, out)
+    assert sorted(f.name for f in out.iterdir()) == [
+        "confusion.png",
+        "metrics.json",
+        "predictions.parquet",
+    ]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["accuracy"] == ev.metrics["accuracy"]
+    assert record["confusion"] == ev.metrics["confusion"]
+    assert len(record["history"]) == len(ev.history)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "predictions.parquet"), ev.predictions)
+    image = matplotlib.image.imread(out / "confusion.png")
+    assert image.ndim == 3 and image.shape[0] > 100
