@@ -13,6 +13,7 @@ Outputs in ``out_dir`` (DESIGN.md §3): ``last.ckpt`` and ``history.csv`` every 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -206,17 +207,16 @@ def make_batch(feats: dict[str, torch.Tensor], views, idx, method, gen) -> dict:
 
 
 @torch.no_grad()
-def embed(model: ConCluGenModel, modality: str, x: torch.Tensor, batch: int = 4096):
-    """L2-normalised projections of ``x`` in eval mode (running BatchNorm statistics)."""
-    was_training = model.training
-    model.eval()
+def embed(model: ConCluGenModel, modality: str, x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised projections of ``x``, the projection head's BatchNorm normalising by the
+    statistics of ``x`` itself, as in training. Its running statistics are no use here: the
+    shared head sees each modality's batch in turn, so they blend all modalities, and in eval
+    mode one modality's projections then collapse onto a single hub (every query retrieving
+    the same sample). The model is left as it was (a copy runs)."""
     device = next(model.parameters()).device
-    out = []
-    for chunk in x.split(batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model({modality: chunk.to(device).float()})[modality]["proj"].float())
-    model.train(was_training)
-    return torch.cat(out)
+    probe = copy.deepcopy(model).train()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return probe({modality: x.to(device).float()})[modality]["proj"].float()
 
 
 def cross_modal_recall_at_1(
@@ -250,10 +250,27 @@ def cross_modal_recall_at_1(
     return result
 
 
-def _fingerprint(method: dict, hp: dict, dims: dict, n_train: int) -> str:
-    """What must match for a checkpoint to be resumed (everything but the number of epochs)."""
+def data_digest(train: FeatureSet, rows: int = 4096) -> str:
+    """A digest of the training data: every sample id, and the feature bytes of up to ``rows``
+    evenly spaced samples per modality (and views), so that recomputed features (other weights,
+    crops, precision) are told apart from the ones a checkpoint was trained on, in milliseconds
+    even for a million samples."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\n".join(train.sample_id.tolist()).encode())
+    pick = torch.linspace(0, max(len(train) - 1, 0), min(rows, len(train))).long()
+    tensors = [train.features[m] for m in sorted(train.features)]
+    tensors += [train.views] if train.views is not None else []
+    for x in tensors:
+        h.update(x[pick.to(x.device)].cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint(method: dict, hp: dict, train: FeatureSet) -> str:
+    """What must match for a checkpoint to be resumed: method, hyperparameters (``epochs``
+    aside) and the training data (:func:`data_digest`)."""
     hp = {k: v for k, v in hp.items() if k != "epochs"}
-    return json.dumps(dict(method=method, hp=hp, dims=dims, n=n_train), sort_keys=True, default=str)
+    data = dict(dims=train.dims, n=len(train), digest=data_digest(train))
+    return json.dumps(dict(method=method, hp=hp, data=data), sort_keys=True, default=str)
 
 
 def _write_history(history: list[dict], out_dir: Path) -> None:
@@ -347,7 +364,7 @@ def pretrain(
     gen = torch.Generator().manual_seed(hp["seed"])  # all training randomness draws from it
     retrieval_init = cross_modal_recall_at_1(model, heldout)
 
-    fingerprint = _fingerprint(method, hp, train.dims, n)
+    fingerprint = _fingerprint(method, hp, train)
     ckpt_path = out_dir / "last.ckpt"
     start, history, queue = 0, [], []
     if ckpt_path.exists():
@@ -411,6 +428,7 @@ def pretrain(
 
     if not history:
         raise ValueError(f"no epochs to train (epochs={hp['epochs']})")
+    _write_history(history, out_dir)  # also when a finished run is resumed (no epoch left)
     report = {}
     for pair, r in cross_modal_recall_at_1(model, heldout).items():
         init = retrieval_init[pair]["recall_at_1"]

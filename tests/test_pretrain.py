@@ -83,6 +83,25 @@ def test_a_changed_configuration_does_not_resume(store, tmp_path):
     assert seen == [0, 1]
 
 
+def test_recomputed_features_do_not_resume_a_finished_run(store, tmp_path):
+    """Same ids, dims and configuration, other feature values (e.g. new backbone weights): the
+    checkpoint is not theirs. A finished run on unchanged data, rerun, rewrites its outputs."""
+    hp = dict(TINY, epochs=2)
+    out = tmp_path / "run"
+    pretrain(store, out, method_config("multicont"), hp, device="cpu")
+    (out / "history.csv").unlink()  # as Snakemake removes a rerun job's outputs
+    seen = []
+    pretrain(store, out, method_config("multicont"), hp, "cpu", lambda e, r: seen.append(e))
+    assert seen == [] and len(pd.read_csv(out / "history.csv")) == 2
+
+    fs = read_features(store, split=None, views=True)
+    fs.features["video"] = fs.features["video"] * 1.5
+    other = tmp_path / "other.zarr"
+    write_features(other, fs.sample_id, fs.split, fs.features, fs.present, views=fs.views)
+    pretrain(other, out, method_config("multicont"), hp, "cpu", lambda e, r: seen.append(e))
+    assert seen == [0, 1]
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_each_method_trains_and_records_its_terms(store, tmp_path, name):
     method = method_config(name)
