@@ -19,12 +19,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-# The embedded demo: the whole DAG on synthetic look-alike datasets.
+# The embedded demo: the whole DAG on synthetic look-alike datasets, then the HTML report.
 demo: setup
-	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES) all
-	@echo "Demo finished: manifests in results/<dataset>/manifest.parquet, face tracks and" \
-		"previews in results/<dataset>/faces/, subtitles in results/caer/subtitles/," \
-		"failure ledgers in results/<dataset>/failures.tsv, logs in results/logs/."
+	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES) all \
+		--report results/report.html --report-after-run
+	@echo "Demo finished. ConCluGen's linear evaluation against a majority guess (results/tables/headline.md):"
+	@cat results/tables/headline.md
+	@echo "Tables 1-5: results/tables/table{1..5}.{md,csv,tex}; report: results/report.html;" \
+		"pretrained models: results/pretrain/<method>/; downstream runs:" \
+		"results/downstream/<dataset>/<method>/; logs: results/logs/."
 
 test: setup
 	$(BIN)/python -m pytest -ra
@@ -37,4 +40,5 @@ lint: setup
 
 clean-demo:
 	rm -rf results/lookalike results/voxceleb2 results/caer results/meld results/mosei \
+		results/pretrain results/downstream results/tables results/figures results/report.html \
 		results/logs results/benchmarks .snakemake

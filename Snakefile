@@ -25,6 +25,9 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/manifest.smk"
@@ -32,6 +35,8 @@ include: "rules/faces.smk"
 include: "rules/subtitles.smk"
 include: "rules/features.smk"
 include: "rules/pretrain.smk"
+include: "rules/downstream.smk"
+include: "rules/tables.smk"
 
 
 rule all:
@@ -42,3 +47,5 @@ rule all:
         expand("results/{dataset}/faces/preview.png", dataset=FACE_DATASETS),
         expand("results/{dataset}/features.zarr", dataset=DATASETS),
         expand("results/pretrain/{method}/model.pt", method=PRETRAIN["methods"]),
+        "results/tables/tables.html",
+        report_figures(),

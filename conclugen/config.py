@@ -115,6 +115,19 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
                 "pretrain.methods: instancecont needs features.views.count >= 2 and "
                 f"{pre['dataset']} in features.views.datasets"
             )
+    down = config.get("downstream", {})
+    evaluated = down.get("methods")
+    pretrained = set(pre.get("methods") or [])
+    if evaluated is not None and set(evaluated) - pretrained:
+        problems.append(
+            f"downstream.methods: {sorted(set(evaluated) - pretrained)} are not pretrained "
+            "(pretrain.methods)"
+        )
+    evaluated = set(pretrained if evaluated is None else evaluated)
+    for key in ("finetune", "vision"):
+        extra = set(down.get(key, [])) - evaluated
+        if extra:
+            problems.append(f"downstream.{key}: {sorted(extra)} are not evaluated methods")
     return problems
 
 

@@ -429,3 +429,38 @@ def _plot_confusion(metrics: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def evaluate_method(
+    features_path: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    dataset: str,
+    method: str,
+    protocols: list[str],
+    seeds: int,
+    out_dir: str | os.PathLike,
+    pretrained: str | os.PathLike | None = None,
+    hparams: dict | None = None,
+    device: str | torch.device | None = None,
+) -> pd.DataFrame:
+    """Every protocol and seed of one (dataset, method) cell: each run's files in
+    ``out_dir/{protocol}/seed{s}/`` (:func:`write_evaluation`), then ``out_dir/runs.csv`` (one row
+    per run: dataset, method, protocol, seed, the four test metrics, best_epoch, epochs), last."""
+    out_dir = Path(out_dir)
+    rows = []
+    for protocol in protocols:
+        for seed in range(seeds):
+            run = evaluate(
+                features_path, manifest_path, dataset, protocol, pretrained, hparams, seed, device
+            )
+            write_evaluation(run, out_dir / protocol / f"seed{seed}")
+            m = run.metrics
+            rows.append(
+                dict(dataset=dataset, method=method, protocol=protocol, seed=seed)
+                | {k: m[k] for k in ("accuracy", "f1", "precision", "recall")}
+                | dict(best_epoch=m["best_epoch"], epochs=m["epochs"])
+            )
+    runs = pd.DataFrame(rows)
+    with atomic_path(out_dir / "runs.csv") as tmp:
+        runs.to_csv(tmp, index=False)
+    return runs

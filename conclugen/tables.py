@@ -318,3 +318,60 @@ def write_table(frame: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
     with atomic_path(tex) as tmp:
         tmp.write_text(to_latex(frame), encoding="utf-8")
     return paths
+
+
+# --- the workflow's side: collecting runs, the HTML page, the headline figures ----------------
+
+
+def collect_runs(cell_dirs: list[str | os.PathLike]) -> pd.DataFrame:
+    """Every downstream cell's ``runs.csv`` in one frame. The vision-only read-out of a method
+    becomes method ``{method}_vision`` under protocol ``linear``, as the tables list it."""
+    frames = [pd.read_csv(Path(d) / "runs.csv") for d in cell_dirs]
+    runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RUN_COLUMNS)
+    vision = runs["protocol"] == "vision"
+    runs.loc[vision, "method"] = runs.loc[vision, "method"] + "_vision"
+    runs.loc[vision, "protocol"] = "linear"
+    return runs
+
+
+def to_html(tables: dict[str, pd.DataFrame], paper: dict) -> str:
+    """All tables on one page, each under its number and the paper's caption (for the report)."""
+    parts = [f"<p>{NOTE}</p>"]
+    for name, frame in tables.items():
+        caption = frame.attrs.get("caption") or paper.get(name, {}).get("caption", "")
+        parts.append(f"<h2>Table {name.removeprefix('table')}</h2><p>{caption}</p>")
+        parts.append(display_frame(frame).to_html(index=False, border=0))
+    return "<html><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+
+
+def headline(runs: pd.DataFrame, chance: dict[str, float]) -> str:
+    """Markdown lines: ConCluGen's linear-evaluation accuracy per dataset against chance, here
+    the accuracy of always guessing the train split's majority (:func:`majority_accuracy`; for
+    single-label data, the test share of the train split's largest class): what the demo
+    prints."""
+    lines = ["| dataset | ConCluGen linear eval. accuracy (%) | seeds | majority guess (%) |",
+             "|---|---|---|---|"]  # fmt: skip
+    sel = runs[(runs["method"] == "conclugen") & (runs["protocol"] == "linear")]
+    for dataset, group in sel.groupby("dataset"):
+        acc = group["accuracy"] * 100
+        spread = f" ± {acc.std(ddof=1):.1f}" if len(acc) > 1 else ""
+        lines.append(
+            f"| {dataset} | {acc.mean():.1f}{spread} | {len(acc)} | "
+            f"{100 * chance.get(dataset, float('nan')):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def majority_accuracy(predictions: pd.DataFrame) -> float:
+    """Test accuracy (the paper's weighted sense) of always predicting the train split's
+    majority: the class (single-label) or each label's majority value (multi-label)."""
+    from conclugen.metrics import classification_metrics
+
+    train, test = (predictions[predictions["split"] == s] for s in ("train", "test"))
+    if "target" in predictions:
+        classes = sorted(c.removeprefix("score_") for c in predictions if c.startswith("score_"))
+        guess = np.full(len(test), train["target"].mode().iloc[0])
+        return classification_metrics(test["target"], guess, False, len(classes))["accuracy"]
+    labels = [c for c in predictions if c.startswith("target_")]
+    guess = np.tile((train[labels].mean() > 0.5).to_numpy(np.int64), (len(test), 1))
+    return classification_metrics(test[labels].to_numpy(), guess, True)["accuracy"]

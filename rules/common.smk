@@ -11,7 +11,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS) or "none",
     shard=r"\d+",
     backbone="video2d|video3d|audio|text",
-    method="|".join(config["pretrain"]["methods"]) or "none",
+    method="|".join([*config["pretrain"]["methods"], "supervised"]),
 
 
 def dataset_config(wildcards):
@@ -113,3 +113,75 @@ def feature_shards(wildcards):
         )
         for role in FEATURE_ROLES
     }
+
+
+DOWNSTREAM = config["downstream"]
+EVAL_DATASETS = [d for d in DOWNSTREAM["datasets"] if d in DATASETS]
+EVAL_METHODS = (["supervised"] if DOWNSTREAM["supervised"] else []) + (
+    PRETRAIN["methods"] if DOWNSTREAM["methods"] is None else DOWNSTREAM["methods"]
+)
+
+
+def protocols(method):
+    """The protocols one method's downstream job runs (config downstream.finetune/vision)."""
+    if method == "supervised":
+        return ["supervised"]
+    extra = [p for p in ("finetune", "vision") if method in DOWNSTREAM[p]]
+    return ["linear"] + extra
+
+
+def downstream_input(wildcards):
+    """A labelled dataset's features and manifest, and the method's pretrained model."""
+    d = wildcards.dataset
+    inputs = {
+        "features": f"results/{d}/features.zarr",
+        "manifest": f"results/{d}/manifest.parquet",
+    }
+    if wildcards.method != "supervised":
+        inputs["model"] = f"results/pretrain/{wildcards.method}/model.pt"
+    return inputs
+
+
+def downstream_settings(wildcards):
+    """What one downstream job depends on: only its own dataset's learning rate and weight
+    decay, so changing another dataset's leaves it alone."""
+    task = DOWNSTREAM["tasks"].get(wildcards.dataset, {})
+    return {
+        "protocols": protocols(wildcards.method),
+        "seeds": DOWNSTREAM["seeds"],
+        "device": DOWNSTREAM["device"],
+        "hparams": {**DOWNSTREAM["hparams"], **task},
+    }
+
+
+def downstream_runs(wildcards=None):
+    """Every downstream cell's directory (each holds runs.csv)."""
+    return expand(
+        "results/downstream/{dataset}/{method}",
+        dataset=EVAL_DATASETS,
+        method=EVAL_METHODS,
+    )
+
+
+METHOD_LABELS = {
+    "conclugen": "ConCluGen",
+    "conclu": "ConClu",
+    "multicont": "Multi-Cont",
+    "instancecont": "Instance-Cont",
+}
+# The paper's Figures 2-3: these four methods' confusion matrices on MELD and CAER.
+CONFUSION_METHODS = [m for m in METHOD_LABELS if m in EVAL_METHODS]
+CONFUSION_DATASETS = [d for d in ("meld", "caer") if d in EVAL_DATASETS]
+# Embedding plots on the first single-label dataset evaluated.
+EMBEDDING_DATASETS = [d for d in ("caer", "meld") if d in EVAL_DATASETS][:1]
+
+
+def report_figures():
+    """The figures rule all asks for (the report holds them)."""
+    return expand(
+        "results/figures/confusion_{dataset}.png", dataset=CONFUSION_DATASETS
+    ) + expand(
+        "results/figures/embedding_{dataset}_{method}.png",
+        dataset=EMBEDDING_DATASETS,
+        method=[m for m in EVAL_METHODS if m != "supervised"],
+    )

@@ -31,7 +31,11 @@ rule face_preview:
             "results/{{dataset}}/faces/{shard}.parquet", shard=shards(w.dataset)
         ),
     output:
-        "results/{dataset}/faces/preview.png",
+        report(
+            "results/{dataset}/faces/preview.png",
+            caption="../workflow/report/preview.rst",
+            category="Face crops",
+        ),
     log:
         "results/logs/face_preview/{dataset}.log",
     benchmark:

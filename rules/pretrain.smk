@@ -7,7 +7,12 @@ rule pretrain:
     output:
         model="results/pretrain/{method}/model.pt",
         history="results/pretrain/{method}/history.csv",
-        plot="results/pretrain/{method}/loss.png",
+        plot=report(
+            "results/pretrain/{method}/loss.png",
+            caption="../workflow/report/loss.rst",
+            category="Pretraining",
+            subcategory="{method}",
+        ),
         retrieval="results/pretrain/{method}/retrieval.json",
     log:
         "results/logs/pretrain/{method}.log",

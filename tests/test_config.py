@@ -120,3 +120,33 @@ def test_inconsistent_pretraining_is_refused(change, message):
     config["pretrain"].update(change)
     with pytest.raises(ConfigError, match=message):
         load_checked(config, SCHEMA)
+
+
+def test_downstream_hparams_in_the_schema_are_the_code_s():
+    from conclugen.downstream import HPARAMS, TASKS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    down = schema["properties"]["downstream"]["properties"]
+    # lr and weight decay are per dataset (downstream.tasks), everything else is shared
+    assert set(down["hparams"]["properties"]) == set(HPARAMS) - {"lr", "weight_decay"}
+    assert set(down["tasks"]["properties"]) == set(TASKS)
+    task = schema["$defs"]["task"]["properties"]
+    assert set(task) == {"lr", "weight_decay"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"methods": ["conclugen", "conclu"]},
+            r"downstream.methods: \['conclu'\] are not pretrained",
+        ),
+        ({"finetune": ["generative"]}, r"downstream.finetune: \['generative'\] are not evaluated"),
+    ],
+)
+def test_inconsistent_downstream_is_refused(change, message):
+    config = demo_config()
+    config["pretrain"]["methods"] = ["conclugen", "generative"]
+    config["downstream"].update({"methods": ["conclugen"], **change})
+    with pytest.raises(ConfigError, match=message):
+        load_checked(config, SCHEMA)

@@ -1,0 +1,23 @@
+rule downstream:
+    """Every protocol and seed of one (dataset, method): supervised baseline, or linear
+    evaluation (+ finetune, + vision-only read-out) of a pretrained model; runs.csv last.
+    """
+    input:
+        unpack(downstream_input),
+    output:
+        directory("results/downstream/{dataset}/{method}"),
+    log:
+        "results/logs/downstream/{dataset}/{method}.log",
+    benchmark:
+        "results/benchmarks/downstream/{dataset}/{method}.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: DOWNSTREAM["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=4 * 60,
+        gpu=0 if DOWNSTREAM["device"] == "cpu" else 1,
+    params:
+        settings=downstream_settings,
+    script:
+        "../workflow/scripts/downstream.py"

@@ -1,0 +1,31 @@
+"""Rule tables: Tables 1-5 (md, csv, tex), one HTML page of them, and the headline figures."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from conclugen import tables
+from conclugen.io import atomic_path
+from conclugen.logs import logged
+
+with logged(snakemake.log[0]) as log:
+    runs = tables.collect_runs(snakemake.input.runs)
+    paper = tables.load_paper_results(snakemake.input.paper)
+    built = tables.build_tables(runs, paper)
+    out = Path(snakemake.output.html).parent
+    for name, frame in built.items():
+        tables.write_table(frame, out / name)
+    with atomic_path(snakemake.output.html) as tmp:
+        tmp.write_text(tables.to_html(built, paper), encoding="utf-8")
+    with atomic_path(snakemake.output.runs) as tmp:
+        runs.to_csv(tmp, index=False)
+    chance = {}
+    for cell in snakemake.input.runs:
+        cell = Path(cell)
+        if cell.name == "conclugen":
+            predictions = pd.read_parquet(cell / "linear" / "seed0" / "predictions.parquet")
+            chance[cell.parent.name] = tables.majority_accuracy(predictions)
+    summary = tables.headline(runs, chance)
+    with atomic_path(snakemake.output.headline) as tmp:
+        tmp.write_text(summary)
+    log.info("%d runs, %d tables; ConCluGen against chance:\n%s", len(runs), len(built), summary)
