@@ -7,15 +7,18 @@ Every clip carries its class (anger, disgust, fear, happy, neutral, sad, surpris
 modalities:
 
 - video (25 fps): matplotlib's ``grace_hopper.jpg`` head on a random room-like background, moving
-  and zooming smoothly, with class-specific mouth and brow shapes and a class tint (mild per-clip
-  jitter). VoxCeleb2 is 224x224 with a large centred face; the others are 320x240 with a face box
-  70-140 px wide moving around. ``truth.parquet`` holds the face box of every frame as MTCNN
+  and zooming smoothly, with class-specific mouth and brow shapes and a class tint, both stronger
+  with the clip's intensity level (below), plus a mild per-clip jitter. VoxCeleb2 is 224x224
+  with a large centred face; the others are 320x240 with a face box 70-140 px wide moving
+  around. ``truth.parquet`` holds the face box of every frame as MTCNN
   reports it.
-- audio: espeak-ng speaks the sentence with class prosody (pitch, speed, amplitude) in a voice
-  per clip (VoxCeleb2: per identity; MELD: per speaker; MOSEI: per video). VoxCeleb2 audio is
-  16 kHz mono, the others 44.1 kHz stereo.
+- audio: espeak-ng speaks the sentence with class prosody (pitch, speed, amplitude; pitch and
+  loudness rise with the intensity level) in a voice per clip (VoxCeleb2: per identity; MELD:
+  per speaker; MOSEI: per video). VoxCeleb2 audio is 16 kHz mono, the others 44.1 kHz stereo.
 - text: the sentence's adjective comes from a small class vocabulary, in one of a dozen templates;
-  every word was checked to survive Whisper tiny.en.
+  every word was checked to survive Whisper tiny.en. The adjective's rank in its class's list
+  (mild to strong) is the clip's intensity level (0-5), shared by the three modalities: an
+  instance-level cue beyond the class, so that cross-modal retrieval has something to find.
 
 A clip lasts ``clip_seconds`` (uniform in the range, whole frames) or longer when its sentence
 needs it; a MOSEI segment likewise, with silent gaps between segments.
@@ -132,15 +135,20 @@ TEMPLATES = (
     "Everyone is so {}.",
     "I'm feeling {}.",
 )
+# Each class's words from mild to strong: the word's rank is the clip's intensity level (0-5),
+# which the face (tint strength, mouth size) and the voice (pitch, loudness) show too, so the
+# modalities share an instance-level cue beyond the class, as a real clip's face, voice and
+# words share how strongly the emotion is felt.
 WORDS = {
-    "anger": ("angry", "annoyed", "furious", "upset", "mad", "frustrated"),
-    "disgust": ("awful", "disgusting", "horrible", "sick", "nasty", "dirty"),
-    "fear": ("afraid", "nervous", "worried", "frightened", "scared", "anxious"),
-    "happy": ("happy", "lovely", "great", "wonderful", "excited", "delighted"),
-    "neutral": ("calm", "quiet", "normal", "ordinary", "fine", "relaxed"),
-    "sad": ("miserable", "depressed", "unhappy", "lonely", "sad", "hopeless"),
-    "surprise": ("amazing", "shocking", "surprised", "incredible", "unbelievable", "amazed"),
+    "anger": ("annoyed", "upset", "frustrated", "mad", "angry", "furious"),
+    "disgust": ("dirty", "nasty", "awful", "sick", "horrible", "disgusting"),
+    "fear": ("nervous", "worried", "anxious", "afraid", "scared", "frightened"),
+    "happy": ("lovely", "happy", "great", "wonderful", "delighted", "excited"),
+    "neutral": ("normal", "ordinary", "quiet", "fine", "calm", "relaxed"),
+    "sad": ("unhappy", "lonely", "sad", "miserable", "depressed", "hopeless"),
+    "surprise": ("surprised", "amazed", "amazing", "shocking", "incredible", "unbelievable"),
 }
+LEVELS = 6  # words per class = intensity levels
 PROSODY = {  # espeak-ng pitch (0-99), speed (words/min), amplitude (0-200)
     "anger": (40, 170, 150),
     "disgust": (35, 150, 110),
@@ -320,30 +328,36 @@ class Plan:
     meta: dict = field(default_factory=dict)  # label-file facts (MOSEI folds)
 
 
-def _speech(rng: random.Random, expression: str, voice: str) -> Speech:
-    text = rng.choice(TEMPLATES).format(rng.choice(WORDS[expression]))
+def _speech(rng: random.Random, expression: str, voice: str) -> tuple[Speech, int]:
+    """The sentence and its prosody, and the clip's intensity level (the word's rank)."""
+    template, level = rng.choice(TEMPLATES), rng.randrange(LEVELS)
+    text = template.format(WORDS[expression][level])
     if expression in ("anger", "surprise") and text.endswith("."):
         text = text[:-1] + "!"
     pitch, speed, amplitude = PROSODY[expression]
-    return Speech(
+    strength = level - (LEVELS - 1) / 2  # -2.5 .. 2.5
+    speech = Speech(
         text,
         voice,
-        pitch + rng.randint(-5, 5),
+        pitch + round(3 * strength) + rng.randint(-2, 2),
         speed + rng.randint(-8, 8),
-        amplitude + rng.randint(-10, 10),
+        amplitude + round(12 * strength) + rng.randint(-5, 5),
     )
+    return speech, level
 
 
-def _look(rng: random.Random, expression: str) -> Look:
+def _look(rng: random.Random, expression: str, level: int) -> Look:
+    """The face's class cue, drawn stronger with the intensity ``level`` (tint, mouth)."""
     tint = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in TINTS[expression])
+    strength = level / (LEVELS - 1)  # 0 .. 1
     return Look(
         expression,
-        mouth_width=round(rng.uniform(0.85, 1.15), 3),
-        curve=round(rng.uniform(0.8, 1.2), 3),
+        mouth_width=round(0.8 + 0.35 * strength + rng.uniform(-0.03, 0.03), 3),
+        curve=round(0.75 + 0.5 * strength + rng.uniform(-0.05, 0.05), 3),
         brow_lift=round(rng.uniform(-3, 3), 1),
         stroke=rng.randint(6, 9),
         tint=tint,
-        tint_strength=round(rng.uniform(0.12, 0.25), 3),
+        tint_strength=round(0.08 + 0.2 * strength + rng.uniform(-0.01, 0.01), 3),
     )
 
 
@@ -419,13 +433,9 @@ def _assign_bad(
 
 
 def _clip_sample(rng, sample_id, split, expression, voice, clip_frames) -> Sample:
+    speech, level = _speech(rng, expression, voice)
     return Sample(
-        sample_id,
-        split,
-        expression,
-        _speech(rng, expression, voice),
-        _look(rng, expression),
-        clip_frames(rng),
+        sample_id, split, expression, speech, _look(rng, expression, level), clip_frames(rng)
     )
 
 
