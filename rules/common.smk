@@ -5,6 +5,8 @@ DATASETS = enabled_datasets(config)
 FACE_DATASETS = [d for d in DATASETS if d in config["faces"]["datasets"]]
 LOOKALIKE = config["lookalike"]
 PRETRAIN = config["pretrain"]
+# The paper's published numbers ship with the workflow (not the working directory).
+PAPER_RESULTS = f"{workflow.basedir}/config/paper_results.yaml"
 
 
 wildcard_constraints:

@@ -2,7 +2,7 @@ rule tables:
     """The paper's Tables 1-5 from every downstream cell, our numbers beside the paper's."""
     input:
         runs=downstream_runs(),
-        paper="config/paper_results.yaml",
+        paper=PAPER_RESULTS,
     output:
         expand("results/tables/table{n}.{ext}", n=range(1, 6), ext=["md", "csv", "tex"]),
         html=report(

@@ -5,7 +5,7 @@ from pathlib import Path
 from conclugen import figures
 from conclugen.logs import logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0]) as log:
     d = snakemake.wildcards.dataset
     if snakemake.rule == "confusion_figure":
         panels = {
@@ -14,6 +14,7 @@ with logged(snakemake.log[0]):
         }
         title = f"{d}: linear evaluation, test split, summed over seeds"
         figures.confusion_figure(panels, snakemake.output[0], title)
+        log.info("%s: %s", title, {k: len(v) for k, v in panels.items()})
     else:
         figures.embedding_figure(
             snakemake.input.model,
@@ -23,3 +24,4 @@ with logged(snakemake.log[0]):
             snakemake.output[0],
             f"{snakemake.wildcards.method}: representations of {d} (PCA)",
         )
+    log.info("wrote %s", snakemake.output[0])
