@@ -176,7 +176,7 @@ def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
             jobs[parts[0]] = int(parts[1])
     assert jobs == {"downstream": 3, "tables": 1, "confusion_figure": 1, "all": 1}, planned
-    assert "results/downstream/mosei" not in planned
+    assert "output: results/downstream/mosei" not in planned
 
 
 def test_manifest_metadata_is_json(demo_run):
