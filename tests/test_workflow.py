@@ -173,7 +173,12 @@ def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
     jobs = {}
     for line in planned.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+        if (
+            len(parts) == 2
+            and parts[0].isidentifier()
+            and parts[1].isdigit()
+            and parts[0] != "total"
+        ):
             jobs[parts[0]] = int(parts[1])
     assert jobs == {"downstream": 3, "tables": 1, "confusion_figure": 1, "all": 1}, planned
     assert "output: results/downstream/mosei" not in planned
