@@ -207,14 +207,13 @@ def make_batch(feats: dict[str, torch.Tensor], views, idx, method, gen) -> dict:
 
 
 @torch.no_grad()
-def embed(model: ConCluGenModel, modality: str, x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised projections of ``x``, the projection head's BatchNorm normalising by the
-    statistics of ``x`` itself, as in training. Its running statistics are no use here: the
-    shared head sees each modality's batch in turn, so they blend all modalities, and in eval
-    mode one modality's projections then collapse onto a single hub (every query retrieving
-    the same sample). The model is left as it was (a copy runs)."""
-    device = next(model.parameters()).device
-    probe = copy.deepcopy(model).train()
+def embed(probe: ConCluGenModel, modality: str, x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised projections of ``x`` by ``probe``, a train-mode copy of the model, so that
+    the projection head's BatchNorm normalises by the statistics of ``x`` itself, as in
+    training. Its running statistics are no use here: the shared head sees each modality's
+    batch in turn, so they blend all modalities, and in eval mode one modality's projections
+    then collapse onto a single hub (every query retrieving the same sample)."""
+    device = next(probe.parameters()).device
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         return probe({modality: x.to(device).float()})[modality]["proj"].float()
 
@@ -233,6 +232,7 @@ def cross_modal_recall_at_1(
     in_split = torch.ones(len(feats), dtype=torch.bool)
     if split is not None:
         in_split = torch.from_numpy(feats.split == split)
+    probe = copy.deepcopy(model).train()  # for :func:`embed`; the model itself is left alone
     result = {}
     for q, k in pairs:
         if q not in model.heads or k not in model.heads or k not in feats.features:
@@ -241,8 +241,8 @@ def cross_modal_recall_at_1(
         idx = keep.nonzero().squeeze(1)[:max_samples]
         if len(idx) < 2:
             continue
-        eq = embed(model, q, feats.features[q][idx.to(feats.features[q].device)])
-        ek = embed(model, k, feats.features[k][idx.to(feats.features[k].device)])
+        eq = embed(probe, q, feats.features[q][idx.to(feats.features[q].device)])
+        ek = embed(probe, k, feats.features[k][idx.to(feats.features[k].device)])
         hits = (eq @ ek.T).argmax(1) == torch.arange(len(idx), device=eq.device)
         result[f"{q}->{k}"] = dict(
             recall_at_1=hits.float().mean().item(), n=len(idx), chance=1.0 / len(idx)

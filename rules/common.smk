@@ -1,5 +1,6 @@
 # Helpers and input functions shared by the rules (no rule definitions here).
 from conclugen.config import enabled_datasets, produced_by_workflow
+from conclugen.tables import METHOD_LABELS
 
 DATASETS = enabled_datasets(config)
 FACE_DATASETS = [d for d in DATASETS if d in config["faces"]["datasets"]]
@@ -156,7 +157,7 @@ def downstream_settings(wildcards):
     }
 
 
-def downstream_runs(wildcards=None):
+def downstream_runs():
     """Every downstream cell's directory (each holds runs.csv)."""
     return expand(
         "results/downstream/{dataset}/{method}",
@@ -165,14 +166,10 @@ def downstream_runs(wildcards=None):
     )
 
 
-METHOD_LABELS = {
-    "conclugen": "ConCluGen",
-    "conclu": "ConClu",
-    "multicont": "Multi-Cont",
-    "instancecont": "Instance-Cont",
-}
 # The paper's Figures 2-3: these four methods' confusion matrices on MELD and CAER.
-CONFUSION_METHODS = [m for m in METHOD_LABELS if m in EVAL_METHODS]
+CONFUSION_METHODS = [
+    m for m in ("conclugen", "conclu", "multicont", "instancecont") if m in EVAL_METHODS
+]
 CONFUSION_DATASETS = [d for d in ("meld", "caer") if d in EVAL_DATASETS]
 # Embedding plots on the first single-label dataset evaluated.
 EMBEDDING_DATASETS = [d for d in ("caer", "meld") if d in EVAL_DATASETS][:1]
