@@ -104,6 +104,17 @@ def resolve_hparams(hparams: dict | None) -> dict:
 
 
 @dataclass
+class Task:
+    """One dataset's labelled samples (:func:`load_task`): ``target`` holds class ids [N]
+    (single-label) or {0,1} [N, L] (multi-label), in the rows of ``feats``."""
+
+    dataset: str
+    feats: FeatureSet
+    target: torch.Tensor
+    classes: list[str]
+
+
+@dataclass
 class Evaluation:
     """One downstream run. ``metrics``: :func:`classification_metrics` of the test split plus the
     run's record (best_epoch, val, n_train/n_val/n_test, ...); ``predictions``: one row per
@@ -167,10 +178,12 @@ def build_classifier(
     return Classifier(heads, source.kwargs["rep_dim"], num_outputs, hp["dropout"])
 
 
-def load_task(features_path, manifest_path, dataset: str, modalities=None):
-    """(features, targets, classes): the feature-store samples with a label in the manifest,
-    joined by ``sample_id``. Targets: class ids [N] (single-label) or {0,1} [N, L] (MOSEI,
-    intensity > 0). The feature store's ``split`` column gives train/val/test."""
+def load_task(features_path, manifest_path, dataset: str, modalities=None) -> Task:
+    """The feature-store samples of ``dataset`` with a label in the manifest, joined by
+    ``sample_id``. Targets: class ids (single-label) or {0,1} per label (MOSEI, intensity > 0).
+    The feature store's ``split`` column gives train/val/test."""
+    if dataset not in TASKS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(TASKS)}")
     frame, meta = read_manifest(manifest_path)
     multilabel = TASKS[dataset]["multilabel"]
     task = meta.get("task")
@@ -190,7 +203,7 @@ def load_task(features_path, manifest_path, dataset: str, modalities=None):
     for s in SPLITS:
         if not (feats.split == s).any():
             raise ValueError(f"{features_path} has no {s} samples with a label")
-    return feats, torch.from_numpy(target), classes
+    return Task(dataset, feats, torch.from_numpy(target), classes)
 
 
 def loss_weights(target: torch.Tensor, multilabel: bool, num_outputs: int) -> torch.Tensor:
@@ -220,34 +233,30 @@ def make_scheduler(optimizer, hp: dict):
 
 
 def evaluate(
-    features_path: str | os.PathLike,
-    manifest_path: str | os.PathLike,
-    dataset: str,
+    task: Task,
     protocol: str,
     pretrained: str | os.PathLike | None = None,
     hparams: dict | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Evaluation:
-    """Train ``protocol`` on the train split of ``dataset`` (a :data:`TASKS` key), stop early on
-    the validation loss, and evaluate the best-validation-epoch state on the test split.
+    """Train ``protocol`` on the train split of ``task`` (:func:`load_task`), stop early on the
+    validation loss, and evaluate the best-validation-epoch state on the test split.
 
     ``seed`` drives the initialisation, dropout and batch order; the same seed on the same
     device gives the same result. See the module docstring for the choices made.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    if dataset not in TASKS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(TASKS)}")
     hp = resolve_hparams(hparams)
-    task = TASKS[dataset]
-    multilabel = task["multilabel"]
-    lr = task["lr"] if hp["lr"] is None else hp["lr"]
-    weight_decay = task["weight_decay"] if hp["weight_decay"] is None else hp["weight_decay"]
+    dataset, feats, classes = task.dataset, task.feats, task.classes
+    multilabel = TASKS[dataset]["multilabel"]
+    lr = TASKS[dataset]["lr"] if hp["lr"] is None else hp["lr"]
+    wd = TASKS[dataset]["weight_decay"]
+    weight_decay = wd if hp["weight_decay"] is None else hp["weight_decay"]
     device = torch.device(resolve_device(device or "auto"))
     autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    feats, target, classes = load_task(features_path, manifest_path, dataset)
     num_outputs = len(classes)
     torch.manual_seed(seed)  # init and dropout; the batch order draws from ``gen``
     model = build_classifier(protocol, pretrained, feats.dims, num_outputs, hp).to(device)
@@ -255,7 +264,7 @@ def evaluate(
     frozen = protocol in ("linear", "vision")
     x = {m: feats.features[m].to(device) for m in mods}  # resident for the whole run
     present = {m: feats.present[m].to(device) for m in mods}
-    target = target.to(device)
+    target = task.target.to(device)
     index = {s: torch.from_numpy(np.flatnonzero(feats.split == s)).to(device) for s in SPLITS}
 
     def batch(idx: torch.Tensor):  # gather from the resident features, float16 -> float32
@@ -447,12 +456,11 @@ def evaluate_method(
     ``out_dir/{protocol}/seed{s}/`` (:func:`write_evaluation`), then ``out_dir/runs.csv`` (one row
     per run: dataset, method, protocol, seed, the four test metrics, best_epoch, epochs), last."""
     out_dir = Path(out_dir)
+    task = load_task(features_path, manifest_path, dataset)  # once: every run reads the same
     rows = []
     for protocol in protocols:
         for seed in range(seeds):
-            run = evaluate(
-                features_path, manifest_path, dataset, protocol, pretrained, hparams, seed, device
-            )
+            run = evaluate(task, protocol, pretrained, hparams, seed, device)
             write_evaluation(run, out_dir / protocol / f"seed{seed}")
             m = run.metrics
             rows.append(

@@ -85,7 +85,8 @@ def embedding_figure(
 
     if TASKS[dataset]["multilabel"]:
         raise ValueError(f"{dataset} is multi-label; choose a single-label dataset")
-    feats, target, classes = load_task(features_path, manifest_path, dataset)
+    task = load_task(features_path, manifest_path, dataset)
+    feats, target, classes = task.feats, task.target, task.classes
     model = build_classifier("linear", model_path, feats.dims, len(classes), HPARAMS).eval()
     mods = list(model.heads)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 
 from conclugen.data.caer import CLASSES as CAER
 from conclugen.data.mosei import CLASSES as MOSEI
-from conclugen.downstream import evaluate, loss_weights, write_evaluation
+from conclugen.downstream import evaluate, load_task, loss_weights, write_evaluation
 from conclugen.featstore import read_features, synthetic_features, write_features
 from conclugen.io import write_parquet
 from conclugen.metrics import classification_metrics
@@ -18,6 +18,11 @@ from conclugen.model import ConCluGenModel, load_model, save_model
 
 DIMS = {"video": 16, "audio": 8, "text": 12}
 TINY = dict(batch_size=128, max_epochs=25, patience=8, lr=1e-2, warmup_epochs=0, T_0=10, rep_dim=32)
+
+
+def run(data, protocol, model, hp=TINY, seed=0):
+    """:func:`evaluate` on a CAER-like set ``data`` = (features, manifest, ...) on the CPU."""
+    return evaluate(load_task(*data[:2], "caer"), protocol, model, hp, seed=seed, device="cpu")
 
 
 def _split(n, rng):
@@ -82,7 +87,7 @@ def signal(tmp):
 
 @pytest.fixture(scope="module")
 def linear(signal, pretrained):
-    return evaluate(*signal[:2], "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+    return run(signal, "linear", pretrained[0])
 
 
 def test_linear_learns_a_planted_signal_and_not_noise(tmp, linear, pretrained):
@@ -90,7 +95,7 @@ def test_linear_learns_a_planted_signal_and_not_noise(tmp, linear, pretrained):
     assert linear.metrics["modalities"] == ["video", "audio", "text"]
     assert linear.model.fc.in_features == 3 * 32
     noise = planted(tmp, "noise", shuffle=True)
-    ev = evaluate(*noise[:2], "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+    ev = run(noise, "linear", pretrained[0])
     assert ev.metrics["accuracy"] < 0.3  # chance is 1/7
     feats = read_features(noise[0])  # every labelled test sample is evaluated
     assert ev.metrics["n_test"] == int((feats.split == "test").sum())
@@ -100,34 +105,34 @@ def test_linear_freezes_the_heads_and_finetune_changes_them(signal, linear, pret
     source = load_model(pretrained[0]).heads.state_dict()
     for k, v in linear.model.heads.state_dict().items():
         assert torch.equal(v, source[k]), k
-    ft = evaluate(*signal[:2], "caer", "finetune", pretrained[0], TINY, seed=0, device="cpu")
+    ft = run(signal, "finetune", pretrained[0])
     changed = [k for k, v in ft.model.heads.state_dict().items() if not torch.equal(v, source[k])]
     assert len(changed) == len(source)
     assert ft.metrics["accuracy"] > 0.9
 
 
 def test_supervised_trains_from_scratch(signal, pretrained):
-    ev = evaluate(*signal[:2], "caer", "supervised", None, TINY, seed=0, device="cpu")
+    ev = run(signal, "supervised", None)
     assert ev.metrics["accuracy"] > 0.9
     assert list(ev.model.heads) == ["video", "audio", "text"]
     with pytest.raises(ValueError, match="from scratch"):
-        evaluate(*signal[:2], "caer", "supervised", pretrained[0], TINY, device="cpu")
+        run(signal, "supervised", pretrained[0])
     with pytest.raises(ValueError, match="needs a pretrained"):
-        evaluate(*signal[:2], "caer", "linear", None, TINY, device="cpu")
+        run(signal, "linear", None)
 
 
 def test_vision_uses_only_the_video_head(tmp, pretrained):
     text_only = planted(tmp, "text_only", signal=("text",))
-    vision = evaluate(*text_only[:2], "caer", "vision", pretrained[0], TINY, seed=0, device="cpu")
+    vision = run(text_only, "vision", pretrained[0])
     assert vision.metrics["modalities"] == ["video"] and list(vision.model.heads) == ["video"]
     assert vision.model.fc.in_features == 32
     assert vision.metrics["accuracy"] < 0.3  # the signal is in the text, which it never sees
-    linear = evaluate(*text_only[:2], "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+    linear = run(text_only, "linear", pretrained[0])
     assert linear.metrics["accuracy"] > 0.9
 
 
 def test_a_model_without_audio_uses_its_own_modalities(signal, pretrained):
-    ev = evaluate(*signal[:2], "caer", "linear", pretrained[1], TINY, seed=0, device="cpu")
+    ev = run(signal, "linear", pretrained[1])
     assert ev.metrics["modalities"] == ["video", "text"]
     assert ev.model.fc.in_features == 2 * 32
 
@@ -136,7 +141,7 @@ def test_absent_modalities_are_kept_with_a_zero_representation(tmp, pretrained):
     n = 1200
     present = {"text": np.random.default_rng(1).random(n) > 0.3}
     path, manifest, _ = planted(tmp, "missing", n=n, present=present)
-    ev = evaluate(path, manifest, "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
+    ev = run((path, manifest), "linear", pretrained[0])
     assert ev.metrics["n_train"] + ev.metrics["n_val"] + ev.metrics["n_test"] == n
     feats = read_features(path)
     rep = ev.model.represent(feats.features, feats.present).detach()
@@ -154,7 +159,7 @@ def test_unlabelled_samples_are_left_out(tmp, signal, pretrained):
     meta = {"dataset": "x", "task": "single_label", "classes": json.dumps(list(CAER))}
     write_parquet(frame, tmp / "partial.parquet", metadata=meta)
     hp = dict(TINY, max_epochs=2)
-    ev = evaluate(path, tmp / "partial.parquet", "caer", "linear", pretrained[0], hp, device="cpu")
+    ev = run((path, tmp / "partial.parquet"), "linear", pretrained[0], hp)
     assert len(ev.predictions) == 1200 - 150
     assert not set(ev.predictions["sample_id"]) & set(frame["sample_id"][:100])
 
@@ -162,7 +167,7 @@ def test_unlabelled_samples_are_left_out(tmp, signal, pretrained):
 def test_early_stopping_reports_the_best_validation_epoch(tmp, pretrained):
     noise = planted(tmp, "noise_es", shuffle=True, seed=3)
     hp = dict(TINY, max_epochs=200, patience=4, lr=3e-2)
-    ev = evaluate(*noise[:2], "caer", "supervised", None, hp, seed=0, device="cpu")
+    ev = run(noise, "supervised", None, hp)
     h, best = ev.history, ev.metrics["best_epoch"]
     assert len(h) < 200 and len(h) == best + 1 + 4 == ev.metrics["epochs"]
     assert best == int(h["val_loss"].idxmin())
@@ -177,8 +182,8 @@ def test_early_stopping_reports_the_best_validation_epoch(tmp, pretrained):
 
 
 def test_seed_decides_the_result(signal, linear, pretrained):
-    same = evaluate(*signal[:2], "caer", "linear", pretrained[0], TINY, seed=0, device="cpu")
-    other = evaluate(*signal[:2], "caer", "linear", pretrained[0], TINY, seed=1, device="cpu")
+    same = run(signal, "linear", pretrained[0])
+    other = run(signal, "linear", pretrained[0], seed=1)
     assert same.metrics == linear.metrics
     pd.testing.assert_frame_equal(same.predictions, linear.predictions)
     assert other.metrics["val_loss"] != linear.metrics["val_loss"]
@@ -196,7 +201,7 @@ def test_class_weights_by_hand():
 
 def test_warmup_starts_at_a_tenth_of_the_learning_rate(signal, pretrained):
     hp = dict(TINY, max_epochs=7, patience=100, warmup_epochs=5, lr=0.01)
-    ev = evaluate(*signal[:2], "caer", "linear", pretrained[0], hp, device="cpu")
+    ev = run(signal, "linear", pretrained[0], hp)
     lr = ev.history["lr"].tolist()
     assert lr[0] == pytest.approx(0.001) and lr[5] == pytest.approx(0.01)
     assert lr[0] < lr[1] < lr[2] < lr[5] and lr[6] < lr[5]
@@ -217,9 +222,8 @@ def mosei(tmp, pretrained):
     train = intensity[feats.split == "train"] > 0
     hand = (len(train) - train.sum(0)) / train.sum(0)
     hp = dict(TINY, max_epochs=60)
-    ev = evaluate(
-        tmp / "mosei.zarr", tmp / "mosei.parquet", "mosei", "linear", pretrained[0], hp, 0, "cpu"
-    )
+    task = load_task(tmp / "mosei.zarr", tmp / "mosei.parquet", "mosei")
+    ev = evaluate(task, "linear", pretrained[0], hp, 0, "cpu")
     return ev, hand, intensity > 0
 
 
