@@ -8,7 +8,7 @@ rule lookalike:
         "results/benchmarks/lookalike/{dataset}.tsv"
     conda:
         "../envs/data.yaml"
-    threads: 2
+    threads: LOOKALIKE["workers"]
     resources:
         mem_mb=4000,
         runtime=60,

@@ -20,7 +20,7 @@ rule pretrain:
         "results/benchmarks/pretrain/{method}.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: PRETRAIN["threads"]
     resources:
         mem_mb=64000,
         runtime=12 * 60,

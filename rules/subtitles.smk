@@ -12,7 +12,7 @@ rule subtitles:
         "results/benchmarks/subtitles/{dataset}/{shard}.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: config["subtitles"]["threads"]
     resources:
         mem_mb=8000,
         runtime=12 * 60,

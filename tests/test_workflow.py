@@ -43,6 +43,8 @@ def tiny_config(workdir) -> dict:
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["exclusions"] = str(ROOT / "config" / "exclusions.yaml")
     config["max_failure_fraction"] = 0.6
+    for dataset in config["datasets"].values():
+        dataset["shards"] = 2  # the demo has one: the tests cover sharding and the merge
     config["lookalike"]["sizes"] = TINY_SIZES
     config["lookalike"]["bad_fraction"] = 0.1
     config["faces"]["detect_every"] = 8
