@@ -267,7 +267,8 @@ def data_digest(train: FeatureSet, rows: int = 4096) -> str:
 
 def _fingerprint(method: dict, hp: dict, train: FeatureSet) -> str:
     """What must match for a checkpoint to be resumed: method, hyperparameters (``epochs``
-    aside) and the training data (:func:`data_digest`)."""
+    aside: a longer run continues a shorter one, whose schedule it shares) and the training
+    data (:func:`data_digest`)."""
     hp = {k: v for k, v in hp.items() if k != "epochs"}
     data = dict(dims=train.dims, n=len(train), digest=data_digest(train))
     return json.dumps(dict(method=method, hp=hp, data=data), sort_keys=True, default=str)
@@ -369,7 +370,12 @@ def pretrain(
     start, history, queue = 0, [], []
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states: CPU
-        if ckpt["fingerprint"] == fingerprint:
+        if ckpt["fingerprint"] == fingerprint and ckpt["epoch"] > hp["epochs"]:
+            log.warning(
+                f"{ckpt_path} is after epoch {ckpt['epoch']}, beyond this run's "
+                f"{hp['epochs']} epochs; starting afresh"
+            )
+        elif ckpt["fingerprint"] == fingerprint:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])

@@ -83,6 +83,19 @@ def test_a_changed_configuration_does_not_resume(store, tmp_path):
     assert seen == [0, 1]
 
 
+def test_more_epochs_continue_a_run_and_fewer_start_afresh(store, tmp_path):
+    out, seen = tmp_path / "run", []
+    pretrain(store, out, method_config("multicont"), dict(TINY, epochs=2), device="cpu")
+    (out / "model.pt").unlink()
+    pretrain(store, out, method_config("multicont"), dict(TINY, epochs=4), "cpu",
+             lambda e, r: seen.append(e))  # fmt: skip
+    assert seen == [2, 3]
+    seen.clear()  # the checkpoint is now after epoch 4: a 3-epoch model must not be that one
+    pretrain(store, out, method_config("multicont"), dict(TINY, epochs=3), "cpu",
+             lambda e, r: seen.append(e))  # fmt: skip
+    assert seen == [0, 1, 2] and len(pd.read_csv(out / "history.csv")) == 3
+
+
 def test_recomputed_features_do_not_resume_a_finished_run(store, tmp_path):
     """Same ids, dims and configuration, other feature values (e.g. new backbone weights): the
     checkpoint is not theirs. A finished run on unchanged data, rerun, rewrites its outputs."""
