@@ -1,6 +1,16 @@
 """Device and precision choices shared by every GPU-capable stage."""
 
+import fcntl
+import itertools
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> str:
@@ -25,3 +35,53 @@ def resolve_precision(name: str, device: str | torch.device) -> str:
     if name not in ("bf16", "fp32"):
         raise ValueError(f"unknown precision {name!r}; expected auto, bf16 or fp32")
     return name
+
+
+_HELD_GPU_LOCKS = []  # open lock files: a claim lasts as long as the process
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs without initialising CUDA: ``CUDA_VISIBLE_DEVICES`` when set (SLURM
+    sets it to the job's allocation), else one id per GPU the NVIDIA driver lists."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    driver = Path("/proc/driver/nvidia/gpus")
+    return [str(i) for i in range(len(list(driver.iterdir())))] if driver.is_dir() else []
+
+
+def claim_gpu(gpus: int, candidates: list[str] | None = None, lock_dir=None) -> str | None:
+    """Pin this process to one GPU that no other job on this machine holds, and hold it until
+    the process exits (an flock, so even a SIGKILLed job frees it). Returns the GPU's id, or None
+    when ``gpus`` is 0 or no GPU is visible.
+
+    Snakemake's local executor counts GPUs (``--resources gpu=N``) but does not say which one a
+    job gets, so without this every job would run on GPU 0. Under SLURM a job sees only its
+    allocation, and with one candidate there is nothing to choose. Waits while all are held.
+    Call it before anything initialises CUDA: it works by narrowing ``CUDA_VISIBLE_DEVICES``.
+    """
+    candidates = visible_gpus() if candidates is None else candidates
+    if gpus == 0 or not candidates:
+        return None
+    if gpus > 1:
+        raise ValueError(f"a job runs on one GPU; {gpus} requested")
+    if torch.cuda.is_initialized():
+        raise RuntimeError("claim_gpu must run before CUDA is initialised")
+    if len(candidates) == 1:
+        return candidates[0]
+    lock_dir = Path(lock_dir or tempfile.gettempdir()) / "conclugen-gpu-locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count():
+        for gpu in candidates:
+            handle = open(lock_dir / f"{gpu}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            _HELD_GPU_LOCKS.append(handle)
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            log.info(f"GPU {gpu} (of {', '.join(candidates)}) claimed for this job")
+            return gpu
+        if attempt == 0:
+            log.info(f"every GPU ({', '.join(candidates)}) is held by another job; waiting")
+        time.sleep(1.0)

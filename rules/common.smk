@@ -17,6 +17,17 @@ wildcard_constraints:
     method="|".join([*config["pretrain"]["methods"], "supervised"]),
 
 
+def growing_runtime(minutes):
+    """A job's SLURM time limit, longer on each retry (profile `retries`): a job killed at its
+    limit gets another chance instead of failing the same way again."""
+    return lambda wildcards, attempt: minutes * attempt
+
+
+def gpus(section):
+    """1 GPU for a stage whose device is not `cpu` (`auto` uses one where a job sees one)."""
+    return 0 if section["device"] == "cpu" else 1
+
+
 def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset]
 

@@ -11,7 +11,7 @@ rule lookalike:
     threads: LOOKALIKE["workers"]
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=growing_runtime(60),
     params:
         lookalike=LOOKALIKE,
     script:
@@ -32,7 +32,7 @@ rule download:
         "../envs/data.yaml"
     resources:
         mem_mb=2000,
-        runtime=24 * 60,
+        runtime=growing_runtime(24 * 60),
     params:
         source=lambda w: dataset_config(w)["source"],
         work_dir="results/{dataset}/download",

@@ -15,8 +15,8 @@ rule downstream:
     threads: DOWNSTREAM["threads"]
     resources:
         mem_mb=16000,
-        runtime=4 * 60,
-        gpu=0 if DOWNSTREAM["device"] == "cpu" else 1,
+        runtime=growing_runtime(4 * 60),
+        gpu=gpus(DOWNSTREAM),
     params:
         settings=downstream_settings,
     script:

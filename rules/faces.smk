@@ -15,7 +15,8 @@ rule faces:
     threads: config["faces"]["workers"] + 1
     resources:
         mem_mb=8000,
-        runtime=12 * 60,
+        runtime=growing_runtime(12 * 60),
+        gpu=gpus(config["faces"]),
     params:
         faces=job_settings("faces"),
         max_failure_fraction=config["max_failure_fraction"],
@@ -44,7 +45,7 @@ rule face_preview:
         "../envs/models.yaml"
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=growing_runtime(30),
     params:
         clips=config["faces"]["preview_clips"],
     script:

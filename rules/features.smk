@@ -10,7 +10,7 @@ rule lookalike_weights:
         "../envs/models.yaml"
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=growing_runtime(10),
     script:
         "../workflow/scripts/lookalike_weights.py"
 
@@ -31,8 +31,8 @@ rule features:
     threads: config["features"]["workers"] + 1
     resources:
         mem_mb=16000,
-        runtime=12 * 60,
-        gpu=0 if config["features"]["device"] == "cpu" else 1,
+        runtime=growing_runtime(12 * 60),
+        gpu=gpus(config["features"]),
     params:
         features=feature_settings,
         max_failure_fraction=config["max_failure_fraction"],
@@ -54,7 +54,7 @@ rule features_merge:
         "../envs/models.yaml"
     resources:
         mem_mb=8000,
-        runtime=2 * 60,
+        runtime=growing_runtime(2 * 60),
     params:
         dtype=config["features"]["dtype"],
     script:

@@ -14,7 +14,7 @@ rule manifest:
         "../envs/data.yaml"
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=growing_runtime(120),
     params:
         shards=lambda w: dataset_config(w)["shards"],
         max_failure_fraction=config["max_failure_fraction"],
@@ -37,7 +37,7 @@ rule probe:
         "../envs/data.yaml"
     resources:
         mem_mb=2000,
-        runtime=120,
+        runtime=growing_runtime(120),
     params:
         max_failure_fraction=config["max_failure_fraction"],
     script:
@@ -58,6 +58,6 @@ rule failures:
         "../envs/data.yaml"
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=growing_runtime(10),
     script:
         "../workflow/scripts/failures.py"

@@ -23,8 +23,8 @@ rule pretrain:
     threads: PRETRAIN["threads"]
     resources:
         mem_mb=64000,
-        runtime=12 * 60,
-        gpu=0 if PRETRAIN["device"] == "cpu" else 1,
+        runtime=growing_runtime(12 * 60),
+        gpu=gpus(PRETRAIN),
     params:
         hparams=PRETRAIN["hparams"],
         device=PRETRAIN["device"],

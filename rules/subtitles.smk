@@ -15,7 +15,8 @@ rule subtitles:
     threads: config["subtitles"]["threads"]
     resources:
         mem_mb=8000,
-        runtime=12 * 60,
+        runtime=growing_runtime(12 * 60),
+        gpu=gpus(config["subtitles"]),
     params:
         subtitles=job_settings("subtitles"),
         max_failure_fraction=config["max_failure_fraction"],

@@ -20,7 +20,7 @@ rule tables:
         "../envs/models.yaml"
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=growing_runtime(10),
     script:
         "../workflow/scripts/tables.py"
 
@@ -47,7 +47,7 @@ rule confusion_figure:
         "../envs/models.yaml"
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=growing_runtime(10),
     params:
         labels=[METHOD_LABELS[m] for m in CONFUSION_METHODS],
     script:
@@ -75,6 +75,6 @@ rule embedding_figure:
         "../envs/models.yaml"
     resources:
         mem_mb=4000,
-        runtime=10,
+        runtime=growing_runtime(10),
     script:
         "../workflow/scripts/figures.py"

@@ -4,9 +4,10 @@ import torch
 
 from conclugen.downstream import evaluate_method
 from conclugen.logs import logged
-from conclugen.torchutil import resolve_device
+from conclugen.torchutil import claim_gpu, resolve_device
 
 with logged(snakemake.log[0]) as log:
+    claim_gpu(snakemake.resources.gpu)  # before anything initialises CUDA
     torch.set_num_threads(snakemake.threads)
     s = snakemake.params.settings
     runs = evaluate_method(

@@ -6,9 +6,10 @@ from conclugen.data.manifest import read_manifest
 from conclugen.faces import faces_shard
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
-from conclugen.torchutil import resolve_device
+from conclugen.torchutil import claim_gpu, resolve_device
 
 with logged(snakemake.log[0]) as log:
+    claim_gpu(snakemake.resources.gpu)  # before anything initialises CUDA
     cfg = snakemake.params.faces
     manifest, _ = read_manifest(snakemake.input.manifest, shard=int(snakemake.wildcards.shard))
     probe = pd.read_parquet(snakemake.input.probe)

@@ -8,7 +8,7 @@ from conclugen.data.manifest import read_manifest
 from conclugen.features import extract_shard, face_boxes, shard_clips, write_shard
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
-from conclugen.torchutil import resolve_device, resolve_precision
+from conclugen.torchutil import claim_gpu, resolve_device, resolve_precision
 
 LOADERS = {
     "video2d": backbones.load_resnet2d,
@@ -18,6 +18,7 @@ LOADERS = {
 }
 
 with logged(snakemake.log[0]) as log:
+    claim_gpu(snakemake.resources.gpu)  # before anything initialises CUDA
     cfg = snakemake.params.features
     role = snakemake.wildcards.backbone
     spec = cfg["model"] if role == "text" else cfg["weights"]

@@ -9,9 +9,10 @@ import torch
 
 from conclugen.logs import logged
 from conclugen.pretrain import method_config, pretrain
-from conclugen.torchutil import resolve_device
+from conclugen.torchutil import claim_gpu, resolve_device
 
 with logged(snakemake.log[0]):
+    claim_gpu(snakemake.resources.gpu)  # before anything initialises CUDA
     torch.set_num_threads(snakemake.threads)
     pretrain(
         snakemake.input.features,
