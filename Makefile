@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: setup demo test lint clean-demo
+.PHONY: setup slurm demo test lint clean-demo
 
 setup: $(STAMP)
 
@@ -29,7 +29,12 @@ demo: setup
 		"pretrained models: results/pretrain/<method>/; downstream runs:" \
 		"results/downstream/<dataset>/<method>/; logs: results/logs/."
 
-test: setup
+# The tests start a one-node SLURM cluster (tests/slurm_cluster.py) from Debian's packages.
+slurm:
+	@command -v slurmctld >/dev/null && command -v munged >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge; }
+
+test: setup slurm
 	$(BIN)/python -m pytest -ra
 
 lint: setup

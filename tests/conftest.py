@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NETGUARD = Path(__file__).parent / "netguard"
@@ -22,6 +23,33 @@ sys.path.insert(0, str(NETGUARD))
 import sitecustomize  # noqa: E402,F401  (installs the guard in this process)
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TINY_SIZES = {
+    "voxceleb2": {"identities": 2, "videos_per_identity": 2, "clips_per_video": 2, "parts": 2},
+    "caer": {"train": 2, "validation": 1, "test": 1},
+    "meld": {"train": 2, "dev": 1, "test": 1},
+    "mosei": {"videos": 5, "segments_per_video": [2, 3]},
+}
+
+
+def tiny_config() -> dict:
+    """The demo config at the tiny sizes the workflow tests run (a few minutes on 2 cores)."""
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config["exclusions"] = str(ROOT / "config" / "exclusions.yaml")
+    config["max_failure_fraction"] = 0.6
+    for dataset in config["datasets"].values():
+        dataset["shards"] = 2  # the demo has one: the tests cover sharding and the merge
+    config["lookalike"]["sizes"] = TINY_SIZES
+    config["lookalike"]["bad_fraction"] = 0.1
+    config["faces"]["detect_every"] = 8
+    config["features"]["crop_size"] = 64
+    # The tiny VoxCeleb2 has too few clips to train on; MELD's train split stands in.
+    config["pretrain"].update(dataset="meld", methods=["conclugen", "multicont_wo_audio"])
+    config["pretrain"]["hparams"].update(
+        epochs=3, cluster_start_epoch=1, eval_samples=2, num_clusters=3
+    )
+    config["downstream"].update(datasets=["caer", "mosei"], seeds=2)
+    config["downstream"]["hparams"].update(max_epochs=30, patience=5)
+    return config
 
 
 def run_snakemake(args: list[str], cwd: Path, timeout: float = 900, check: bool = True):

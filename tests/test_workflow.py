@@ -22,15 +22,9 @@ import zarr
 from conclugen.data.manifest import read_manifest
 from conclugen.featstore import read_features
 from conclugen.ledger import read_ledger
-from tests.conftest import ROOT, SNAKEMAKE, run_snakemake
+from tests.conftest import ROOT, SNAKEMAKE, run_snakemake, tiny_config
 
 DATASETS = ("voxceleb2", "caer", "meld", "mosei")
-TINY_SIZES = {
-    "voxceleb2": {"identities": 2, "videos_per_identity": 2, "clips_per_video": 2, "parts": 2},
-    "caer": {"train": 2, "validation": 1, "test": 1},
-    "meld": {"train": 2, "dev": 1, "test": 1},
-    "mosei": {"videos": 5, "segments_per_video": [2, 3]},
-}
 EXPRESSION_OF = {  # dataset class name -> the generator's shared expression
     "caer": {"Anger": "anger", "Disgust": "disgust", "Fear": "fear", "Happy": "happy",
              "Neutral": "neutral", "Sad": "sad", "Surprise": "surprise"},
@@ -39,31 +33,11 @@ EXPRESSION_OF = {  # dataset class name -> the generator's shared expression
 }  # fmt: skip
 
 
-def tiny_config(workdir) -> dict:
-    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    config["exclusions"] = str(ROOT / "config" / "exclusions.yaml")
-    config["max_failure_fraction"] = 0.6
-    for dataset in config["datasets"].values():
-        dataset["shards"] = 2  # the demo has one: the tests cover sharding and the merge
-    config["lookalike"]["sizes"] = TINY_SIZES
-    config["lookalike"]["bad_fraction"] = 0.1
-    config["faces"]["detect_every"] = 8
-    config["features"]["crop_size"] = 64
-    # The tiny VoxCeleb2 has too few clips to train on; MELD's train split stands in.
-    config["pretrain"].update(dataset="meld", methods=["conclugen", "multicont_wo_audio"])
-    config["pretrain"]["hparams"].update(
-        epochs=3, cluster_start_epoch=1, eval_samples=2, num_clusters=3
-    )
-    config["downstream"].update(datasets=["caer", "mosei"], seeds=2)
-    config["downstream"]["hparams"].update(max_epochs=30, patience=5)
-    return config
-
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("workflow")
     cfg = workdir / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(workdir)))
+    cfg.write_text(yaml.safe_dump(tiny_config()))
     proc = run_snakemake(["--configfile", str(cfg), "--cores", "2", "all"], workdir)
     return workdir, cfg, proc
 
@@ -209,7 +183,7 @@ def test_subtitles_transcribe_caer(demo_run):
 
 def test_killed_faces_job_reruns_to_the_same_output(demo_run):
     workdir, _, _ = demo_run
-    config = tiny_config(workdir)
+    config = tiny_config()
     config["faces"]["detect_every"] = 4  # slow enough (tens of seconds) to be killed midway
     cfg = workdir / "kill.yaml"
     cfg.write_text(yaml.safe_dump(config))
@@ -279,7 +253,7 @@ def test_features_store_holds_every_usable_clip(demo_run, dataset):
 
 def test_killed_features_job_reruns_to_the_same_output(demo_run):
     workdir, _, _ = demo_run
-    config = tiny_config(workdir)
+    config = tiny_config()
     config["features"]["crop_size"] = 112  # slow enough (several seconds) to be killed midway
     cfg = workdir / "kill-features.yaml"
     cfg.write_text(yaml.safe_dump(config))
