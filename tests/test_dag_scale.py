@@ -1,0 +1,22 @@
+"""The DAG at the real datasets' sizes and the paper config's sharding (benchmarks/dag_scale.py
+times it; here the plan itself is checked)."""
+
+from benchmarks.dag_scale import REAL_SIZES, plan, prepare
+
+SHARDS = {"voxceleb2": 512, "caer": 8, "meld": 8, "mosei": 16}
+
+
+def test_a_full_size_dry_run_plans_one_job_per_shard_and_stage(tmp_path):
+    seconds, counts, _ = plan(tmp_path, prepare(tmp_path))
+    print(f"full-size dry run: {counts['total']} jobs in {seconds:.1f} s")
+    for dataset, n in REAL_SIZES.items():
+        assert (tmp_path / "results" / dataset / "manifest.parquet").stat().st_size > n
+    shards = sum(SHARDS.values())
+    assert counts["probe"] == shards
+    assert counts["features"] == 4 * shards  # video2d, video3d, audio, text
+    assert counts["faces"] == shards - SHARDS["voxceleb2"]  # VoxCeleb2 is not cropped
+    assert counts["subtitles"] == SHARDS["voxceleb2"] + SHARDS["caer"]
+    assert counts["features_merge"] == counts["failures"] == 4
+    assert counts["pretrain"] == 8
+    assert counts["downstream"] == 3 * (1 + 8)  # 3 datasets x (supervised + 8 methods)
+    assert "download" not in counts and "manifest" not in counts  # done already
