@@ -94,7 +94,7 @@ def config(workdir, name, **pretrain_hparams):
     for dataset in cfg["datasets"].values():
         dataset["shards"] = 1  # fewer jobs: test_workflow covers sharding
     # Pretraining long enough (seconds) to be killed mid-way.
-    cfg["pretrain"]["hparams"].update(dict(epochs=300) | pretrain_hparams)
+    cfg["pretrain"]["hparams"].update(dict(epochs=1000) | pretrain_hparams)
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
