@@ -56,6 +56,7 @@ import torch.nn as nn
 
 from conclugen.data.manifest import read_manifest
 from conclugen.featstore import MODALITIES, FeatureSet, read_features
+from conclugen.figures import draw_confusion, pyplot, save_png
 from conclugen.io import atomic_path, write_parquet
 from conclugen.metrics import classification_metrics
 from conclugen.model import load_model, representation_head
@@ -178,7 +179,7 @@ def build_classifier(
     return Classifier(heads, source.kwargs["rep_dim"], num_outputs, hp["dropout"])
 
 
-def load_task(features_path, manifest_path, dataset: str, modalities=None) -> Task:
+def load_task(features_path, manifest_path, dataset: str) -> Task:
     """The feature-store samples of ``dataset`` with a label in the manifest, joined by
     ``sample_id``. Targets: class ids (single-label) or {0,1} per label (MOSEI, intensity > 0).
     The feature store's ``split`` column gives train/val/test."""
@@ -190,7 +191,7 @@ def load_task(features_path, manifest_path, dataset: str, modalities=None) -> Ta
     if task is not None and task != ("multi_label" if multilabel else "single_label"):
         raise ValueError(f"{manifest_path} is a {task} manifest, {dataset} expects otherwise")
     classes = list(meta["classes"])
-    feats = read_features(features_path, modalities, dtype=None, views=False)
+    feats = read_features(features_path, dtype=None, views=False)
     labels = frame.set_index("sample_id")["labels"].reindex(feats.sample_id)
     keep = np.array(labels.notna(), dtype=bool)
     if not keep.all():
@@ -408,11 +409,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike) -> None
 
 def _plot_confusion(metrics: dict, path: Path) -> None:
     """Rows true, columns predicted, class names on the axes; multi-label: one 2x2 per label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     confusion = np.asarray(metrics["confusion"])
     names = metrics["per_class"]["names"]
     title = f"{metrics['dataset']} {metrics['protocol']} (test, seed {metrics['seed']})"
@@ -426,18 +423,10 @@ def _plot_confusion(metrics: dict, path: Path) -> None:
         fig, ax = plt.subplots(figsize=(size, size))
         panels = [(ax, confusion, names, None)]
     for ax, m, ticks, name in panels:
-        rate = m / np.maximum(m.sum(1, keepdims=True), 1)  # colour by row: recall per class
-        ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
-        for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, str(v), ha="center", va="center", color="w" if rate[i, j] > 0.5 else "k")
-        ax.set_xticks(range(len(ticks)), ticks, rotation=45 if name is None else 0)
-        ax.set_yticks(range(len(ticks)), ticks)
-        ax.set(xlabel="predicted", ylabel="true", title=name)
+        draw_confusion(ax, m, ticks, ticks, name, rotation=45 if name is None else 0)
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def evaluate_method(

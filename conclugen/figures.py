@@ -14,7 +14,8 @@ import torch
 from conclugen.io import atomic_path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,10 +24,24 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_png(fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` atomically as a PNG and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
+
+
+def draw_confusion(ax, m: np.ndarray, x_names, y_names, title, fontsize=None, rotation=45):
+    """A confusion matrix on ``ax``: rows true, columns predicted, each cell's count, coloured by
+    its share of the row (the recall per class)."""
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=fontsize,
+                color="w" if share[i, j] > 0.5 else "k")  # fmt: skip
+    ax.set_xticks(range(m.shape[1]), x_names, rotation=rotation)
+    ax.set_yticks(range(m.shape[0]), y_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
 
 
 def summed_confusion(metrics_paths: list[str | os.PathLike]) -> tuple[np.ndarray, list[str]]:
@@ -40,7 +55,7 @@ def confusion_figure(panels: dict[str, list], path: str | os.PathLike, title: st
     """One confusion matrix per panel (``title -> metrics.json paths``, summed over seeds), rows
     true and columns predicted, coloured by the row's share (the recall per class), in a grid of
     two columns as the paper's Figures 2-3."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.8 * rows), squeeze=False)
@@ -51,17 +66,12 @@ def confusion_figure(panels: dict[str, list], path: str | os.PathLike, title: st
         if m.ndim == 3:  # multi-label: each label's [[TN, FP], [FN, TP]] side by side
             m = np.concatenate(list(m), 1)
             names = [f"{n}:{v}" for n in names for v in (0, 1)]
-        share = m / np.maximum(m.sum(1, keepdims=True), 1)
-        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
-                    color="w" if share[i, j] > 0.5 else "k")  # fmt: skip
-        ax.set_xticks(range(m.shape[1]), names if m.shape[0] == m.shape[1] else [], rotation=45)
-        ax.set_yticks(range(m.shape[0]), names[: m.shape[0]])
-        ax.set(xlabel="predicted", ylabel="true", title=f"{name} (n={int(m.sum())})")
+        x_names = names if m.shape[0] == m.shape[1] else []
+        title_n = f"{name} (n={int(m.sum())})"
+        draw_confusion(ax, m, x_names, names[: m.shape[0]], title_n, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def pca_2d(x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +103,7 @@ def embedding_figure(
         x = {m: feats.features[m].float() for m in mods}
         rep = model.represent(x, {m: feats.present[m] for m in mods})
     xy = pca_2d(rep).numpy()
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     for k, name in enumerate(classes):
         sel = target.numpy() == k
@@ -101,4 +111,4 @@ def embedding_figure(
     ax.set(xlabel="PC 1", ylabel="PC 2", title=title)
     ax.legend(fontsize=7, markerscale=1.5)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
