@@ -16,7 +16,8 @@ A dataset's ``source`` config lists its archives in order::
       require: ["MELD.Raw/dev_sent_emo.csv"]  # globs that must match after extraction
 
 Downloads and assembled archives are cached in ``work_dir`` (``results/{dataset}/download/``) so
-that a failed extraction does not download again; once ``raw/`` exists the user may delete them.
+that a failed extraction does not download again (parts are concatenated again once one of them
+changes); once ``raw/`` exists the user may delete them.
 An interrupted download leaves ``<name>.part`` there, and the next run resumes from its length.
 Every user-facing failure raises :class:`DownloadError`.
 """
@@ -27,6 +28,7 @@ import glob
 import gzip
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -227,7 +229,9 @@ def assemble(path_or_glob: str, dest, size=None, sha256=None) -> Path:
 
     A single file is verified in place (no copy). A glob matching several files is taken as
     byte-split parts: they are concatenated in sorted order into ``dest`` atomically, verified,
-    and ``dest`` is returned; an existing ``dest`` is trusted (only its size is checked again).
+    and ``dest`` is returned. ``dest.parts.json`` records the parts' names, sizes and mtimes;
+    an existing ``dest`` is trusted (only its size is checked again) while they still match,
+    and assembled afresh once a part is replaced, added or removed.
     """
     pattern = os.path.expanduser(str(path_or_glob))
     parts = [pattern] if os.path.exists(pattern) else sorted(glob.glob(pattern))
@@ -243,9 +247,13 @@ def assemble(path_or_glob: str, dest, size=None, sha256=None) -> Path:
         return Path(parts[0])
     dest = Path(dest)
     what = f"{dest.name} (the {len(parts)} parts matching {path_or_glob}, concatenated)"
-    if dest.exists():
+    record = dest.with_name(dest.name + ".parts.json")
+    stamp = [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in parts]
+    if dest.exists() and record.exists() and json.loads(record.read_text()) == stamp:
         _check_size(dest, size, what)
         return dest
+    if dest.exists():
+        log.info("the parts matching %s changed since %s was assembled", path_or_glob, dest)
     log.info("concatenating %d parts matching %s into %s", len(parts), path_or_glob, dest)
     total = sum(os.path.getsize(p) for p in parts)
     with atomic_path(dest) as tmp:
@@ -255,6 +263,8 @@ def assemble(path_or_glob: str, dest, size=None, sha256=None) -> Path:
                 with open(p, "rb") as f:
                     done = _copy(f, out, done, total, dest.name)
         _verify(tmp, size, sha256, what)
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(stamp))
     return dest
 
 

@@ -180,6 +180,25 @@ def test_assemble_parts(tmp_path):
     assert dest == tmp_path / "vox.zip" and dest.read_bytes() == PAYLOAD
 
 
+def test_assemble_parts_again_only_when_a_part_changed(tmp_path, caplog):
+    pattern = write_parts(tmp_path / "parts", PAYLOAD)
+    dest = assemble(pattern, tmp_path / "vox.zip")
+    first = dest.stat().st_mtime_ns
+    assert assemble(pattern, tmp_path / "vox.zip").stat().st_mtime_ns == first  # reused
+    # New parts of the same size (a regenerated look-alike, a re-downloaded part): not reused.
+    changed = bytes(reversed(PAYLOAD))
+    step = -(-len(changed) // 3)
+    part = tmp_path / "parts" / "vox_partb"
+    part.write_bytes(changed[step : 2 * step])
+    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 1))
+    with caplog.at_level("INFO", logger="conclugen"):
+        dest = assemble(pattern, tmp_path / "vox.zip")
+    assert "changed since" in caplog.text
+    assert dest.read_bytes() == PAYLOAD[:step] + changed[step : 2 * step] + PAYLOAD[2 * step :]
+    (tmp_path / "parts" / "vox_partd").write_bytes(b"more")  # a part added
+    assert assemble(pattern, tmp_path / "vox.zip").read_bytes().endswith(b"more")
+
+
 def test_assemble_parts_wrong_sha_leaves_nothing(tmp_path):
     pattern = write_parts(tmp_path / "parts", PAYLOAD)
     wrong = "f" * 64
