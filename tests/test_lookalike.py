@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import random
 import re
 import tarfile
 import zipfile
@@ -35,8 +36,8 @@ KINDS = {
     "meld": set(BAD_KINDS),
     "mosei": set(BAD_KINDS),
 }
-TRUTH_COLUMNS = ["sample_id", "split", "expression", "sentence", "bad", "fps", "width", "height",
-                 "start", "end", "face_boxes"]  # fmt: skip
+TRUTH_COLUMNS = ["sample_id", "split", "expression", "sentence", "level", "bad", "fps", "width",
+                 "height", "start", "end", "face_boxes"]  # fmt: skip
 MELD_HEADER = ("Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,"
                "Episode,StartTime,EndTime")  # fmt: skip
 MELD_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete",
@@ -282,6 +283,46 @@ def test_truth_is_complete_and_boxes_are_inside_the_frame(root, dataset):
         widths = boxes[:, 2] - boxes[:, 0]
         low, high = (100, 140) if dataset == "voxceleb2" else (70, 140)
         assert ((low <= widths) & (widths <= high)).all()
+
+
+def _tone_share(audio: np.ndarray, rate: int, tones: list[float]) -> float:
+    """The share of ``audio``'s power within 2 % (at least 20 Hz) of the frequencies ``tones``."""
+    power = np.abs(np.fft.rfft(audio * np.hanning(len(audio)))) ** 2
+    hz = np.fft.rfftfreq(len(audio), 1 / rate)
+    near = np.zeros(len(hz), dtype=bool)
+    for tone in tones:
+        near |= np.abs(hz - tone) <= max(0.02 * tone, 20)
+    return float(power[near].sum() / power.sum())
+
+
+def test_every_modality_carries_the_class_and_the_intensity_level(root, raw):
+    """The sentence holds the level's adverb and the class's adjective of that rank; the audio
+    before the sentence is the two chimes (class tone, level tone) alone; the face's tint is
+    stronger at a higher level."""
+    from conclugen.media import read_audio
+
+    want = truth(root, "voxceleb2").set_index("sample_id")
+    good = want[want["bad"].isna()]
+    assert set(want["level"]) <= set(range(lookalike.LEVELS))
+    for row in want.itertuples():
+        words = f"{lookalike.ADVERBS[row.level]} {lookalike.WORDS[row.expression][row.level]}"
+        assert words in row.sentence, row.sentence
+    for sample_id, row in good.iterrows():
+        ident, ytid, clip = sample_id[:7], sample_id[8:19], sample_id[20:]
+        audio = read_audio(raw / "voxceleb2" / "dev" / "aac" / ident / ytid / f"{clip}.m4a")
+        tones = [lookalike.TONES[row.expression], lookalike.LEVEL_TONES[row.level]]
+        others = [lookalike.TONES[c] for c in CLASSES if c != row.expression]
+        others += [hz for level, hz in enumerate(lookalike.LEVEL_TONES) if level != row.level]
+        lead = audio[: int(0.9 * lookalike.SPEECH_LEAD_S * 16000)]  # before the sentence
+        assert _tone_share(lead, 16000, tones) > 0.9, sample_id
+        assert _tone_share(lead, 16000, others) < 0.02, sample_id
+        # The chimes pause for the voice (the level tone: the class tones share its pitch range).
+        speech = audio[int(0.3 * 16000) : int(0.6 * 16000)]
+        level_tone = [lookalike.LEVEL_TONES[row.level]]
+        assert np.abs(speech).max() > 0.05 and _tone_share(speech, 16000, level_tone) < 0.05
+    rng = random.Random(0)
+    strengths = [lookalike._look(rng, "happy", level).tint_strength for level in range(6)]
+    assert strengths == sorted(strengths) and strengths[-1] > 4 * strengths[0]
 
 
 def test_same_seed_same_truth_other_seed_other_truth(root, tmp_path):
