@@ -25,6 +25,8 @@ demo: setup
 		--report results/report.html --report-after-run
 	@echo "Demo finished. ConCluGen's linear evaluation against a majority guess (results/tables/headline.md):"
 	@cat results/tables/headline.md
+	@echo "Held-out cross-modal retrieval of the pretrained methods (results/tables/retrieval.md):"
+	@cat results/tables/retrieval.md
 	@echo "Tables 1-5: results/tables/table{1..5}.{md,csv,tex}; report: results/report.html;" \
 		"pretrained models: results/pretrain/<method>/; downstream runs:" \
 		"results/downstream/<dataset>/<method>/; logs: results/logs/."

@@ -362,6 +362,21 @@ def headline(runs: pd.DataFrame, chance: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def retrieval_summary(reports: dict[str, dict]) -> str:
+    """Markdown lines: each method's held-out cross-modal recall@1 at initialisation and after
+    pretraining (``{method: retrieval.json}``, :func:`conclugen.pretrain.pretrain`), against
+    chance (one over the held-out clips): what the demo prints after the headline."""
+    lines = ["| method | retrieval | recall@1 at init | recall@1 pretrained | chance | clips |",
+             "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for method, report in reports.items():
+        for pair, r in report.items():
+            lines.append(
+                f"| {method} | {pair} | {r['init']:.2f} | {r['pretrained']:.2f} | "
+                f"{r['chance']:.3f} | {r['n']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def majority_accuracy(predictions: pd.DataFrame) -> float:
     """Test accuracy (the paper's weighted sense) of always predicting the train split's
     majority: the class (single-label) or each label's majority value (multi-label)."""

@@ -1,8 +1,12 @@
 rule tables:
-    """The paper's Tables 1-5 from every downstream cell, our numbers beside the paper's."""
+    """The paper's Tables 1-5 from every downstream cell, our numbers beside the paper's, and
+    the pretrained methods' cross-modal retrieval."""
     input:
         runs=downstream_runs(),
         paper=PAPER_RESULTS,
+        retrieval=expand(
+            "results/pretrain/{method}/retrieval.json", method=PRETRAIN["methods"]
+        ),
     output:
         expand("results/tables/table{n}.{ext}", n=range(1, 6), ext=["md", "csv", "tex"]),
         html=report(
@@ -12,6 +16,7 @@ rule tables:
         ),
         runs="results/tables/runs.csv",
         headline="results/tables/headline.md",
+        retrieval="results/tables/retrieval.md",
     log:
         "results/logs/tables.log",
     benchmark:

@@ -200,3 +200,22 @@ def test_bad_runs_are_rejected(runs):
         tables.summarise_runs(pd.concat([runs, runs.iloc[:1]]))
     with pytest.raises(ValueError, match="lack columns"):
         tables.summarise_runs(runs.drop(columns="seed"))
+
+
+def test_retrieval_summary_lists_every_method_and_pair():
+    reports = {
+        "conclugen": {
+            "video->text": {"init": 0.1, "pretrained": 0.4, "chance": 0.05, "n": 20},
+            "video->audio": {"init": 0.05, "pretrained": 0.349, "chance": 0.05, "n": 20},
+        },
+        "multicont_wo_audio": {
+            "video->text": {"init": 0.0, "pretrained": 0.25, "chance": 0.05, "n": 20}
+        },
+    }
+    lines = tables.retrieval_summary(reports).splitlines()
+    assert lines[2:] == [
+        "| conclugen | video->text | 0.10 | 0.40 | 0.050 | 20 |",
+        "| conclugen | video->audio | 0.05 | 0.35 | 0.050 | 20 |",
+        "| multicont_wo_audio | video->text | 0.00 | 0.25 | 0.050 | 20 |",
+    ]
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")

@@ -343,5 +343,12 @@ def test_tables_have_every_paper_row(demo_run):
     assert table2["caer"].notna().all() and table2["meld"].isna().all()
     log = (workdir / "results" / "logs" / "tables.log").read_text()
     assert "ConCluGen linear eval. accuracy" in log and "| caer |" in log
+    retrieval = (tables / "retrieval.md").read_text()
+    for method in ("conclugen", "multicont_wo_audio"):
+        report = json.loads((workdir / "results/pretrain" / method / "retrieval.json").read_text())
+        r = report["video->text"]
+        row = f"| {method} | video->text | {r['init']:.2f} | {r['pretrained']:.2f} |"
+        assert row in retrieval and row in log
+    assert "| multicont_wo_audio | video->audio |" not in retrieval  # no audio head
     for name in ("confusion_caer.png", "embedding_caer_conclugen.png"):
         assert (workdir / "results" / "figures" / name).stat().st_size > 0

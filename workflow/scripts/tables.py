@@ -1,5 +1,7 @@
-"""Rule tables: Tables 1-5 (md, csv, tex), one HTML page of them, and the headline figures."""
+"""Rule tables: Tables 1-5 (md, csv, tex), one HTML page of them, the headline figures and the
+pretrained methods' cross-modal retrieval."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -29,3 +31,10 @@ with logged(snakemake.log[0]) as log:
     with atomic_path(snakemake.output.headline) as tmp:
         tmp.write_text(summary)
     log.info("%d runs, %d tables; ConCluGen against chance:\n%s", len(runs), len(built), summary)
+    reports = {
+        Path(r).parent.name: json.loads(Path(r).read_text()) for r in snakemake.input.retrieval
+    }
+    retrieval = tables.retrieval_summary(reports)
+    with atomic_path(snakemake.output.retrieval) as tmp:
+        tmp.write_text(retrieval)
+    log.info("held-out cross-modal retrieval of the pretrained methods:\n%s", retrieval)
