@@ -8,6 +8,9 @@ LOOKALIKE = config["lookalike"]
 PRETRAIN = config["pretrain"]
 # The paper's published numbers ship with the workflow (not the working directory).
 PAPER_RESULTS = f"{workflow.basedir}/config/paper_results.yaml"
+# The look-alike generator: an input of rule lookalike, so that editing it regenerates the data
+# (Snakemake's code trigger covers a rule's script, not the modules it imports).
+LOOKALIKE_GENERATOR = f"{workflow.basedir}/conclugen/data/lookalike.py"
 
 
 wildcard_constraints:

@@ -1,5 +1,7 @@
 rule lookalike:
     """Demo only: a synthetic look-alike of one dataset in its real on-disk form."""
+    input:
+        LOOKALIKE_GENERATOR,
     output:
         f"{LOOKALIKE['root']}/{{dataset}}/truth.parquet",
     log:
