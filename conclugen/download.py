@@ -248,14 +248,16 @@ def assemble(path_or_glob: str, dest, size=None, sha256=None) -> Path:
     dest = Path(dest)
     what = f"{dest.name} (the {len(parts)} parts matching {path_or_glob}, concatenated)"
     record = dest.with_name(dest.name + ".parts.json")
-    stamp = [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in parts]
+    stats = [os.stat(p) for p in parts]
+    stamp = [[os.path.abspath(p), st.st_size, st.st_mtime_ns]
+             for p, st in zip(parts, stats, strict=True)]  # fmt: skip
     if dest.exists() and record.exists() and json.loads(record.read_text()) == stamp:
         _check_size(dest, size, what)
         return dest
     if dest.exists():
         log.info("the parts matching %s changed since %s was assembled", path_or_glob, dest)
     log.info("concatenating %d parts matching %s into %s", len(parts), path_or_glob, dest)
-    total = sum(os.path.getsize(p) for p in parts)
+    total = sum(st.st_size for st in stats)
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as out:
             done = 0
