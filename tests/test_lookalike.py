@@ -308,8 +308,7 @@ def test_every_modality_carries_the_class_and_the_intensity_level(root, raw):
         words = f"{lookalike.ADVERBS[row.level]} {lookalike.WORDS[row.expression][row.level]}"
         assert words in row.sentence, row.sentence
     for sample_id, row in good.iterrows():
-        ident, ytid, clip = sample_id[:7], sample_id[8:19], sample_id[20:]
-        audio = read_audio(raw / "voxceleb2" / "dev" / "aac" / ident / ytid / f"{clip}.m4a")
+        audio = read_audio(media_path(raw, "voxceleb2", sample_id))
         tones = [lookalike.TONES[row.expression], lookalike.LEVEL_TONES[row.level]]
         others = [lookalike.TONES[c] for c in CLASSES if c != row.expression]
         others += [hz for level, hz in enumerate(lookalike.LEVEL_TONES) if level != row.level]
