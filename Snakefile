@@ -44,6 +44,7 @@ rule all:
     input:
         expand("results/{dataset}/manifest.parquet", dataset=DATASETS),
         expand("results/{dataset}/failures.tsv", dataset=DATASETS),
+        expand("results/{dataset}/dataset_stats.html", dataset=DATASETS),
         expand("results/{dataset}/faces/preview.png", dataset=FACE_DATASETS),
         expand("results/{dataset}/features.zarr", dataset=DATASETS),
         expand("results/pretrain/{method}/model.pt", method=PRETRAIN["methods"]),

@@ -6,8 +6,10 @@ before publishing: more than ``max_fraction`` of the shard's samples dropped fai
 loudly, because a silent "everything skipped" run is the worst outcome.
 
 Columns: ``sample_id``, ``stage``, ``reason`` and ``action``: ``dropped`` (the sample leaves
-the pipeline from this stage on) or ``kept`` (a defect worth knowing, e.g. silent audio, that
-later stages handle through the modality presence mask).
+the pipeline from this stage on), ``kept`` (a defect worth knowing, e.g. silent audio, that
+later stages handle through the modality presence mask) or ``extra`` (something in the release
+that is not a sample of the benchmark, e.g. a MELD video without an annotation row or a CMU-MOSEI
+video in no standard fold: counted apart, never a failure and never against ``max_fraction``).
 """
 
 from __future__ import annotations
@@ -45,10 +47,14 @@ class FailureLedger:
         """Record a defect of a sample that stays in the pipeline."""
         self._add(sample_id, reason, "kept")
 
-    def _add(self, sample_id: str, reason: str, action: str) -> None:
+    def extra(self, sample_id: str, reason: str) -> None:
+        """Record a file or entry of the release that is not a sample (not a failure)."""
+        self._add(sample_id, reason, "extra", level=logging.INFO)
+
+    def _add(self, sample_id: str, reason: str, action: str, level: int = logging.WARNING) -> None:
         # One line per record: tabs and newlines inside a reason would break the TSV.
         reason = " ".join(str(reason).split())
-        log.warning("%s: %s %s (%s)", self.stage, action, sample_id, reason)
+        log.log(level, "%s: %s %s (%s)", self.stage, action, sample_id, reason)
         self.rows.append((str(sample_id), self.stage, reason, action))
 
     @property

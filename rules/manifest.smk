@@ -61,3 +61,30 @@ rule failures:
         runtime=growing_runtime(10),
     script:
         "../workflow/scripts/failures.py"
+
+
+rule dataset_stats:
+    """A dataset on one page: samples per split and class, every stage's drops and defects by
+    reason, and the release's extras."""
+    input:
+        manifest="results/{dataset}/manifest.parquet",
+        failures="results/{dataset}/failures.tsv",
+    output:
+        json="results/{dataset}/dataset_stats.json",
+        html=report(
+            "results/{dataset}/dataset_stats.html",
+            caption="../workflow/report/dataset_stats.rst",
+            category="Datasets",
+            subcategory="{dataset}",
+        ),
+    log:
+        "results/logs/dataset_stats/{dataset}.log",
+    benchmark:
+        "results/benchmarks/dataset_stats/{dataset}.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=growing_runtime(10),
+    script:
+        "../workflow/scripts/dataset_stats.py"

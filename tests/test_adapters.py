@@ -70,20 +70,40 @@ def test_meld_rows_exclusions_and_text(tmp_path):
         "train_dia0_utt1",
     ]
     assert list(frame["split"]) == ["val", "test", "train", "train"]
-    assert frame.set_index("sample_id").loc["train_dia0_utt0", "text"] == "It's fine"
-    assert frame.set_index("sample_id").loc["train_dia0_utt1", "text"] == "You're late"
+    assert frame.set_index("sample_id").loc["train_dia0_utt0", "text"] == "It\u2019s fine"
+    assert frame.set_index("sample_id").loc["train_dia0_utt1", "text"] == "You\u2019re late"
     assert frame.set_index("sample_id").loc["train_dia0_utt1", "labels"][3] == 1.0  # joy
     reasons = {r[0]: r[2] for r in ledger.rows}
     assert "unreadable label row" in reasons["train_row3"]
     assert "exclusion list" in reasons["train_dia125_utt3"]
     assert "exclusion list" in reasons["dev_dia110_utt7"]
     assert "video file missing" in reasons["train_dia7_utt7"]
+    extras = {r[0]: r[2] for r in ledger.rows if r[3] == "extra"}
+    assert set(extras) == {"test_final_videos_testdia99_utt0", "test_._dia3_utt2.mp4"}
+
+
+def test_a_duplicate_id_keeps_one_row_and_a_bad_row_removes_no_valid_one(tmp_path):
+    meld_tree(tmp_path)
+    csv_path = tmp_path / "MELD.Raw" / "dev_sent_emo.csv"
+    csv_path.write_text(
+        MELD_HEADER + "1,First,Rachel,sadness,negative,1,0,1,1,0,0\n"
+        "2,Second,Ross,joy,positive,1,0,1,1,0,0\n"
+        "3,Third,Ross,no-such-emotion,positive,1,0,1,1,0,0\n"
+    )
+    ledger = FailureLedger("manifest")
+    frame = build_manifest(ADAPTERS["meld"], tmp_path, 2, ledger).set_index("sample_id")
+    assert frame.loc["dev_dia1_utt0", "text"] == "First"
+    assert frame.index.is_unique and len(frame[frame["split"] == "val"]) == 1
+    reasons = [(r[2], r[3]) for r in ledger.rows if r[0] == "dev_dia1_utt0"]
+    assert ("duplicate sample id: 1 later row(s) ignored, the first kept", "kept") in reasons
+    assert any("unknown emotion" in reason for reason, _ in reasons)
 
 
 def test_caer_folders_are_labels(tmp_path):
     for split in ("train", "validation", "test"):
         touch(tmp_path / "CAER" / split / "Happy" / "0001.avi")
     touch(tmp_path / "CAER" / "train" / "Angry" / "0002.avi")
+    touch(tmp_path / "CAER" / "train" / "Happy" / "._0001.avi")
     ledger = FailureLedger("manifest")
     frame = build_manifest(ADAPTERS["caer"], tmp_path, 2, ledger)
     assert list(frame["sample_id"]) == [
@@ -94,16 +114,26 @@ def test_caer_folders_are_labels(tmp_path):
     assert sorted(frame["split"]) == ["test", "train", "val"]
     assert frame["labels"].map(lambda v: list(v).index(1.0)).tolist() == [3, 3, 3]
     assert ledger.rows[0][0] == "train_Angry_0002" and "unknown class" in ledger.rows[0][2]
+    assert ledger.rows[1][0] == "train_Happy_._0001" and ledger.rows[1][3] == "extra"
 
 
 def test_voxceleb2_pairs_audio(tmp_path):
     touch(tmp_path / "dev/mp4/id00012/21Uxsk56VDQ/00001.mp4")
     touch(tmp_path / "dev/mp4/id00012/21Uxsk56VDQ/00002.mp4")
     touch(tmp_path / "dev/aac/id00012/21Uxsk56VDQ/00001.m4a")
-    frame = build_manifest(ADAPTERS["voxceleb2"], tmp_path, 2, FailureLedger("manifest"))
+    touch(tmp_path / "dev/aac/id00012/21Uxsk56VDQ/00003.m4a")
+    touch(tmp_path / "dev/mp4/id00012/21Uxsk56VDQ/._00001.mp4")
+    ledger = FailureLedger("manifest")
+    frame = build_manifest(ADAPTERS["voxceleb2"], tmp_path, 2, ledger)
     assert list(frame["sample_id"]) == ["id00012_21Uxsk56VDQ_00001", "id00012_21Uxsk56VDQ_00002"]
     assert frame["audio"].isna().tolist() == [False, True]
     assert (frame["speaker"] == "id00012").all() and (frame["split"] == "train").all()
+    recorded = {(r[0], r[3]) for r in ledger.rows}
+    assert recorded == {
+        ("id00012_21Uxsk56VDQ_00002", "kept"),  # no .m4a: the mp4's own track
+        ("id00012_21Uxsk56VDQ_00003", "extra"),  # an .m4a without its mp4
+        ("id00012_21Uxsk56VDQ_._00001.mp4", "extra"),
+    }
 
 
 def test_mosei_segments_folds_and_transcripts(tmp_path):
@@ -137,7 +167,9 @@ def test_mosei_segments_folds_and_transcripts(tmp_path):
     assert [list(v) for v in frame["labels"]] == [[2, 0, 0, 0, 0, 0], [0, 1.5, 0, 0, 0.5, 0]]
     reasons = {r[0]: r[2] for r in ledger.rows}
     assert "unreadable label row" in reasons["81406_0"]
-    assert "not in any standard fold" in reasons["notinfolds1_0"]
+    assert "no standard fold" in reasons["notinfolds1_0"]
+    assert "without labels" in reasons["zzzzzzzzzzz"]  # a test-fold video absent from the labels
+    assert {r[0] for r in ledger.rows if r[3] == "extra"} == {"notinfolds1_0", "x", "zzzzzzzzzzz"}
 
 
 def test_missing_layout_is_a_clear_error(tmp_path):

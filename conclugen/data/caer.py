@@ -1,4 +1,8 @@
-"""CAER (video): ``CAER/{train,validation,test}/<Emotion>/NNNN.avi``; the folder is the label."""
+"""CAER (video): ``CAER/{train,validation,test}/<Emotion>/NNNN.avi``; the folder is the label.
+
+macOS ``._NNNN.avi`` files (AppleDouble metadata, found in zips made on a Mac) are not videos:
+they are recorded as extras.
+"""
 
 from __future__ import annotations
 
@@ -26,18 +30,20 @@ def rows(raw_dir: Path, ledger: FailureLedger) -> list[dict]:
         for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
             for video in sorted(class_dir.glob("*.avi")):
                 sample_id = f"{split}_{class_dir.name}_{video.stem}"
-                if class_dir.name not in CLASSES:
+                if video.name.startswith("._"):
+                    ledger.extra(sample_id, "macOS AppleDouble metadata file, not a video")
+                elif class_dir.name not in CLASSES:
                     ledger.drop(sample_id, f"unknown class folder {class_dir.name!r}")
-                    continue
-                out.append(
-                    {
-                        "sample_id": sample_id,
-                        "split": split_name,
-                        "video": str(video),
-                        "start": 0.0,
-                        "labels": one_hot(class_dir.name, CLASSES),
-                    }
-                )
+                else:
+                    out.append(
+                        {
+                            "sample_id": sample_id,
+                            "split": split_name,
+                            "video": str(video),
+                            "start": 0.0,
+                            "labels": one_hot(class_dir.name, CLASSES),
+                        }
+                    )
     return out
 
 

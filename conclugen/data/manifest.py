@@ -67,17 +67,27 @@ def build_manifest(
     ledger: FailureLedger,
     exclusions: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Rows from the adapter, minus excluded samples, sorted by id, with their shard."""
-    rows = adapter.rows(Path(raw_dir), ledger)
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    duplicated = frame["sample_id"].duplicated(keep="first")
-    for sample_id in frame.loc[duplicated, "sample_id"]:
-        ledger.drop(sample_id, "duplicate sample id (kept the first)")
-    frame = frame[~duplicated]
-    for sample_id, reason in (exclusions or {}).items():
-        if sample_id in set(frame["sample_id"]):
-            ledger.drop(sample_id, f"excluded by the exclusion list: {reason}")
-    frame = frame[~frame["sample_id"].isin(ledger.dropped)]
+    """The adapter's rows, one per sample id, minus excluded samples and missing videos, sorted
+    by id, with their shard.
+
+    A sample id that several rows share keeps its first row (the others are recorded); the
+    exclusion list is applied before the files are checked, so an excluded sample is recorded
+    with the list's reason even when its video is absent.
+    """
+    frame = pd.DataFrame(adapter.rows(Path(raw_dir), ledger), columns=COLUMNS)
+    repeats = frame.loc[frame["sample_id"].duplicated(keep="first"), "sample_id"].value_counts()
+    for sample_id, n in repeats.items():
+        ledger.keep(sample_id, f"duplicate sample id: {n} later row(s) ignored, the first kept")
+    frame = frame.drop_duplicates("sample_id", keep="first")
+    exclusions = exclusions or {}
+    excluded = frame["sample_id"].isin(exclusions)
+    for sample_id in frame.loc[excluded, "sample_id"]:
+        ledger.drop(sample_id, f"excluded by the exclusion list: {exclusions[sample_id]}")
+    frame = frame[~excluded]
+    missing = ~frame["video"].map(os.path.exists)
+    for sample_id, video in frame.loc[missing, ["sample_id", "video"]].itertuples(index=False):
+        ledger.drop(sample_id, f"video file missing: {Path(video).name}")
+    frame = frame[~missing]
     bad_split = ~frame["split"].isin(SPLITS)
     if bad_split.any():
         raise ValueError(

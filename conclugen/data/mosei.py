@@ -7,6 +7,12 @@
 - videos: ``Raw/Videos/Full/Combined/<vid>.mp4``; text: the line of
   ``Raw/Transcript/Segmented/Combined/<vid>.txt`` (``vid___k___start___end___text``) whose
   interval overlaps the segment most.
+- sample ids ``<vid>_<k>`` follow the official segment numbering (``k`` of that transcript line,
+  as in ``Raw/Videos/Segmented/Combined/<vid>_<k>.mp4``): the ``.csd`` rows of a video are not
+  in time order. A segment that no line overlaps is numbered by its rank in time (recorded).
+- real intervals can start before 0 (by up to ~0.5 s): the start is clamped to 0.
+- labelled videos in no standard fold (~66) are extras, not failures, and so are the fold
+  videos without labels (two test-fold videos).
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ def read_folds(path: Path) -> dict[str, str]:
     return split_of
 
 
-def read_transcript(path: Path) -> list[tuple[float, float, str]]:
+def read_transcript(path: Path) -> list[tuple[int, float, float, str]]:
+    """``(segment number, start, end, text)`` per line ``vid___k___start___end___text``."""
     if not path.exists():
         return []
     lines = []
@@ -46,18 +53,19 @@ def read_transcript(path: Path) -> list[tuple[float, float, str]]:
         parts = line.split("___", 4)
         if len(parts) == 5:
             try:
-                lines.append((float(parts[2]), float(parts[3]), parts[4].strip()))
+                lines.append((int(parts[1]), float(parts[2]), float(parts[3]), parts[4].strip()))
             except ValueError:
                 continue
     return lines
 
 
-def _best_text(lines, start: float, end: float) -> str | None:
+def _best_line(lines, start: float, end: float):
+    """The transcript line that overlaps ``[start, end]`` most, or None."""
     best, best_overlap = None, 0.0
-    for s, e, text in lines:
-        overlap = min(e, end) - max(s, start)
+    for line in lines:
+        overlap = min(line[2], end) - max(line[1], start)
         if overlap > best_overlap:
-            best, best_overlap = text, overlap
+            best, best_overlap = line, overlap
     return best
 
 
@@ -74,36 +82,52 @@ def rows(raw_dir: Path, ledger: FailureLedger) -> list[dict]:
     transcripts = combined.parents[2] / "Transcript" / "Segmented" / "Combined"
     out = []
     with h5py.File(_find_one(raw_dir, "CMU_MOSEI_Labels.csd"), "r") as csd:
-        data = csd["All Labels"]["data"]
+        data = csd[next(iter(csd))]["data"]  # the SDK reads the first root group
+        for vid in sorted(set(split_of) - set(data)):
+            ledger.extra(vid, f"video of the standard {split_of[vid]} fold without labels")
         for vid in sorted(data):
             features = np.asarray(data[vid]["features"], dtype=np.float64)
             intervals = np.asarray(data[vid]["intervals"], dtype=np.float64)
             split = split_of.get(vid)
-            video = combined / f"{vid}.mp4"
             lines = read_transcript(transcripts / f"{vid}.txt")
-            for k, (feat, (start, end)) in enumerate(zip(features, intervals, strict=True)):
-                sample_id = f"{vid}_{k}"
+            if (
+                intervals.ndim != 2
+                or intervals.shape[1:] != (2,)
+                or len(features) != len(intervals)
+            ):
+                shapes = f"features {features.shape}, intervals {intervals.shape}"
+                ledger.drop(vid, f"unreadable label entry: {shapes}")
+                continue
+            for rank, row in enumerate(np.argsort(intervals[:, 0], kind="stable")):
+                feat, (start, end) = features[row], intervals[row]
+                line = _best_line(lines, start, end)
+                sample_id = f"{vid}_{rank if line is None else line[0]}"
+                start = max(0.0, float(start))  # real intervals start up to ~0.5 s before 0
                 if feat.shape != (7,) or not np.isfinite(feat).all() or not end > start:
                     ledger.drop(
                         sample_id, f"unreadable label row: features {feat}, interval {start}-{end}"
                     )
-                elif split is None:
-                    ledger.drop(sample_id, "video not in any standard fold")
-                elif not video.exists():
-                    ledger.drop(sample_id, f"video file missing: {video.name}")
-                else:
-                    out.append(
-                        {
-                            "sample_id": sample_id,
-                            "split": split,
-                            "video": str(video),
-                            "start": float(start),
-                            "end": float(end),
-                            "text": _best_text(lines, start, end),
-                            "labels": [float(x) for x in feat[1:]],
-                            "speaker": vid,
-                        }
+                    continue
+                if split is None:
+                    ledger.extra(sample_id, "video in no standard fold (not a benchmark sample)")
+                    continue
+                if line is None:
+                    ledger.keep(
+                        sample_id,
+                        "no transcript line overlaps the segment: no text, numbered by its rank",
                     )
+                out.append(
+                    {
+                        "sample_id": sample_id,
+                        "split": split,
+                        "video": str(combined / f"{vid}.mp4"),
+                        "start": start,
+                        "end": float(end),
+                        "text": None if line is None else line[3],
+                        "labels": [float(x) for x in feat[1:]],
+                        "speaker": vid,
+                    }
+                )
     return out
 
 
