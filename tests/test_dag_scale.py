@@ -16,7 +16,7 @@ def test_a_full_size_dry_run_plans_one_job_per_shard_and_stage(tmp_path):
     assert counts["features"] == 4 * shards  # video2d, video3d, audio, text
     assert counts["faces"] == shards - SHARDS["voxceleb2"]  # VoxCeleb2 is not cropped
     assert counts["subtitles"] == SHARDS["voxceleb2"] + SHARDS["caer"]
-    assert counts["features_merge"] == counts["failures"] == 4
+    assert counts["features_merge"] == counts["failures"] == counts["dataset_stats"] == 4
     assert counts["pretrain"] == 8
     assert counts["downstream"] == 3 * (1 + 8)  # 3 datasets x (supervised + 8 methods)
     assert "download" not in counts and "manifest" not in counts  # done already

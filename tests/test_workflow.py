@@ -124,6 +124,23 @@ def test_probe_keeps_only_usable_samples(demo_run):
         assert (probed["fps"].round() == 25).all() and (probed["duration"] > 1).all()
 
 
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_dataset_stats_page_matches_manifest_and_ledger(demo_run, dataset):
+    workdir, _, _ = demo_run
+    stats = json.loads((workdir / "results" / dataset / "dataset_stats.json").read_text())
+    frame, _ = read_manifest(workdir / "results" / dataset / "manifest.parquet")
+    assert stats["samples"] == frame["split"].value_counts().to_dict()
+    got = ledger(workdir, dataset)
+    assert stats["totals"] == {
+        a: int((got["action"] == a).sum()) for a in ("dropped", "kept", "extra")
+    }
+    assert sum(r["count"] for r in stats["ledger"]) == len(got)
+    later = set(got.query("stage != 'manifest' and action == 'dropped'")["sample_id"])
+    assert sum(stats["usable"].values()) == len(set(frame["sample_id"]) - later)
+    page = (workdir / "results" / dataset / "dataset_stats.html").read_text()
+    assert f"<h1>{dataset}</h1>" in page
+
+
 def test_every_rule_log_is_written(demo_run):
     workdir, _, _ = demo_run
     logs = sorted((workdir / "results" / "logs").rglob("*.log"))
