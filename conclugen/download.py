@@ -15,20 +15,23 @@ A dataset's ``source`` config lists its archives in order::
       nested: ["MELD.Raw/*.tar.gz"]           # archives inside the tree, extracted in place
       require: ["MELD.Raw/dev_sent_emo.csv"]  # globs that must match after extraction
 
-Downloads and assembled archives are cached in ``work_dir`` (``results/{dataset}/download/``) so
-that a failed extraction does not download again (parts are concatenated again once one of them
-changes); once ``raw/`` exists the user may delete them.
+Downloads are cached in ``work_dir`` (``results/{dataset}/download/``) so that a failed
+extraction does not download again; once ``raw/`` exists the user may delete them. User-supplied
+files are verified and extracted where they are: byte-split parts are read in place as one archive
+(:class:`JoinedParts`), so no concatenated copy is written, and every run extracts from the parts
+as they are then.
 An interrupted download leaves ``<name>.part`` there, and the next run resumes from its length.
 Every user-facing failure raises :class:`DownloadError`.
 """
 
 from __future__ import annotations
 
+import bisect
+import errno
 import glob
 import gzip
 import hashlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -77,7 +80,7 @@ def fetch(url: str, dest, size=None, sha256=None, retries=3, timeout=60) -> Path
     """
     dest = Path(dest)
     if dest.exists():
-        _check_size(dest, size, str(dest))
+        _check_size(dest.stat().st_size, size, str(dest))
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -111,7 +114,7 @@ def fetch(url: str, dest, size=None, sha256=None, retries=3, timeout=60) -> Path
             f"{retries + 1} attempts ({error}); the partial file {part} is kept: rerun to resume"
         )
     try:
-        _verify(part, size, sha256, url)
+        _verify([part], size, sha256, url)
     except DownloadError:
         part.unlink()
         raise
@@ -197,9 +200,8 @@ def _copy(stream, out, done: int, total: int | None, label: str) -> int:
     return done
 
 
-def _check_size(path: Path, size, what: str) -> None:
-    """Raise if ``path`` does not have ``size`` bytes (None: unknown, not checked)."""
-    actual = path.stat().st_size
+def _check_size(actual: int, size, what: str) -> None:
+    """Raise if ``actual`` bytes are not the expected ``size`` (None: unknown, not checked)."""
     if size is not None and actual != size:
         state = "truncated" if actual < size else "too large"
         raise DownloadError(
@@ -208,30 +210,95 @@ def _check_size(path: Path, size, what: str) -> None:
         )
 
 
-def _verify(path: Path, size, sha256, what: str) -> None:
-    """Check the size, then the sha256 (both optional) of ``path``, described as ``what``."""
-    _check_size(path, size, what)
-    if sha256:
+def _verify(parts: list[Path], size, sha256, what: str) -> None:
+    """Check the total size, then the sha256 (both optional) of ``parts`` read as one file."""
+    with JoinedParts(parts) as joined:
+        _check_size(joined.size, size, what)
+        if not sha256:
+            return
         digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            sink = SimpleNamespace(write=digest.update)
-            _copy(f, sink, 0, path.stat().st_size, f"sha256 of {path.name}")
-        actual = digest.hexdigest()
-        if actual != sha256.lower():
-            raise DownloadError(
-                f"sha256 mismatch for {what}: expected {sha256.lower()}, got {actual}; the file "
-                "is corrupt or a different version"
-            )
+        label = parts[0].name if len(parts) == 1 else f"{parts[0].name}..{parts[-1].name}"
+        _copy(joined, SimpleNamespace(write=digest.update), 0, joined.size, f"sha256 of {label}")
+    actual = digest.hexdigest()
+    if actual != sha256.lower():
+        raise DownloadError(
+            f"sha256 mismatch for {what}: expected {sha256.lower()}, got {actual}; the file "
+            "is corrupt or a different version"
+        )
 
 
-def assemble(path_or_glob: str, dest, size=None, sha256=None) -> Path:
-    """Verify a user-supplied archive and return its path.
+class JoinedParts(io.RawIOBase):
+    """The ordered byte-split parts of one archive, read in place as one read-only seekable file.
 
-    A single file is verified in place (no copy). A glob matching several files is taken as
-    byte-split parts: they are concatenated in sorted order into ``dest`` atomically, verified,
-    and ``dest`` is returned. ``dest.parts.json`` records the parts' names, sizes and mtimes;
-    an existing ``dest`` is trusted (only its size is checked again) while they still match,
-    and assembled afresh once a part is replaced, added or removed.
+    zipfile and tarfile open it (wrapped in ``io.BufferedReader`` for fewer system calls), so
+    split archives are extracted without a concatenated copy. The parts' sizes are taken once,
+    here; a part that is shorter when read raises :class:`DownloadError`.
+    """
+
+    def __init__(self, parts):
+        super().__init__()
+        self.parts = [Path(p) for p in parts]
+        self.starts = [0]  # starts[i]: offset of part i in the whole; starts[-1]: the total size
+        for p in self.parts:
+            self.starts.append(self.starts[-1] + p.stat().st_size)
+        self.size = self.starts[-1]
+        self._pos, self._index, self._file = 0, None, None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._checkClosed()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, f"negative seek position {base + offset}")
+        self._pos = base + offset  # past the end is allowed, as for a file: reads return b""
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        """Fill ``buffer`` across part boundaries; fewer bytes only at the end of the whole."""
+        self._checkClosed()
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._pos < self.size:
+            i = bisect.bisect_right(self.starts, self._pos) - 1  # last part starting at or before
+            if i != self._index:
+                self._close_part()
+                self._file, self._index = open(self.parts[i], "rb", buffering=0), i
+            self._file.seek(self._pos - self.starts[i])
+            want = min(len(view) - done, self.starts[i + 1] - self._pos)
+            n = self._file.readinto(view[done : done + want])
+            if not n:
+                raise DownloadError(
+                    f"{self.parts[i]} is shorter than when it was listed "
+                    f"({self.starts[i + 1] - self.starts[i]} bytes): was it replaced meanwhile?"
+                )
+            done += n
+            self._pos += n
+        return done
+
+    def close(self) -> None:
+        self._close_part()
+        super().close()
+
+    def _close_part(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file, self._index = None, None
+
+
+def archive_parts(path_or_glob: str, size=None, sha256=None) -> list[Path]:
+    """The files of a user-supplied archive, verified in place: one file or its parts in order.
+
+    A glob matching several files is taken as byte-split parts in sorted order; their total size
+    and the sha256 streamed over them are checked. Nothing is copied.
     """
     pattern = os.path.expanduser(str(path_or_glob))
     parts = [pattern] if os.path.exists(pattern) else sorted(glob.glob(pattern))
@@ -242,32 +309,10 @@ def assemble(path_or_glob: str, dest, size=None, sha256=None) -> Path:
         )
     if not all(os.path.isfile(p) for p in parts):
         raise DownloadError(f"{path_or_glob} must match files only, got {parts}")
-    if len(parts) == 1:
-        _verify(Path(parts[0]), size, sha256, parts[0])
-        return Path(parts[0])
-    dest = Path(dest)
-    what = f"{dest.name} (the {len(parts)} parts matching {path_or_glob}, concatenated)"
-    record = dest.with_name(dest.name + ".parts.json")
-    stats = [os.stat(p) for p in parts]
-    stamp = [[os.path.abspath(p), st.st_size, st.st_mtime_ns]
-             for p, st in zip(parts, stats, strict=True)]  # fmt: skip
-    if dest.exists() and record.exists() and json.loads(record.read_text()) == stamp:
-        _check_size(dest, size, what)
-        return dest
-    if dest.exists():
-        log.info("the parts matching %s changed since %s was assembled", path_or_glob, dest)
-    log.info("concatenating %d parts matching %s into %s", len(parts), path_or_glob, dest)
-    total = sum(st.st_size for st in stats)
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as out:
-            done = 0
-            for p in parts:
-                with open(p, "rb") as f:
-                    done = _copy(f, out, done, total, dest.name)
-        _verify(tmp, size, sha256, what)
-    with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps(stamp))
-    return dest
+    what = parts[0] if len(parts) == 1 else f"the {len(parts)} parts matching {path_or_glob}"
+    parts = [Path(p) for p in parts]
+    _verify(parts, size, sha256, what)
+    return parts
 
 
 def archive_format(name: str) -> str | None:
@@ -283,44 +328,48 @@ def archive_format(name: str) -> str | None:
 def extract(archive, dest_dir, name: str | None = None) -> None:
     """Extract a zip or tar(.gz) ``archive`` into the existing folder ``dest_dir``.
 
-    The format comes from ``name`` (default: the archive's file name). Members that would land
-    outside ``dest_dir`` (absolute paths, ``..``, links pointing out) are refused; a truncated
-    or corrupt archive raises :class:`DownloadError` naming it.
+    ``archive`` is a file or the list of its byte-split parts in order, read in place through
+    :class:`JoinedParts`. The format comes from ``name`` (default: the file name). Members that
+    would land outside ``dest_dir`` (absolute paths, ``..``, links pointing out) are refused; a
+    truncated or corrupt archive raises :class:`DownloadError` naming it.
     """
-    archive, dest_dir = Path(archive), Path(dest_dir)
-    kind = archive_format(name or archive.name)
+    parts = [Path(archive)] if isinstance(archive, str | os.PathLike) else list(map(Path, archive))
+    dest_dir = Path(dest_dir)
+    label = str(parts[0]) if len(parts) == 1 else f"{name} (parts {parts[0]} .. {parts[-1].name})"
+    kind = archive_format(name or parts[0].name)
     if kind is None:
-        raise DownloadError(f"cannot extract {archive}: not a .zip, .tar, .tar.gz or .tgz file")
-    log.info("extracting %s into %s", archive, dest_dir)
+        raise DownloadError(f"cannot extract {label}: not a .zip, .tar, .tar.gz or .tgz file")
+    log.info("extracting %s into %s", label, dest_dir)
     try:
-        if kind == "zip":
-            _unzip(archive, dest_dir)
-        else:
-            with tarfile.open(archive, "r:*") as tf:
-                tf.extractall(dest_dir, filter=_safe_tar_member)
+        with io.BufferedReader(JoinedParts(parts), CHUNK) as f:
+            if kind == "zip":
+                _unzip(f, label, dest_dir)
+            else:
+                with tarfile.open(fileobj=f, mode="r:*") as tf:
+                    tf.extractall(dest_dir, filter=_safe_tar_member)
     except tarfile.FilterError as e:
-        raise DownloadError(f"{archive}: refusing unsafe member ({e})") from e
+        raise DownloadError(f"{label}: refusing unsafe member ({e})") from e
     except CORRUPT as e:
         raise DownloadError(
-            f"{archive} is truncated or corrupt ({type(e).__name__}: {e}); replace it with a "
+            f"{label} is truncated or corrupt ({type(e).__name__}: {e}); replace it with a "
             "complete copy (a file in the download cache can be deleted: the next run fetches "
-            "or assembles it again)"
+            "it again)"
         ) from e
 
 
-def _unzip(archive: Path, dest_dir: Path) -> None:
+def _unzip(file: BinaryIO, label: str, dest_dir: Path) -> None:
     """Extract a zip after checking that no member name leads outside ``dest_dir``."""
     root = os.path.abspath(dest_dir)
-    with zipfile.ZipFile(archive) as zf:
+    with zipfile.ZipFile(file) as zf:
         members = zf.infolist()
         for m in members:  # a lexical check is enough: zipfile writes no symlinks
             target = os.path.normpath(os.path.join(root, m.filename))
             if os.path.commonpath([root, target]) != root:
                 raise DownloadError(
-                    f"{archive}: refusing member {m.filename!r} that would be written outside "
+                    f"{label}: refusing member {m.filename!r} that would be written outside "
                     f"{dest_dir}"
                 )
-        for m in progress(members, len(members), f"unzip {archive.name}"):
+        for m in progress(members, len(members), f"unzip {label}"):
             zf.extract(m, dest_dir)
 
 
@@ -334,11 +383,13 @@ def _safe_tar_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
 def prepare_source(source: dict, raw_dir, work_dir) -> Path:
     """Run the whole stage for one dataset: fetch, verify, extract and publish ``raw_dir``.
 
-    Archives are fetched (``url``) or assembled (``path``) into ``work_dir`` in order, extracted
-    (or, with ``extract: false``, put as is) into a temporary folder, ``nested`` archives are
-    extracted in place and removed, ``require`` globs are checked, and the folder is published as
-    ``raw_dir`` atomically. A single folder entry is checked against ``require`` and published as
-    a symlink. Rerunning is safe: cached archives are reused and ``raw_dir`` is replaced whole.
+    Archives are fetched (``url``) into ``work_dir`` or verified where they are (``path``: a file
+    or its byte-split parts, never copied), then in order extracted (or, with ``extract: false``,
+    put as is) into a temporary folder; ``nested`` archives are extracted in place and removed,
+    ``require`` globs are checked, and the folder is published as ``raw_dir`` atomically. A single
+    folder entry is checked against ``require`` and published as a symlink. Rerunning is safe:
+    downloads are reused, everything is extracted again from the archives as they are now (a
+    replaced part included) and ``raw_dir`` is replaced whole.
     """
     raw_dir, work_dir = Path(raw_dir), Path(work_dir)
     _remove_stale_temporaries(raw_dir)
@@ -359,11 +410,11 @@ def prepare_source(source: dict, raw_dir, work_dir) -> Path:
     files = [_obtain(entry, work_dir) for entry in entries]
     with atomic_path(raw_dir) as tmp:
         tmp.mkdir()
-        for path, name, unpack in files:
+        for parts, name, unpack in files:
             if unpack:
-                extract(path, tmp, name)
+                extract(parts, tmp, name)
             else:
-                _link_or_copy(path, tmp / name)
+                _put_as_is(parts, tmp / name)
         for pattern in source.get("nested", []):
             inner = sorted(tmp.glob(pattern))
             if not inner:
@@ -381,28 +432,27 @@ def prepare_source(source: dict, raw_dir, work_dir) -> Path:
     return raw_dir
 
 
-def _obtain(entry: dict, work_dir: Path) -> tuple[Path, str, bool]:
-    """Fetch or assemble one archive entry: (local file, its name, whether to extract it)."""
+def _obtain(entry: dict, work_dir: Path) -> tuple[list[Path], str, bool]:
+    """Fetch or locate one archive entry: (its file or parts in order, its name, extract it?)."""
     size, sha256 = entry.get("size"), entry.get("sha256")
     if "url" in entry:
         name = entry.get("name") or unquote(Path(urlparse(entry["url"]).path).name)
-        path = fetch(entry["url"], work_dir / name, size, sha256)
+        parts = [fetch(entry["url"], work_dir / name, size, sha256)]
     else:
         if glob.has_magic(entry["path"]) and not entry.get("name"):
             raise DownloadError(
                 f"source entry {entry['path']!r} is a glob of parts: give the "
-                "assembled archive a `name` (e.g. vox2_dev_mp4.zip)"
+                "archive they form a `name` (e.g. vox2_dev_mp4.zip)"
             )
         name = entry.get("name") or Path(entry["path"]).name
-        _remove_stale_temporaries(work_dir / name)
-        path = assemble(entry["path"], work_dir / name, size, sha256)
+        parts = archive_parts(entry["path"], size, sha256)
     unpack = entry.get("extract", archive_format(name) is not None)
     if unpack and archive_format(name) is None:
         raise DownloadError(
             f"cannot extract {name}: not a .zip, .tar, .tar.gz or .tgz name; "
             "set `extract: false` to keep it as a plain file"
         )
-    return path, name, unpack
+    return parts, name, unpack
 
 
 def _check_require(root: Path, patterns: list[str]) -> None:
@@ -420,12 +470,16 @@ def _listing(root: Path, limit: int = 10) -> list[str]:
     return sorted(p.name for p in root.iterdir())[:limit]
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (no extra disk space), or copy it across file systems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def _put_as_is(parts: list[Path], dst: Path) -> None:
+    """Hard-link a single file to ``dst`` (no extra disk space); else copy or concatenate it."""
+    if len(parts) == 1:
+        try:
+            os.link(parts[0], dst)
+            return
+        except OSError:  # another file system
+            pass
+    with JoinedParts(parts) as src, open(dst, "wb") as out:
+        _copy(src, out, 0, src.size, dst.name)
 
 
 def _remove_stale_temporaries(path: Path) -> None:

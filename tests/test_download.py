@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
+import random
 import tarfile
 import threading
 import zipfile
@@ -13,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conclugen.download import DownloadError, assemble, extract, fetch, prepare_source
+from conclugen.download import (
+    DownloadError,
+    JoinedParts,
+    archive_parts,
+    extract,
+    fetch,
+    prepare_source,
+)
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 
@@ -163,63 +172,121 @@ def test_fetch_file_url_resumes(tmp_path):
         fetch((tmp_path / "nope.bin").as_uri(), tmp_path / "nope.bin")
 
 
-# --- assemble ------------------------------------------------------------------------------------
+# --- split archives ------------------------------------------------------------------------------
 
 
 def write_parts(folder: Path, data: bytes, n: int = 3) -> str:
-    folder.mkdir()
+    """Split ``data`` into ``n`` parts vox_parta... (the last one shorter); return their glob."""
+    folder.mkdir(exist_ok=True)
     step = -(-len(data) // n)
     for i, suffix in enumerate("abcdefgh"[:n]):
         (folder / f"vox_part{suffix}").write_bytes(data[i * step : (i + 1) * step])
     return str(folder / "vox_part?")
 
 
-def test_assemble_parts(tmp_path):
+def test_joined_parts_read_and_seek_like_the_concatenation(tmp_path):
+    sizes = [1, 4096, 0, 7, 30000, 3, 5000]  # unequal, one empty
+    data = os.urandom(sum(sizes))
+    paths, at = [], 0
+    for i, n in enumerate(sizes):
+        paths.append(tmp_path / f"p{i}")
+        paths[-1].write_bytes(data[at : at + n])
+        at += n
+    rng = random.Random(0)
+    with JoinedParts(paths) as joined, io.BytesIO(data) as whole:
+        assert joined.size == len(data) and joined.seekable() and joined.readable()
+        assert joined.read() == data  # read(-1) to the end
+        for _ in range(300):
+            offset, whence = rng.choice(
+                [
+                    (rng.randrange(len(data) + 50), 0),
+                    (rng.randrange(-200, 200), 1),
+                    (-rng.randrange(1, 9000), 2),
+                ]
+            )
+            if whence == 1 and whole.tell() + offset < 0:
+                offset = -whole.tell()
+            assert joined.seek(offset, whence) == whole.seek(offset, whence)
+            n = rng.choice([0, 1, 2, 100, 4097, 20000, 60000])
+            assert joined.read(n) == whole.read(n)  # across boundaries, short only at the end
+            assert joined.tell() == whole.tell()
+        joined.seek(len(data) + 10)
+        assert joined.read(5) == b"" and joined.tell() == len(data) + 10  # past the end
+        with pytest.raises(OSError):
+            joined.seek(-1)
+        buffered = io.BufferedReader(JoinedParts(paths), 1000)
+        buffered.seek(4090)
+        assert buffered.read(20) == data[4090:4110] and buffered.read1(5) == data[4110:4115]
+        buffered.close()
+    assert joined.closed
+    with pytest.raises(ValueError):
+        joined.read(1)
+
+
+def test_joined_parts_part_shrunk_after_listing(tmp_path):
     pattern = write_parts(tmp_path / "parts", PAYLOAD)
-    dest = assemble(pattern, tmp_path / "vox.zip", len(PAYLOAD), sha(PAYLOAD))
-    assert dest == tmp_path / "vox.zip" and dest.read_bytes() == PAYLOAD
+    joined = JoinedParts(sorted(glob.glob(pattern)))
+    (tmp_path / "parts" / "vox_partb").write_bytes(b"short")
+    with pytest.raises(DownloadError, match="vox_partb is shorter than when it was listed"):
+        joined.read()
 
 
-def test_assemble_parts_again_only_when_a_part_changed(tmp_path, caplog):
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_split_archive_extracts_like_the_whole(tmp_path, kind):
+    members = {
+        f"dev/mp4/id{i:05d}/clip/{j:05d}.mp4": os.urandom(700 * (i + j))
+        for i in range(3)
+        for j in range(4)
+    }
+    members["dev/readme.txt"] = b"small"
+    whole = tmp_path / f"whole.{kind}"
+    if kind == "zip":
+        make_zip(whole, members)
+    else:
+        whole.write_bytes(tar_bytes(members))
+    pattern = write_parts(tmp_path / "parts", whole.read_bytes())
+    parts = sorted(map(Path, glob.glob(pattern)))
+    assert len(parts) == 3 and len({p.stat().st_size for p in parts}) == 2
+    for source, out in ((whole, tmp_path / "from_whole"), (parts, tmp_path / "from_parts")):
+        out.mkdir()
+        extract(source, out, f"vox.{kind}")
+    assert tree(tmp_path / "from_parts") == tree(tmp_path / "from_whole") == members
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_archive_parts_in_order_verified(tmp_path):
     pattern = write_parts(tmp_path / "parts", PAYLOAD)
-    dest = assemble(pattern, tmp_path / "vox.zip")
-    first = dest.stat().st_mtime_ns
-    assert assemble(pattern, tmp_path / "vox.zip").stat().st_mtime_ns == first  # reused
-    # New parts of the same size (a regenerated look-alike, a re-downloaded part): not reused.
-    changed = bytes(reversed(PAYLOAD))
-    step = -(-len(changed) // 3)
-    part = tmp_path / "parts" / "vox_partb"
-    part.write_bytes(changed[step : 2 * step])
-    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 1))
-    with caplog.at_level("INFO", logger="conclugen"):
-        dest = assemble(pattern, tmp_path / "vox.zip")
-    assert "changed since" in caplog.text
-    assert dest.read_bytes() == PAYLOAD[:step] + changed[step : 2 * step] + PAYLOAD[2 * step :]
-    (tmp_path / "parts" / "vox_partd").write_bytes(b"more")  # a part added
-    assert assemble(pattern, tmp_path / "vox.zip").read_bytes().endswith(b"more")
+    parts = archive_parts(pattern, len(PAYLOAD), sha(PAYLOAD))
+    assert [p.name for p in parts] == ["vox_parta", "vox_partb", "vox_partc"]
+    assert b"".join(p.read_bytes() for p in parts) == PAYLOAD
+    with pytest.raises(DownloadError, match=f"3 parts matching .* too large: {len(PAYLOAD)} bytes"):
+        archive_parts(pattern, len(PAYLOAD) - 1)
 
 
-def test_assemble_parts_wrong_sha_leaves_nothing(tmp_path):
+def test_archive_parts_wrong_sha_writes_nothing(tmp_path):
     pattern = write_parts(tmp_path / "parts", PAYLOAD)
     wrong = "f" * 64
     with pytest.raises(DownloadError) as err:
-        assemble(pattern, tmp_path / "vox.zip", sha256=wrong)
+        archive_parts(pattern, sha256=wrong)
     assert wrong in str(err.value) and sha(PAYLOAD) in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
 
 
-def test_assemble_single_file_in_place_and_truncated(tmp_path):
+def test_archive_parts_single_file_in_place_and_truncated(tmp_path):
     user = tmp_path / "CAER.zip"
     user.write_bytes(PAYLOAD)
-    assert assemble(str(user), tmp_path / "cache" / "CAER.zip", len(PAYLOAD)) == user
+    assert archive_parts(str(user), len(PAYLOAD)) == [user]
     with pytest.raises(DownloadError, match=f"truncated: {len(PAYLOAD)} bytes, expected 20000"):
-        assemble(str(user), tmp_path / "cache" / "CAER.zip", 20000)
-    assert user.exists() and not (tmp_path / "cache").exists()
+        archive_parts(str(user), 20000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CAER.zip"]
 
 
-def test_assemble_missing_path(tmp_path):
+def test_archive_parts_missing_path(tmp_path):
     with pytest.raises(DownloadError, match="no file matches .*nothing_here"):
-        assemble(str(tmp_path / "nothing_here*"), tmp_path / "x.zip")
+        archive_parts(str(tmp_path / "nothing_here*"))
 
 
 # --- extract -------------------------------------------------------------------------------------
@@ -328,20 +395,61 @@ def test_prepare_source_require_failure(server, tmp_path):
 
 def test_prepare_source_parts_need_a_name(tmp_path):
     pattern = write_parts(tmp_path / "parts", PAYLOAD)
-    with pytest.raises(DownloadError, match="give the assembled archive a `name`"):
+    with pytest.raises(DownloadError, match="give the archive they form a `name`"):
         prepare_source({"archives": [{"path": pattern}]}, tmp_path / "raw", tmp_path / "dl")
 
 
-def test_prepare_source_assembled_parts(tmp_path):
-    data = make_zip(tmp_path / "v.zip", {"dev/mp4/id00001/abcdefghijk/00001.mp4": b"v"})
-    pattern = write_parts(tmp_path / "parts", data.read_bytes())
+def test_prepare_source_split_parts_write_no_copy(tmp_path):
+    # Stored random members: the archive is about as large as what it extracts to.
+    members = {f"dev/mp4/id0000{i}/abcdefghijk/00001.mp4": os.urandom(20000) for i in range(5)}
+    archive = tmp_path / "v.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    size = archive.stat().st_size
+    pattern = write_parts(tmp_path / "parts", archive.read_bytes())
     source = {
-        "archives": [{"path": pattern, "name": "vox2_dev_mp4.zip", "size": data.stat().st_size}],
+        "archives": [
+            {
+                "path": pattern,
+                "name": "vox2_dev_mp4.zip",
+                "size": size,
+                "sha256": sha(archive.read_bytes()),
+            }
+        ],
         "require": ["dev/mp4/*/*/*.mp4"],
     }
+    raw, work = tmp_path / "vox" / "raw", tmp_path / "vox" / "download"
+    assert prepare_source(source, raw, work) == raw
+    assert tree(raw) == members
+    written = [p.stat().st_size for p in (tmp_path / "vox").rglob("*") if p.is_file()]
+    extracted = sum(map(len, members.values()))
+    assert extracted <= sum(written) <= extracted * 1.01  # the extracted tree, no archive copy
+    assert all(p.stat().st_size < size for p in work.rglob("*") if p.is_file())
+
+
+def test_prepare_source_changed_part_extracted_again(tmp_path):
+    name = "dev/mp4/id00001/abcdefghijk/00001.mp4"
+    source = {
+        "archives": [{"path": str(tmp_path / "parts" / "vox_part?"), "name": "vox2_dev_mp4.zip"}]
+    }
+    raw, work = tmp_path / "raw", tmp_path / "dl"
+    for content in (os.urandom(9000), os.urandom(9000)):  # parts of the same names and sizes
+        data = make_zip(tmp_path / "v.zip", {name: content}).read_bytes()
+        write_parts(tmp_path / "parts", data)
+        prepare_source(source, raw, work)
+        assert (raw / name).read_bytes() == content
+    (tmp_path / "parts" / "vox_partc").write_bytes(b"junk")  # a broken part is not hidden
+    with pytest.raises(DownloadError, match=r"vox2_dev_mp4.zip \(parts .* is truncated or corrupt"):
+        prepare_source(source, raw, work)
+    assert (raw / name).read_bytes() == content  # the last good extraction stays
+
+
+def test_prepare_source_split_plain_file_is_concatenated(tmp_path):
+    pattern = write_parts(tmp_path / "parts", PAYLOAD)
+    source = {"archives": [{"path": pattern, "name": "labels.csd", "extract": False}]}
     raw = prepare_source(source, tmp_path / "raw", tmp_path / "dl")
-    assert (raw / "dev/mp4/id00001/abcdefghijk/00001.mp4").read_bytes() == b"v"
-    assert (tmp_path / "dl" / "vox2_dev_mp4.zip").exists()
+    assert (raw / "labels.csd").read_bytes() == PAYLOAD
 
 
 def test_folder_source_becomes_symlink(tmp_path):
