@@ -19,10 +19,12 @@ with logged(snakemake.log[0]) as log:
     ledger.write(snakemake.output.failures)
     ledger.check(len(frame) + len(ledger.dropped), snakemake.params.max_failure_fraction)
     write_manifest(frame, snakemake.output.manifest, adapter)
+    extras = sum(row[3] == "extra" for row in ledger.rows)
     log.info(
-        "%s: %d samples (%s), %d dropped",
+        "%s: %d samples (%s), %d dropped, %d extras (not samples)",
         dataset,
         len(frame),
         frame["split"].value_counts().to_dict(),
         len(ledger.dropped),
+        extras,
     )
