@@ -244,9 +244,11 @@ def test_split_archive_extracts_like_the_whole(tmp_path, kind):
         make_zip(whole, members)
     else:
         whole.write_bytes(tar_bytes(members))
-    pattern = write_parts(tmp_path / "parts", whole.read_bytes())
-    parts = sorted(map(Path, glob.glob(pattern)))
-    assert len(parts) == 3 and len({p.stat().st_size for p in parts}) == 2
+    data = whole.read_bytes()
+    cuts = [0, len(data) // 5, len(data) * 3 // 4, len(data)]  # three parts of unequal size
+    parts = [tmp_path / f"vox_part{c}" for c in "abc"]
+    for part, start, end in zip(parts, cuts, cuts[1:], strict=False):
+        part.write_bytes(data[start:end])
     for source, out in ((whole, tmp_path / "from_whole"), (parts, tmp_path / "from_parts")):
         out.mkdir()
         extract(source, out, f"vox.{kind}")
