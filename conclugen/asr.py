@@ -7,16 +7,36 @@ Two backends load the same models in their native formats:
 - ``openai-whisper`` (the reference): a PyTorch checkpoint file (``{"dims", "model_state_dict"}``)
   or an official name such as ``tiny.en``, resolved in the local download root.
 
-Clips are cut into 30-s windows (Whisper's context); the windows of many clips are encoded and
-decoded together as one batch, without timestamps. A window is "no speech" by Whisper's own
-rule (no-speech probability > 0.6 and average log-probability < -1); such windows contribute no
-text, and a clip whose windows are all silent gets empty text and ``no_speech=True``.
+The windows of many clips are encoded and decoded together as one batch, without timestamps.
+Batching bypasses Whisper's own ``transcribe`` loop, so its safeguards against hallucinated text
+are redone here, per window:
+
+- voice-activity detection (``vad``, on by default): faster-whisper's Silero VAD finds a clip's
+  speech; only the speech regions are decoded, packed into windows of at most 30 s (Whisper's
+  context) without cutting a region. A clip without speech is not decoded at all: empty text,
+  ``no_speech=True``. Without VAD a clip is cut into plain 30-s windows;
+- temperature fallback: a window whose transcript is repetitive (gzip compression ratio > 2.4 or
+  a repetition loop, :func:`repetitive`) or whose average log-probability is < -1 is decoded
+  again at Whisper's temperatures 0.2, 0.4, ... 1.0 (sampling, best of 5). If every temperature
+  fails, the best non-repetitive result is kept (as Whisper keeps one); a window that stays
+  repetitive is rejected: it gives no text and sets the clip's ``repetitive`` flag;
+- the no-speech rule: a window with no-speech probability > 0.6 and average log-probability
+  < -1 gives no text (and needs no fallback). A clip with no text-giving window has empty text
+  and ``no_speech=True``;
+- a clip whose joined text is repetitive (e.g. "you" decoded in each of twenty windows) gets
+  empty text and ``repetitive=True`` (``no_speech`` stays False: Whisper did hear something).
+
+A clip whose audio or text makes a batch fail (a library error included) is decoded on its own
+again with the other clips of the batch; if it fails alone, the error is that clip's (the shard
+records it in its ledger). Errors that are no clip's fault (out of memory, a missing file)
+propagate.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +47,14 @@ SAMPLE_RATE = 16000
 WINDOW_S = 30
 NO_SPEECH_PROB = 0.6
 LOGPROB_THRESHOLD = -1.0
+#: Whisper's defaults: a gzip ratio above this is a repetition loop; the fallback temperatures.
+COMPRESSION_RATIO = 2.4
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+BEST_OF = 5  # sampled hypotheses per window at a temperature > 0
+#: A run of one n-gram (n <= LOOP_NGRAM) repeated back to back over this many words is a loop;
+#: it catches loops too short for the gzip ratio to see ("you you you you you you you you").
+LOOP_WORDS = 8
+LOOP_NGRAM = 4
 
 
 @dataclass(frozen=True)
@@ -36,12 +64,38 @@ class Transcript:
     avg_logprob: float
     no_speech_prob: float
     no_speech: bool
+    repetitive: bool = False  # a repetitive transcript (window or clip) was left out
+
+
+#: What a backend's ``transcribe_windows`` returns per window.
+Part = tuple[str, str, float, float]  # text, language, avg_logprob, no_speech_prob
 
 
 def windows(audio: np.ndarray) -> list[np.ndarray]:
     """Non-overlapping 30-s windows of a 16 kHz clip (at least one, possibly empty)."""
     step = WINDOW_S * SAMPLE_RATE
     return [audio[i : i + step] for i in range(0, max(len(audio), 1), step)]
+
+
+def speech_windows(audio: np.ndarray) -> list[np.ndarray]:
+    """The speech regions of a 16 kHz clip (Silero VAD), packed in order into windows of at most
+    30 s; none when the clip has no speech. Regions are at most 30 s long (VAD splits longer
+    ones at a pause), so a window never cuts one."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    options = VadOptions(max_speech_duration_s=WINDOW_S)
+    spans = get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)
+    step = WINDOW_S * SAMPLE_RATE
+    out, current = [], []
+    for span in spans:
+        piece = audio[span["start"] : span["end"]]
+        if current and sum(map(len, current)) + len(piece) > step:
+            out.append(np.concatenate(current))
+            current = []
+        current.append(piece)
+    if current:
+        out.append(np.concatenate(current))
+    return [w for chunk in out for w in windows(chunk)]  # windows(): a guard, never cuts here
 
 
 def normalise(text: str) -> list[str]:
@@ -76,22 +130,85 @@ def word_error_rate(ref: str | list[str], hyp: str | list[str]) -> float:
     return edits / words
 
 
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition measure: UTF-8 bytes over their zlib-compressed bytes."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def longest_loop(words: list[str]) -> int:
+    """Words covered by the longest back-to-back repetition (at least twice) of one n-gram,
+    n <= LOOP_NGRAM; 0 when nothing repeats."""
+    best = 0
+    for n in range(1, LOOP_NGRAM + 1):
+        run = 0  # consecutive words equal to the word n before them
+        for i in range(n, len(words)):
+            run = run + 1 if words[i] == words[i - n] else 0
+            if run >= n:  # an n-gram at least twice in a row
+                best = max(best, run + n)
+    return best
+
+
+def repetitive(text: str) -> bool:
+    """A hallucination loop: gzip ratio > 2.4 (Whisper's test), or a back-to-back repetition of
+    one n-gram over at least LOOP_WORDS words."""
+    loop = longest_loop(normalise(text))
+    return compression_ratio(text) > COMPRESSION_RATIO or loop >= LOOP_WORDS
+
+
 def silent(prob: float, logprob: float) -> bool:
     return prob > NO_SPEECH_PROB and logprob < LOGPROB_THRESHOLD
 
 
-def merge(parts: list[tuple[str, str, float, float]]) -> Transcript:
-    """One clip's transcript from its windows' ``(text, language, avg_logprob, no_speech_prob)``."""
-    spoken = [p for p in parts if not silent(p[3], p[2])]
+def needs_fallback(part: Part) -> bool:
+    """Whisper's retry test: repetitive or improbable text, unless the window is silent."""
+    text, _, logprob, prob = part
+    return not silent(prob, logprob) and (repetitive(text) or logprob < LOGPROB_THRESHOLD)
+
+
+def decode_with_fallback(transcriber, chunks: list[np.ndarray],
+                         temperatures=TEMPERATURES) -> list[tuple[Part, bool]]:  # fmt: skip
+    """Each window's ``(part, rejected)``, decoded at rising temperatures while it needs a
+    fallback (the windows still failing are decoded again together). A window failing at every
+    temperature keeps its most probable non-repetitive part; it is rejected, with its last part,
+    where all its parts were repetitive."""
+    tries: list[list[Part]] = [[] for _ in chunks]
+    pending = list(range(len(chunks)))
+    for temperature in temperatures:
+        parts = transcriber.transcribe_windows([chunks[i] for i in pending], temperature)
+        for i, part in zip(pending, parts, strict=True):
+            tries[i].append(part)
+        pending = [i for i in pending if needs_fallback(tries[i][-1])]
+        if not pending:
+            break
+    out = [(t[-1], False) for t in tries]
+    for i in pending:
+        kept = [p for p in tries[i] if not repetitive(p[0])]
+        out[i] = (max(kept, key=lambda p: p[2]), False) if kept else (tries[i][-1], True)
+    return out
+
+
+def merge(windows: list[tuple[Part, bool]]) -> Transcript:
+    """One clip's transcript from its windows' ``(part, rejected)``; rejected windows give no
+    text and set ``repetitive``."""
+    if not windows:  # VAD found no speech: nothing decoded
+        return Transcript("", "", float("nan"), float("nan"), True)
+    rejected = any(r for _, r in windows)
+    parts = [p for p, _ in windows]
+    spoken = [p for p, r in windows if not r and not silent(p[3], p[2])]
     if not spoken:
         return Transcript("", parts[0][1], float(np.mean([p[2] for p in parts])),
-                          float(min(p[3] for p in parts)), True)  # fmt: skip
+                          float(min(p[3] for p in parts)), not rejected, rejected)  # fmt: skip
+    text = " ".join(p[0] for p in spoken if p[0]).strip()
+    if repetitive(text):
+        text, rejected = "", True
     return Transcript(
-        " ".join(p[0] for p in spoken if p[0]).strip(),
+        text,
         spoken[0][1],
         float(np.mean([p[2] for p in spoken])),
         float(min(p[3] for p in spoken)),
         False,
+        rejected,
     )
 
 
@@ -114,7 +231,8 @@ class FasterWhisper:
         return Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe",
                          language=language if multilingual else "en")  # fmt: skip
 
-    def transcribe_windows(self, chunks: list[np.ndarray]) -> list[tuple[str, str, float, float]]:
+    def transcribe_windows(self, chunks: list[np.ndarray], temperature: float = 0.0) -> list[Part]:
+        import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
         extractor = self.model.feature_extractor
@@ -129,10 +247,15 @@ class FasterWhisper:
         for lang in languages:
             tokenizer = self._tokenizer(lang)
             prompts.append([*tokenizer.sot_sequence, tokenizer.no_timestamps])
+        if temperature > 0:  # faster-whisper's sampling settings; seeded: reruns agree
+            ctranslate2.set_random_seed(0)
+            search = {"beam_size": 1, "num_hypotheses": BEST_OF, "sampling_topk": 0,
+                      "sampling_temperature": temperature}  # fmt: skip
+        else:
+            search = {"beam_size": self.beam_size}
         results = self.model.model.generate(
-            encoded, prompts, beam_size=self.beam_size, max_length=448,
-            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
-            suppress_tokens=[-1],
+            encoded, prompts, max_length=448, return_scores=True, return_no_speech_prob=True,
+            suppress_blank=True, suppress_tokens=[-1], **search,
         )  # fmt: skip
         out = []
         for lang, res in zip(languages, results, strict=True):
@@ -155,21 +278,23 @@ class OpenAIWhisper:
         self.model = whisper.load_model(model, device=device)
         self.beam_size = beam_size
 
-    def transcribe_windows(self, chunks: list[np.ndarray]) -> list[tuple[str, str, float, float]]:
+    def transcribe_windows(self, chunks: list[np.ndarray], temperature: float = 0.0) -> list[Part]:
         import torch
 
         w = self.whisper
         mels = [w.log_mel_spectrogram(w.pad_or_trim(c), n_mels=self.model.dims.n_mels)
                 for c in chunks]  # fmt: skip
         batch = torch.stack(mels).to(self.model.device)
+        search = {"temperature": temperature, "best_of": BEST_OF} if temperature > 0 else {
+            "beam_size": self.beam_size}  # fmt: skip
         options = w.DecodingOptions(
             language=None if self.model.is_multilingual else "en",
-            without_timestamps=True, beam_size=self.beam_size, fp16=batch.is_cuda,
+            without_timestamps=True, fp16=batch.is_cuda, **search,
         )  # fmt: skip
-        if self.beam_size > 1 and len(batch) > 1:
-            # openai-whisper (20250625) repeats the tokens for the beams but not the audio
-            # features, so beam search over a batch of windows fails on a shape mismatch: encode
-            # the windows as one batch, then beam-search each window's features on its own.
+        if (options.beam_size or options.best_of or 1) > 1 and len(batch) > 1:
+            # openai-whisper (20250625) repeats the tokens for the beams (or samples) but not the
+            # audio features, so a search over a batch of windows fails on a shape mismatch:
+            # encode the windows as one batch, then search each window's features on its own.
             with torch.no_grad():
                 features = self.model.embed_audio(batch.half() if options.fp16 else batch)
             results = [w.decode(self.model, f[None], options)[0] for f in features]
@@ -188,52 +313,116 @@ def load_transcriber(backend: str, model: str | os.PathLike, device: str = "cpu"
     raise ValueError(f"unknown ASR backend {backend!r} (faster-whisper, openai-whisper)")
 
 
-def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8) -> list[Transcript]:
-    """Transcripts of 16 kHz mono clips, their 30-s windows decoded ``batch_size`` at a time."""
+def clip_fault(error: Exception) -> bool:
+    """Whether an error raised while decoding clips may be one clip's fault: anything but memory
+    exhaustion (host or GPU) and a missing or unreadable file (the model's)."""
+    if isinstance(error, MemoryError | OSError):
+        return False
+    return "out of memory" not in str(error).lower()
+
+
+def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8, vad: bool = True,
+               errors: dict[int, str] | None = None,
+               temperatures=TEMPERATURES) -> list[Transcript | None]:  # fmt: skip
+    """Transcripts of 16 kHz mono clips, their windows (:func:`speech_windows` with ``vad``,
+    else :func:`windows`) decoded ``batch_size`` at a time with :func:`decode_with_fallback`
+    at ``temperatures``.
+
+    A clip-caused error (:func:`clip_fault`) is raised, or, given an ``errors`` dict, recorded
+    there as ``{clip index: message}`` with ``None`` for that clip's transcript.
+    """
+    failed: dict[int, str] = {}
     owners, chunks = [], []
     for i, audio in enumerate(audios):
-        for chunk in windows(audio):
-            owners.append(i)
-            chunks.append(chunk)
+        try:
+            if not np.isfinite(audio).all():
+                raise ValueError("audio has non-finite samples")
+            clip_windows = speech_windows(audio) if vad else windows(audio)
+        except Exception as e:
+            if not clip_fault(e) or errors is None:
+                raise
+            failed[i] = f"{type(e).__name__}: {e}"
+            continue
+        owners += [i] * len(clip_windows)
+        chunks += clip_windows
     parts: list[list] = [[] for _ in audios]
     for start in range(0, len(chunks), batch_size):
+        batch_owners = owners[start : start + batch_size]
         batch = chunks[start : start + batch_size]
-        for owner, part in zip(owners[start:], transcriber.transcribe_windows(batch), strict=False):
+        try:
+            decoded = decode_with_fallback(transcriber, batch, temperatures)
+        except Exception as e:
+            if not clip_fault(e) or errors is None:
+                raise
+            # Whose fault? Each clip's windows of this batch again, on their own.
+            decoded = [None] * len(batch)
+            for owner in dict.fromkeys(batch_owners):
+                mine = [j for j, o in enumerate(batch_owners) if o == owner]
+                try:
+                    alone = decode_with_fallback(
+                        transcriber, [batch[j] for j in mine], temperatures
+                    )
+                except Exception as e:
+                    if not clip_fault(e):
+                        raise
+                    failed[owner] = f"{type(e).__name__}: {e}"
+                    continue
+                for j, part in zip(mine, alone, strict=True):
+                    decoded[j] = part
+        for owner, part in zip(batch_owners, decoded, strict=True):
             parts[owner].append(part)
-    return [merge(p) for p in parts]
+    if errors is not None:
+        errors.update(failed)
+    return [None if i in failed else merge(p) for i, p in enumerate(parts)]
 
 
-SUBTITLE_COLUMNS = ("sample_id", "text", "language", "avg_logprob", "no_speech_prob", "no_speech")
+SUBTITLE_COLUMNS = ("sample_id", "text", "language", "avg_logprob", "no_speech_prob", "no_speech",
+                    "repetitive")  # fmt: skip
 
 
-def subtitles_shard(clips, transcriber, ledger, batch_size: int = 16):
+def subtitles_shard(clips, transcriber, ledger, batch_size: int = 16, vad: bool = True):
     """Transcripts of one shard's clips (manifest rows merged with the probe table).
 
-    A clip without an audio track gets empty text (recorded as kept in ``ledger``); an
-    undecodable track is dropped. Returns a DataFrame with :data:`SUBTITLE_COLUMNS`.
+    A clip without an audio track, or whose track the probe found silent (peak below
+    ``SILENCE_PEAK``), is not decoded: empty text, ``no_speech=True``, recorded as kept in
+    ``ledger``. So is a clip whose transcript was rejected as repetitive (``repetitive=True``).
+    An undecodable track, or a clip whose own audio makes Whisper fail, is dropped with the
+    reason. Clips are read and transcribed ``batch_size`` at a time. Returns a DataFrame with
+    :data:`SUBTITLE_COLUMNS`.
     """
     import pandas as pd
 
-    from conclugen.media import MediaError, read_audio
+    from conclugen.media import SILENCE_PEAK, MediaError, read_audio
     from conclugen.progress import progress
 
-    rows, audios, ids = [], [], []
+    rows, todo = [], []
     for clip in clips.to_dict("records"):
-        source = clip["audio"] if isinstance(clip.get("audio"), str) else clip["video"]
-        end = clip["end"] if pd.notna(clip["end"]) else None
-        if not clip["has_audio"]:
-            ledger.keep(clip["sample_id"], "no audio track: empty subtitle")
-            rows.append((clip["sample_id"], "", "", float("nan"), float("nan"), True))
-            continue
-        try:
-            audios.append(read_audio(source, SAMPLE_RATE, clip["start"], end))
-            ids.append(clip["sample_id"])
-        except MediaError as e:
-            ledger.drop(clip["sample_id"], str(e))
-    chunks = range(0, len(audios), batch_size)
-    for start in progress(chunks, len(chunks), "subtitles batches"):
-        part = transcribe(transcriber, audios[start : start + batch_size], batch_size)
-        for sample_id, t in zip(ids[start:], part, strict=False):
+        peak = clip.get("audio_peak", np.inf)  # a probe table without peaks: all audible
+        if not clip["has_audio"] or peak < SILENCE_PEAK:
+            why = "no audio track" if not clip["has_audio"] else f"silent audio (peak {peak:.1e})"
+            ledger.keep(clip["sample_id"], f"{why}: empty subtitle, not transcribed")
+            rows.append((clip["sample_id"], "", "", float("nan"), float("nan"), True, False))
+        else:
+            todo.append(clip)
+    starts = range(0, len(todo), batch_size)
+    for start in progress(starts, len(starts), "subtitles batches"):
+        audios, ids = [], []
+        for clip in todo[start : start + batch_size]:
+            source = clip["audio"] if isinstance(clip.get("audio"), str) else clip["video"]
+            end = clip["end"] if pd.notna(clip["end"]) else None
+            try:
+                audios.append(read_audio(source, SAMPLE_RATE, clip["start"], end))
+                ids.append(clip["sample_id"])
+            except MediaError as e:
+                ledger.drop(clip["sample_id"], str(e))
+        errors: dict[int, str] = {}
+        part = transcribe(transcriber, audios, batch_size, vad, errors)
+        for i, (sample_id, t) in enumerate(zip(ids, part, strict=True)):
+            if t is None:
+                ledger.drop(sample_id, f"transcription failed: {errors[i]}")
+                continue
+            if t.repetitive:
+                ledger.keep(sample_id, "repetitive transcript (a Whisper loop) left out")
             rows.append((sample_id, t.text, t.language, t.avg_logprob, t.no_speech_prob,
-                         t.no_speech))  # fmt: skip
+                         t.no_speech, t.repetitive))  # fmt: skip
     return pd.DataFrame(rows, columns=list(SUBTITLE_COLUMNS)).sort_values("sample_id")

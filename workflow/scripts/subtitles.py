@@ -21,8 +21,11 @@ with logged(snakemake.log[0]) as log:
         cfg["backend"], resolve_model(cfg["model"]), resolve_device(cfg["device"]), **options
     )
     ledger = FailureLedger("subtitles")
-    table = subtitles_shard(clips, transcriber, ledger, cfg["batch_size"])
+    table = subtitles_shard(clips, transcriber, ledger, cfg["batch_size"], cfg["vad"])
     ledger.write(snakemake.output.failures)
     ledger.check(len(clips), snakemake.params.max_failure_fraction)
     write_parquet(table, snakemake.output.subtitles)
-    log.info("%d clips transcribed, %d without speech", len(table), int(table["no_speech"].sum()))
+    log.info(
+        "%d clips transcribed, %d without speech, %d repetitive transcripts left out",
+        len(table), int(table["no_speech"].sum()), int(table["repetitive"].sum()),
+    )  # fmt: skip
