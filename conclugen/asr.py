@@ -188,14 +188,14 @@ def decode_with_fallback(transcriber, chunks: list[np.ndarray],
     return out
 
 
-def merge(windows: list[tuple[Part, bool]]) -> Transcript:
+def merge(decoded: list[tuple[Part, bool]]) -> Transcript:
     """One clip's transcript from its windows' ``(part, rejected)``; rejected windows give no
     text and set ``repetitive``."""
-    if not windows:  # VAD found no speech: nothing decoded
+    if not decoded:  # VAD found no speech: nothing decoded
         return Transcript("", "", float("nan"), float("nan"), True)
-    rejected = any(r for _, r in windows)
-    parts = [p for p, _ in windows]
-    spoken = [p for p, r in windows if not r and not silent(p[3], p[2])]
+    rejected = any(r for _, r in decoded)
+    parts = [p for p, _ in decoded]
+    spoken = [p for p, r in decoded if not r and not silent(p[3], p[2])]
     if not spoken:
         return Transcript("", parts[0][1], float(np.mean([p[2] for p in parts])),
                           float(min(p[3] for p in parts)), not rejected, rejected)  # fmt: skip
