@@ -11,15 +11,26 @@ interpolated linearly between the nearest detections (held constant before the f
 the last), then the box centre and size are averaged over a centred window of ``smooth`` frames.
 That follows the head as it moves without the jitter of raw detections.
 
-A clip without a face in any frame goes to the failure ledger; the ``no_face`` policy either
-drops it (the authors' choice) or keeps it with a centred square crop.
+Long clips: a clip is decoded in windows of at most ``batch_frames`` frames (each window seeks
+to its own start), so memory is bounded by the window, not by the clip; the boxes are the same as
+from one decoding of the whole clip.
+
+Hostile clips: a clip whose decoding or detection raises (a library error included) becomes its
+own ledger entry; a failed MTCNN batch is rerun clip by clip, so only the culprit loses its
+detections. Errors that are no clip's fault (:data:`NOT_THE_CLIPS`: out of memory, a device
+error) fail the job, as do missing weights. Frames whose shorter side is under ``min_face_size``
+never reach MTCNN (:func:`too_small`): its image pyramid would be empty.
+
+A clip without a face in any frame, or whose frames are too small for MTCNN, goes to the failure
+ledger with its reason; the ``no_face`` policy either drops it (the authors' choice) or keeps it
+with a centred square crop. Either way MTCNN found no face: the policy is about what to do then.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -118,72 +129,160 @@ def centre_box(width: int, height: int, fraction: float = 0.8) -> np.ndarray:
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
-@dataclass
-class DecodedClip:
-    """The frames of one clip that MTCNN looks at (every ``detect_every``-th sampled frame)."""
+#: Errors that are no clip's fault (the machine's, the job's): they fail the job instead of
+#: becoming a clip's ledger entry.
+NOT_THE_CLIPS = (MemoryError, torch.OutOfMemoryError, torch.AcceleratorError)
 
+
+def too_small(mtcnn, height: int, width: int) -> str | None:
+    """Why MTCNN cannot look at frames of this size, or None when it can.
+
+    facenet-pytorch's image pyramid starts at scale ``12 / min_face_size`` and keeps the scales
+    at which the shorter side is still >= 12 px (PNet's input), so a frame whose shorter side is
+    under ``min_face_size`` leaves the pyramid empty and ``mtcnn.detect`` fails (``torch.cat():
+    expected a non-empty list``). The test is the library's own, float arithmetic included: for
+    a few sizes (47, 94, ...) a side of exactly ``min_face_size`` rounds below 12 and fails too.
+    """
+    if min(height, width) * (12.0 / mtcnn.min_face_size) >= 12:
+        return None
+    return (
+        f"frames {width}x{height} too small for face detection: "
+        f"shorter side under min_face_size {mtcnn.min_face_size} px"
+    )
+
+
+@dataclass
+class Window:
+    """Every ``detect_every``-th sampled frame of one stretch of a clip, decoded for MTCNN."""
+
+    clip: int  # the clip's position in the shard
     sample_id: str
-    times: np.ndarray  # [T] all sampled times (16 fps)
-    index: np.ndarray  # [F] which sampled frames were decoded for detection
+    times: np.ndarray  # [T] all sampled times of the clip (16 fps)
+    index: np.ndarray  # [F] which sampled frames of this stretch were decoded
     frames: np.ndarray | None  # [F, H, W, 3] uint8, None when decoding failed
+    last: bool  # the clip's last window
     error: str | None = None
 
 
-class ClipFrames(torch.utils.data.Dataset):
-    """Decodes one clip per item; runs in DataLoader workers so decoding overlaps detection."""
+class ClipWindows(torch.utils.data.Dataset):
+    """One item per window of at most ``window_frames`` frames, clip after clip, so decoding
+    memory is bounded by the window, not by the clip; runs in DataLoader workers so decoding
+    overlaps detection."""
 
-    def __init__(self, clips: pd.DataFrame, detect_every: int):
-        self.clips = clips.to_dict("records")
-        self.detect_every = detect_every
+    def __init__(self, clips: pd.DataFrame, detect_every: int, window_frames: int):
+        self.windows = []  # (clip position, clip record, times, index, last)
+        for i, clip in enumerate(clips.to_dict("records")):
+            end = clip["end"] if pd.notna(clip["end"]) else clip["start"] + clip["duration"]
+            times = sample_times(clip["start"], end, FPS)
+            index = np.arange(0, len(times), detect_every)
+            starts = range(0, len(index), window_frames)
+            for start in starts:
+                last = start == starts[-1]
+                self.windows.append((i, clip, times, index[start : start + window_frames], last))
 
     def __len__(self) -> int:
-        return len(self.clips)
+        return len(self.windows)
 
-    def __getitem__(self, i: int) -> DecodedClip:
-        clip = self.clips[i]
-        end = clip["end"] if pd.notna(clip["end"]) else clip["start"] + clip["duration"]
-        times = sample_times(clip["start"], end, FPS)
-        index = np.arange(0, len(times), self.detect_every)
+    def __getitem__(self, i: int) -> Window:
+        position, clip, times, index, last = self.windows[i]
+        window = Window(position, clip["sample_id"], times, index[:0], None, last)
         try:
             frames, found = read_frames(clip["video"], times[index])
+        except NOT_THE_CLIPS:
+            raise
         except MediaError as e:
-            return DecodedClip(clip["sample_id"], times, index[:0], None, str(e))
-        return DecodedClip(clip["sample_id"], times, index[found], frames[found])
+            window.error = str(e)
+        except Exception as e:  # a decoder library's error on this file is the clip's
+            window.error = f"video not decodable: {type(e).__name__}: {e}"
+        else:
+            window.index, window.frames = index[found], frames[found]
+        return window
+
+
+@dataclass
+class ClipFaces:
+    """MTCNN's most probable face on the examined sampled frames of one clip."""
+
+    sample_id: str
+    times: np.ndarray  # [T] all sampled times (16 fps)
+    windows: list = field(default_factory=list)  # per examined window: index [F], boxes, probs,
+    # landmarks as :func:`detect` returns them
+    shape: tuple | None = None  # decoded frame size (H, W, 3)
+    error: str | None = None  # decoding or detection failed: the clip is unusable
+    too_small: str | None = None  # frames too small for MTCNN to examine (:func:`too_small`)
+
+    def detections(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(index [F], boxes [F, 4], probs [F], landmarks [F, 5, 2])`` over all windows."""
+        empty = (np.zeros(0, int), np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+        return tuple(np.concatenate(part) for part in zip(empty, *self.windows, strict=True))
 
 
 def detect_clips(
     mtcnn, clips: pd.DataFrame, detect_every: int, batch_frames: int, workers: int
-) -> Iterator[tuple[DecodedClip, np.ndarray, np.ndarray, np.ndarray]]:
-    """``(clip, boxes, probs, landmarks)`` per clip, in order; MTCNN sees several clips at once.
+) -> Iterator[ClipFaces]:
+    """A :class:`ClipFaces` per clip, in order; MTCNN sees several clips at once.
 
-    Decoded clips are gathered until they hold ``batch_frames`` frames, then each frame size in
-    the group goes through MTCNN as one batch.
+    Clips are decoded in windows of at most ``batch_frames`` frames; windows are gathered until
+    they hold ``batch_frames`` frames, then each frame size in the group goes through MTCNN as
+    one batch (:func:`_detect_batch` isolates a clip that makes it fail). Peak memory is a few
+    windows' frames whatever the clips' length.
     """
     loader = torch.utils.data.DataLoader(
-        ClipFrames(clips, detect_every), batch_size=None, num_workers=workers,
-        prefetch_factor=4 if workers else None,
+        ClipWindows(clips, detect_every, batch_frames), batch_size=None, num_workers=workers,
+        prefetch_factor=2 if workers else None,
     )  # fmt: skip
-    pending: list[DecodedClip] = []
-    for clip in loader:
-        pending.append(clip)
-        if sum(len(c.index) for c in pending) >= batch_frames:
-            yield from _detect_group(mtcnn, pending)
+    faces: dict[int, ClipFaces] = {}  # clips with windows still to come
+    pending: list[Window] = []
+    for window in loader:
+        pending.append(window)
+        if sum(len(w.index) for w in pending) >= batch_frames:
+            yield from _detect_group(mtcnn, pending, faces)
             pending = []
-    yield from _detect_group(mtcnn, pending)
+    yield from _detect_group(mtcnn, pending, faces)
 
 
-def _detect_group(mtcnn, clips: list[DecodedClip]):
-    results = {}
-    decoded = [c for c in clips if c.frames is not None and len(c.frames)]
-    for shape in {c.frames.shape[1:] for c in decoded}:
-        same = [c for c in decoded if c.frames.shape[1:] == shape]
-        boxes, probs, points = detect(mtcnn, np.concatenate([c.frames for c in same]))
-        bounds = np.cumsum([0] + [len(c.frames) for c in same])
-        for c, a, b in zip(same, bounds[:-1], bounds[1:], strict=True):
-            results[id(c)] = (boxes[a:b], probs[a:b], points[a:b])
-    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
-    for c in clips:
-        yield (c, *results.get(id(c), empty))
+def _detect_group(mtcnn, windows: list[Window], faces: dict[int, ClipFaces]):
+    """Detect on a group of windows, add the results to their clips, yield finished clips."""
+    todo = []
+    for w in windows:
+        clip = faces.setdefault(w.clip, ClipFaces(w.sample_id, w.times))
+        clip.error = clip.error or w.error
+        if clip.error is not None or not len(w.index):
+            continue
+        clip.shape = clip.shape or w.frames.shape[1:]
+        if w.frames.shape[1:] != clip.shape:  # the boxes would mix two coordinate systems
+            clip.error = f"frame size changes mid-clip: {clip.shape} then {w.frames.shape[1:]}"
+            continue
+        clip.too_small = too_small(mtcnn, *clip.shape[:2])
+        if clip.too_small is None:
+            todo.append(w)
+    for shape in {w.frames.shape[1:] for w in todo}:
+        same = [w for w in todo if w.frames.shape[1:] == shape]
+        for w, result in zip(same, _detect_batch(mtcnn, same), strict=True):
+            clip = faces[w.clip]
+            if isinstance(result, str):
+                clip.error = clip.error or result
+            else:
+                clip.windows.append((w.index, *result))
+    for w in windows:
+        if w.last:
+            yield faces.pop(w.clip)
+
+
+def _detect_batch(mtcnn, windows: list[Window]) -> list[tuple | str]:
+    """Per window ``(boxes, probs, landmarks)`` from one MTCNN call on all their frames, or the
+    error message for a window that makes MTCNN fail: after a failure each window is run alone,
+    so the clip that caused it loses its detections and the others keep theirs."""
+    try:
+        found = detect(mtcnn, np.concatenate([w.frames for w in windows]))
+    except NOT_THE_CLIPS:
+        raise
+    except Exception as e:
+        if len(windows) == 1:
+            return [f"face detection failed: {type(e).__name__}: {e}"]
+        return [result for w in windows for result in _detect_batch(mtcnn, [w])]
+    cuts = np.cumsum([len(w.frames) for w in windows])[:-1]
+    return list(zip(*(np.split(x, cuts) for x in found), strict=True))
 
 
 def face_tracks(
@@ -198,33 +297,33 @@ def face_tracks(
 ) -> Iterator[FaceTrack]:
     """A :class:`FaceTrack` per clip (columns of the manifest plus the probe's size/duration).
 
-    Undecodable clips and, under ``no_face="drop"``, clips without any face are recorded in
-    ``ledger`` and skipped; ``no_face="centre"`` keeps the latter with :func:`centre_box`.
+    Clips that cannot be decoded or make MTCNN fail are recorded in ``ledger`` and skipped. A
+    clip without any face, or whose frames are all too small for MTCNN (:func:`too_small`; MTCNN
+    finds no face there either), is dropped under ``no_face="drop"`` and kept with
+    :func:`centre_box` under ``no_face="centre"``, each with its reason in ``ledger``.
     """
     size = clips.set_index("sample_id")[["width", "height"]]
     results = detect_clips(mtcnn, clips, detect_every, batch_frames, workers)
-    for clip, boxes, probs, points in progress(results, len(clips), "faces"):
+    for clip in progress(results, len(clips), "faces"):
         if clip.error is not None:
             ledger.drop(clip.sample_id, clip.error)
             continue
+        index, boxes, probs, points = clip.detections()
         t = len(clip.times)
         full_boxes, full_probs = np.full((t, 4), np.nan), np.full(t, np.nan)
         full_points = np.full((t, 5, 2), np.nan)
-        full_boxes[clip.index], full_probs[clip.index], full_points[clip.index] = (
-            boxes,
-            probs,
-            points,
-        )
+        full_boxes[index], full_probs[index], full_points[index] = boxes, probs, points
         examined = np.zeros(t, dtype=bool)
-        examined[clip.index] = True
+        examined[index] = True
         detected = ~np.isnan(full_probs)
+        reason = clip.too_small or "no face in any sampled frame"
         if detected.any():
             track = stabilise(full_boxes, smooth)
         elif no_face == "drop":
-            ledger.drop(clip.sample_id, "no face in any sampled frame")
+            ledger.drop(clip.sample_id, reason)
             continue
         else:
-            ledger.keep(clip.sample_id, "no face in any sampled frame: centre crop")
+            ledger.keep(clip.sample_id, f"{reason}: centre crop")
             width, height = size.loc[clip.sample_id]
             track = np.tile(centre_box(width, height), (t, 1))
         yield FaceTrack(

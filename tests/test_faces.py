@@ -1,19 +1,22 @@
-"""Real MTCNN on look-alike clips whose true face position is known."""
+"""Real MTCNN on look-alike clips whose true face position is known, and on hostile clips."""
 
 from __future__ import annotations
 
+import subprocess
 import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from conclugen import faces
 from conclugen.data.adapters import ADAPTERS
 from conclugen.data.lookalike import generate
 from conclugen.data.manifest import build_manifest
-from conclugen.faces import centre_box, face_tracks, load_mtcnn, stabilise
+from conclugen.faces import centre_box, face_tracks, faces_shard, load_mtcnn, stabilise
 from conclugen.ledger import FailureLedger
-from conclugen.media import MediaError, probe
+from conclugen.media import MediaError, probe, read_frames
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,152 @@ def test_stabilise_fills_gaps_and_keeps_still_boxes():
     np.testing.assert_allclose(stabilise(still, smooth=5), still)
     with pytest.raises(ValueError):
         stabilise(np.full((3, 4), np.nan), smooth=3)
+
+
+def clip_row(sample_id: str, video) -> dict:
+    """A manifest row merged with its probe facts, as the faces stage sees a clip."""
+    info = probe(video)
+    return {"sample_id": sample_id, "video": str(video), "start": 0.0, "end": np.nan,
+            "duration": info.duration, "width": info.width, "height": info.height}  # fmt: skip
+
+
+def encode(out, *args: str) -> str:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args, "-c:v", "libx264", "-pix_fmt",
+                    "yuv420p", str(out)], check=True)  # fmt: skip
+    return str(out)
+
+
+def test_frames_smaller_than_the_detector_sees_have_their_own_reason(caer, tmp_path):
+    clips, truth = caer
+    good = clips[truth.loc[clips["sample_id"], "bad"].isna().to_numpy()].head(1)
+    tiny = [
+        clip_row(f"tiny_{w}x{h}", encode(tmp_path / f"{w}x{h}.mp4", "-f", "lavfi", "-i",
+                                         f"testsrc=size={w}x{h}:rate=25:duration=1"))
+        for w, h in [(16, 16), (1280, 16)]
+    ]  # fmt: skip
+    shard = pd.concat([pd.DataFrame(tiny[:1]), good, pd.DataFrame(tiny[1:])], ignore_index=True)
+    manifest = shard[["sample_id", "video", "start", "end"]]
+    probed = shard[["sample_id", "duration", "width", "height"]]
+    ledger = FailureLedger("faces")
+    table = faces_shard(manifest, probed, tmp_path / "faces.parquet", ledger, detect_every=4)
+    # the shard finishes and the normal clip keeps the detections it gets on its own
+    alone = next(face_tracks(load_mtcnn(), good, FailureLedger("f"), detect_every=4)).to_frame()
+    pd.testing.assert_frame_equal(table, alone)
+    assert alone["detected"].any()
+    assert sorted(ledger.rows) == [
+        ("tiny_1280x16", "faces", "frames 1280x16 too small for face detection: shorter side "
+         "under min_face_size 20 px", "dropped"),
+        ("tiny_16x16", "faces", "frames 16x16 too small for face detection: shorter side "
+         "under min_face_size 20 px", "dropped"),
+    ]  # fmt: skip
+    # no_face="centre" keeps them like a clip without a face: a centre crop, never examined
+    kept = FailureLedger("faces")
+    tracks = {t.sample_id: t for t in face_tracks(load_mtcnn(), shard, kept, detect_every=4,
+                                                  no_face="centre")}  # fmt: skip
+    np.testing.assert_allclose(tracks["tiny_1280x16"].track[0], centre_box(1280, 16))
+    assert not tracks["tiny_16x16"].examined.any()
+    assert {(r[0], r[3]) for r in kept.rows} == {("tiny_16x16", "kept"), ("tiny_1280x16", "kept")}
+    assert all(r[2].endswith("px: centre crop") for r in kept.rows)
+
+
+def test_the_boundary_is_where_mtcnn_starts_to_fail():
+    mtcnn = load_mtcnn(min_face_size=20)
+    faces.detect(mtcnn, np.zeros((1, 20, 1280, 3), np.uint8))  # the smallest it can look at
+    with pytest.raises(ValueError, match="non-empty list"):
+        faces.detect(mtcnn, np.zeros((1, 19, 1280, 3), np.uint8))
+    assert faces.too_small(mtcnn, 20, 1280) is None
+    assert faces.too_small(mtcnn, 19, 1280) is not None
+    # 47 * (12 / 47) rounds below 12: the library cannot look at a 47 px side with
+    # min_face_size 47, and too_small follows it there too
+    odd = load_mtcnn(min_face_size=47)
+    with pytest.raises(ValueError, match="non-empty list"):
+        faces.detect(odd, np.zeros((1, 47, 47, 3), np.uint8))
+    faces.detect(odd, np.zeros((1, 48, 48, 3), np.uint8))
+    assert faces.too_small(odd, 47, 47) is not None and faces.too_small(odd, 48, 48) is None
+
+
+def test_a_clip_that_makes_a_library_fail_costs_only_that_clip(caer, tmp_path, monkeypatch):
+    clips, truth = caer
+    good = clips[truth.loc[clips["sample_id"], "bad"].isna().to_numpy()].head(4)
+    tiny = clip_row("tiny", encode(tmp_path / "tiny.mp4", "-f", "lavfi", "-i",
+                                   "testsrc=size=16x16:rate=25:duration=1"))  # fmt: skip
+    shard = pd.concat([good, pd.DataFrame([tiny])], ignore_index=True)
+    clean = {
+        t.sample_id: t.to_frame()
+        for t in face_tracks(
+            load_mtcnn(), good, FailureLedger("f"), detect_every=8, batch_frames=1000, workers=0
+        )
+    }
+    poison_detect, poison_decode = good["sample_id"].iloc[1], good["sample_id"].iloc[2]
+    poison = read_frames(good["video"].iloc[1], np.zeros(1))[0][0]
+    mtcnn = load_mtcnn()
+    real_detect, calls = mtcnn.detect, []
+
+    def detect(frames, **kw):  # a library error raised by one clip's frames, inside a batch
+        calls.append(frames.shape)
+        if frames.shape[1:] == poison.shape and any((f == poison).all() for f in frames):
+            raise RuntimeError("simulated detector failure")
+        return real_detect(frames, **kw)
+
+    def decode(path, times):  # a decoder library's own error (not a MediaError)
+        if path == good["video"].iloc[2]:
+            raise ValueError("simulated decoder failure")
+        return read_frames(path, times)
+
+    monkeypatch.setattr(mtcnn, "detect", detect)
+    monkeypatch.setattr(faces, "read_frames", decode)
+    monkeypatch.setattr(faces, "too_small", lambda *_: None)  # let MTCNN meet the 16x16 frames
+    ledger = FailureLedger("faces")
+    tracks = list(face_tracks(mtcnn, shard, ledger, detect_every=8, batch_frames=1000, workers=0))
+    # the three decoded clips shared one batch, then each went alone
+    batched = [shape[0] for shape in calls if shape[1:] == poison.shape]
+    assert len(batched) == 4 and batched[0] == sum(batched[1:])
+    assert {t.sample_id for t in tracks} == set(clean) - {poison_detect, poison_decode}
+    for t in tracks:
+        pd.testing.assert_frame_equal(t.to_frame(), clean[t.sample_id])
+    reasons = {r[0]: r[2] for r in ledger.rows if r[3] == "dropped"}
+    assert reasons == {
+        poison_detect: "face detection failed: RuntimeError: simulated detector failure",
+        poison_decode: "video not decodable: ValueError: simulated decoder failure",
+        "tiny": "face detection failed: ValueError: torch.cat(): expected a non-empty list of "
+        "Tensors",
+    }
+
+
+@pytest.mark.parametrize("where", ["detect", "decode"])
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError])
+def test_running_out_of_memory_is_no_clips_fault(caer, monkeypatch, where, error):
+    clips, _ = caer
+    mtcnn = load_mtcnn()
+
+    def fail(*args, **kw):
+        raise error("out of memory (simulated)")
+
+    monkeypatch.setattr(*(mtcnn, "detect") if where == "detect" else (faces, "read_frames"), fail)
+    ledger = FailureLedger("faces")
+    with pytest.raises(error, match="simulated"):
+        list(face_tracks(mtcnn, clips.head(2), ledger, detect_every=8, workers=0))
+    assert ledger.rows == []
+
+
+def test_a_long_clip_goes_in_windows_with_the_same_tracks(caer, tmp_path, monkeypatch):
+    clips, truth = caer
+    good = clips[truth.loc[clips["sample_id"], "bad"].isna().to_numpy()].iloc[0]
+    # three times the clip, a keyframe every 16 frames: later windows seek into the middle
+    video = encode(tmp_path / "long.mp4", "-stream_loop", "2", "-i", good["video"], "-g", "16")
+    long = pd.DataFrame([clip_row("long", video)])
+    whole = next(face_tracks(load_mtcnn(), long, FailureLedger("f"), detect_every=4,
+                             batch_frames=10_000, workers=0)).to_frame()  # fmt: skip
+    decoded = []
+
+    def decode(path, times):
+        decoded.append(len(times))
+        return read_frames(path, times)
+
+    monkeypatch.setattr(faces, "read_frames", decode)
+    windowed = next(face_tracks(load_mtcnn(), long, FailureLedger("f"), detect_every=4,
+                                batch_frames=5, workers=0)).to_frame()  # fmt: skip
+    # never more than a window decoded at once; the later windows seek into the clip (> 1 s)
+    assert max(decoded) == 5 and len(decoded) >= 4 and sum(decoded) == whole["examined"].sum()
+    assert whole.loc[whole["examined"], "detected"].mean() > 0.9
+    pd.testing.assert_frame_equal(windowed, whole)
