@@ -15,8 +15,19 @@ Four roles, each one backbone (:mod:`conclugen.backbones`) and one job per (data
 
 Frames are cropped by the face track (:mod:`conclugen.faces`; the full frame for datasets that
 are not cropped, such as VoxCeleb2) and resized to ``crop_size`` squared (180 in the paper) by
-one batched ``grid_sample`` call per clip and view, then normalised with the backbone's mean
+one batched ``grid_sample`` call per chunk and view, then normalised with the backbone's mean
 and std. The authors swapped ImageNet's mean and std for the 2D frames; we normalise correctly.
+
+Long clips: memory is bounded by a chunk, not by the clip. Video is decoded and cropped
+``CHUNK_FRAMES`` sampled frames at a time (whole 16-frame windows for 3D) and pooled as a
+running sum over the clip's chunks; audio's spectrogram is computed in STFT chunks and the model
+runs on windows of ``AUDIO_WINDOW`` frames with the receptive field's context on either side
+(:class:`AudioRunner`). Both give the whole clip's features up to float rounding (tested).
+
+Errors: a clip that cannot be decoded, or whose input makes the backbone or the tokenizer raise
+inside a batch, is that clip's ledger entry with the error's message; the batch is run again
+without it (each member alone), so its batch-mates keep their features. Errors that are not a
+clip's (:func:`is_fatal`: out of memory, a broken device, missing files) fail the job.
 
 Augmented views (Instance-Cont): for datasets in ``views.datasets`` each clip also yields K
 features of augmented copies: random resized crop (scale 0.8-1, ratio 0.8-1.2, taken inside
@@ -25,12 +36,12 @@ once per clip (temporally consistent) from a generator seeded by (seed, sample i
 2D and 3D jobs augment the same view identically and a rerun reproduces it.
 
 Speed: clips are decoded, cropped and augmented by DataLoader workers; the main process gathers
-the inputs of several clips into batches of ``batch_size`` model inputs (frames, windows, clips
-or texts), runs them and pools per clip with tensor operations. Nothing loops over frames in
-Python. The vision and audio models run with BatchNorm folded into their convolutions, in
-channels_last, and in bf16 where the hardware multiplies bf16 natively (a GPU, or a CPU with AMX;
-config ``features.precision``): bf16 features differ from fp32 ones by ~0.3-0.7 % (relative L2),
-below what float16 storage keeps of a feature's small components anyway.
+the inputs of several clips into batches of ``batch_size`` model inputs (frames, windows,
+spectrogram windows or texts), runs them and pools per clip with tensor operations. Nothing
+loops over frames in Python. The vision and audio models run with BatchNorm folded into their
+convolutions, in channels_last, and in bf16 where the hardware multiplies bf16 natively (a GPU,
+or a CPU with AMX; config ``features.precision``): bf16 features differ from fp32 ones by
+~0.3-0.7 % (relative L2), below what float16 storage keeps of a feature's small components.
 
 Per-shard stores (:func:`write_shard`) hold ``sample_id``, ``split``, ``feature [N, D]``,
 ``present [N]`` (False where the clip has no such modality: no or silent audio track, no text)
@@ -63,8 +74,10 @@ ROLES = ("video2d", "video3d", "audio", "text")
 VIDEO_ROLES = ("video2d", "video3d")
 FPS = 16  # the face tracks' frame grid; 2D takes every FPS-th frame (1 fps)
 WINDOW = 16  # frames per 3D window
+CHUNK_FRAMES = 128  # sampled frames decoded and cropped at a time (8 s at 16 fps, 128 s at 1 fps)
 SAMPLE_RATE = 16000
 N_FFT, HOP, N_MELS = 2048, 160, 128
+AUDIO_WINDOW = 2048  # spectrogram frames per audio model input (20.5 s), plus context each side
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +164,11 @@ def clamp_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def crop_frames(
-    frames: np.ndarray, boxes: np.ndarray, size: int, views: list[ViewParams] = ()
+    frames: np.ndarray,
+    boxes: np.ndarray,
+    size: int,
+    views: list[ViewParams] = (),
+    pool_boxes: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Crop ``frames`` [T, H, W, 3] uint8 to ``boxes`` [T, 4] and resize to ``size`` squared:
     uint8 [1 + len(views), T, 3, size, size], the plain crop first, then each augmented view.
@@ -159,13 +176,18 @@ def crop_frames(
     All frames of a view are sampled in one bilinear ``grid_sample`` call, each frame through
     its own box (an affine map; a flip is a negative x scale). When every box is at least twice the
     crop size the frames are first average-pooled by the whole factor, so shrinking a large face
-    does not alias.
+    does not alias. ``pool_boxes`` (default ``boxes``) are the boxes that factor is taken from:
+    the whole clip's, when ``frames`` are one chunk of it, so every chunk is pooled alike.
     """
     from torchvision.transforms.v2 import functional as F
 
+    if len(frames) == 0:
+        return torch.zeros(1 + len(views), 0, 3, size, size, dtype=torch.uint8)
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     boxes = torch.from_numpy(clamp_boxes(boxes, x.shape[3], x.shape[2]))
-    factor = int(torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).min()) // size
+    pool = boxes if pool_boxes is None else clamp_boxes(pool_boxes, x.shape[3], x.shape[2])
+    pool = torch.as_tensor(pool)
+    factor = int(torch.minimum(pool[:, 2] - pool[:, 0], pool[:, 3] - pool[:, 1]).min()) // size
     if factor >= 2:
         x = torch.nn.functional.avg_pool2d(x, factor, ceil_mode=True)
         boxes = boxes / factor
@@ -219,56 +241,133 @@ def windows(clip: torch.Tensor, length: int = WINDOW) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# Whose error: a clip's (its ledger entry) or the machine's (the job fails)
+
+FATAL_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "CUDA error")
+
+
+def is_fatal(error: BaseException) -> bool:
+    """True for errors that are not one clip's fault and must fail the job: memory exhaustion
+    (``MemoryError``, CUDA OOM, the CPU allocator's RuntimeError), a broken device, missing files
+    (weights, caches: a clip's own unreadable file is a ``MediaError``), and anything that is not an
+    ``Exception`` (an interrupt)."""
+    if not isinstance(error, Exception) or isinstance(
+        error, (MemoryError, torch.cuda.OutOfMemoryError, OSError)
+    ):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in FATAL_MESSAGES)
+
+
+def describe(error: Exception) -> str:
+    """A clip's error as its ledger reason: the type and message, at most 500 characters."""
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def _each_or_alone(forward, items: list) -> list:
+    """``forward(items)``, one output per item; when that raises an error that is not fatal
+    (:func:`is_fatal`), every item is run again alone, so one clip whose input makes the model or
+    the tokenizer raise costs only itself: its slot holds the exception. Fatal errors propagate."""
+    try:
+        return list(forward(items))
+    except Exception as e:
+        if is_fatal(e):
+            raise
+        if len(items) == 1:
+            return [e]
+    outs = []
+    for item in items:
+        try:
+            outs.extend(forward([item]))
+        except Exception as e:
+            if is_fatal(e):
+                raise
+            outs.append(e)
+    return outs
+
+
+# ---------------------------------------------------------------------------------------------
 # Decoding workers
 
 
 @dataclass
 class ClipInputs:
-    """What a worker prepared for one clip: model inputs, or why there are none."""
+    """What a worker prepared for one chunk of a clip: model inputs, or why there are none."""
 
     sample_id: str
-    inputs: torch.Tensor | None  # video: [V, n, ...]; audio: [F, T] spectrogram
+    inputs: torch.Tensor | None  # video: [V, n, ...] (n may be 0); audio: [F, T] spectrogram
     present: bool = True  # False: the clip lacks this modality (not an error)
     error: str | None = None  # the clip is unusable (ledger)
+    last: bool = True  # the clip's last chunk
 
 
 class VideoClips(torch.utils.data.Dataset):
-    """Decodes, crops and augments one clip per item for ``video2d`` (1 fps frames) or
-    ``video3d`` (16 fps frames in 16-frame windows)."""
+    """Decodes, crops and augments clips for ``video2d`` (1 fps frames) or ``video3d`` (16 fps
+    frames in 16-frame windows), one chunk of at most ``chunk_frames`` sampled frames per item.
+
+    Items run through each clip's chunks in order, then the next clip's. A chunk is decoded by its
+    own :func:`~conclugen.media.read_frames` call on its times (which starts at the keyframe before
+    them), so a long clip is never held whole: memory is bounded by the chunk, at the price of
+    decoding up to one keyframe interval again per chunk after the first. For ``video3d``
+    ``chunk_frames`` is a multiple of :data:`WINDOW`, so a chunk holds whole windows and chunking
+    does not change them.
+    An exception raised while preparing a chunk (other than :func:`is_fatal` ones) is its clip's
+    error.
+    """
 
     read = staticmethod(read_frames)  # (path, times) -> (frames, found)
 
     def __init__(self, clips: pd.DataFrame, role: str, boxes: dict[str, np.ndarray],
-                 crop_size: int, views: int = 0, view_seed: int = 0):  # fmt: skip
+                 crop_size: int, views: int = 0, view_seed: int = 0,
+                 chunk_frames: int = CHUNK_FRAMES):  # fmt: skip
         if role not in VIDEO_ROLES:
             raise ValueError(f"not a video role: {role}")
+        if chunk_frames <= 0 or (role == "video3d" and chunk_frames % WINDOW):
+            raise ValueError(f"chunk_frames {chunk_frames}: video3d needs a multiple of {WINDOW}")
         self.clips = clips[["sample_id", "video", "start", "end", "width", "height"]].to_dict(
             "records"
         )
         self.role, self.boxes, self.size = role, boxes, crop_size
         self.views, self.view_seed = views, view_seed
+        self.items = []  # (clip, first and end sampled frame of the chunk)
+        for i, clip in enumerate(self.clips):
+            n = len(self.grid(clip)[1])
+            self.items += [(i, a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
+
+    def grid(self, clip: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The clip's 16 fps times and the positions on that grid this role samples."""
+        times = sample_times(clip["start"], clip["end"], FPS)
+        return times, np.arange(0, len(times), FPS if self.role == "video2d" else 1)
 
     def __len__(self) -> int:
-        return len(self.clips)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> ClipInputs:
+    def __getitem__(self, k: int) -> ClipInputs:
+        i, a, b = self.items[k]
         clip = self.clips[i]
-        times = sample_times(clip["start"], clip["end"], FPS)
-        index = np.arange(0, len(times), FPS if self.role == "video2d" else 1)
+        last = k + 1 == len(self.items) or self.items[k + 1][0] != i
         try:
-            frames, found = self.read(clip["video"], times[index])
+            return ClipInputs(clip["sample_id"], self.chunk(clip, a, b), last=last)
         except MediaError as e:
-            return ClipInputs(clip["sample_id"], None, error=str(e))
+            return ClipInputs(clip["sample_id"], None, error=str(e), last=last)
+        except Exception as e:
+            if is_fatal(e):
+                raise
+            return ClipInputs(clip["sample_id"], None, error=describe(e), last=last)
+
+    def chunk(self, clip: dict, a: int, b: int) -> torch.Tensor:
+        """Sampled frames ``a:b`` of a clip, cropped: [V, n, 3, S, S] (2D) or windows (3D)."""
+        times, index = self.grid(clip)
         track = self.boxes.get(clip["sample_id"])
         if track is None:
             boxes = np.tile([0, 0, clip["width"], clip["height"]], (len(index), 1))
         else:
             boxes = track[np.minimum(index, len(track) - 1)]
+        frames, found = self.read(clip["video"], times[index[a:b]])
         # A clip always has its first frame; frames past the video's real end are dropped.
-        keep = found | (np.arange(len(found)) == 0)
+        keep = found | (np.arange(a, b) == 0)
         params = [view_params(clip["sample_id"], k, self.view_seed) for k in range(self.views)]
-        crops = crop_frames(frames[keep], boxes[keep], self.size, params)
-        return ClipInputs(clip["sample_id"], crops if self.role == "video2d" else windows(crops))
+        crops = crop_frames(frames[keep], boxes[a:b][keep], self.size, params, pool_boxes=boxes)
+        return crops if self.role == "video2d" else windows(crops)
 
 
 def mel_filters() -> torch.Tensor:
@@ -283,18 +382,32 @@ def mel_filters() -> torch.Tensor:
     return torch.from_numpy(fb)
 
 
-def spectrogram(audio: np.ndarray, filters: torch.Tensor) -> torch.Tensor:
+def spectrogram(audio: np.ndarray, filters: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Power mel spectrogram [N_MELS, 1 + len // HOP] of 16 kHz audio, min-max scaled to [0, 1]
-    per clip (the authors' normalisation; no log)."""
+    per clip (the authors' normalisation; no log).
+
+    The frames are those of ``torch.stft(center=True, pad_mode="reflect")``, computed ``chunk``
+    frames at a time: the complex STFT of 20 minutes whole would take ~1 GB, its mel rows 61 MB.
+    """
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    stft = torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT), center=True,
-                      pad_mode="reflect", return_complex=True)  # fmt: skip
-    mel = filters @ stft.abs().pow(2)
+    n, pad = len(x), N_FFT // 2
+    window = torch.hann_window(N_FFT)
+    parts = []
+    for first in range(0, 1 + n // HOP, chunk):
+        end = min(first + chunk, 1 + n // HOP)
+        # Samples of the reflect-padded signal that frames first..end-1 cover.
+        index = (torch.arange(first * HOP, (end - 1) * HOP + N_FFT) - pad).abs()
+        index = torch.where(index >= n, 2 * n - 2 - index, index)
+        stft = torch.stft(x[index], N_FFT, HOP, window=window, center=False, return_complex=True)
+        parts.append(filters @ stft.abs().pow(2))
+    mel = torch.cat(parts, 1)
     return (mel - mel.min()) / (mel.max() - mel.min() + 1e-8)
 
 
 class AudioClips(torch.utils.data.Dataset):
-    """Decodes one clip's audio per item into its mel spectrogram."""
+    """Decodes one clip's audio per item into its mel spectrogram. No audio track (or one too
+    short to frame) is an absent modality; another exception (other than :func:`is_fatal` ones)
+    while preparing it is the clip's error."""
 
     def __init__(self, clips: pd.DataFrame):
         self.clips = clips.to_dict("records")
@@ -305,6 +418,14 @@ class AudioClips(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> ClipInputs:
         clip = self.clips[i]
+        try:
+            return self.prepare(clip)
+        except Exception as e:
+            if is_fatal(e):
+                raise
+            return ClipInputs(clip["sample_id"], None, error=describe(e))
+
+    def prepare(self, clip: dict) -> ClipInputs:
         if not clip["has_audio"] or clip["audio_peak"] < SILENCE_PEAK:
             return ClipInputs(clip["sample_id"], None, present=False)
         source = clip["audio"] if isinstance(clip.get("audio"), str) else clip["video"]
@@ -338,6 +459,39 @@ class Result:
     error: str | None = None
 
 
+class _Pools:
+    """Running per-clip sums of feature vectors whose inputs arrive in pieces (chunks, audio
+    windows) that may span several batches; a clip's result is its sum over the count of vectors
+    summed, ready once its last piece has arrived and nothing of it is pending."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, float] = {}
+        self.decided: dict[str, Result] = {}  # clips without features: failed or absent
+        self.finished: list[str] = []  # clips whose last piece arrived, in order
+
+    def add(self, sample_id: str, total: torch.Tensor, count: float) -> None:
+        if sample_id not in self.decided:
+            self.sums[sample_id] = self.sums.get(sample_id, 0) + total
+            self.counts[sample_id] = self.counts.get(sample_id, 0) + count
+
+    def decide(self, result: Result) -> None:
+        """A clip's result without features; the first one counts (later pieces are ignored)."""
+        self.decided.setdefault(result.sample_id, result)
+
+    def ready(self) -> list[Result]:
+        """The finished clips' results (call when nothing is pending)."""
+        done, self.finished = self.finished, []
+        out = []
+        for sample_id in done:
+            total, count = self.sums.pop(sample_id, None), self.counts.pop(sample_id, 0)
+            result = self.decided.pop(sample_id, None)
+            if result is None and not count:  # not expected: a clip's first frame is kept
+                result = Result(sample_id, None, error="no model inputs")
+            out.append(result or Result(sample_id, total / count))
+        return out
+
+
 class VideoRunner:
     """Normalises uint8 frames [B, 3, H, W] or windows [B, 3, T, H, W] on the device and runs a
     2D or 3D backbone in its inference form (:func:`conclugen.backbones.for_inference`:
@@ -360,95 +514,217 @@ class VideoRunner:
         return self.model(x.contiguous(memory_format=self.format)).float().cpu()
 
 
-def run_video(runner, clips: Iterable[ClipInputs], batch_size: int) -> Iterator[Result]:
-    """Pool each clip's frames (or windows) to one vector per view, running ``batch_size``
-    inputs per forward pass gathered across clips."""
+def run_video(runner, chunks: Iterable[ClipInputs], batch_size: int) -> Iterator[Result]:
+    """Pool each clip's frames (or windows) to one vector per view, the mean over all of them
+    (a running sum over the clip's chunks), running ``batch_size`` inputs per forward pass
+    gathered across chunks and clips. Results come in the clips' order. A chunk whose inputs
+    make the model raise (:func:`_each_or_alone`) fails its clip with that message."""
+    pools = _Pools()
     pending: list[ClipInputs] = []
     units = 0
-    for clip in clips:
-        if clip.error is not None:
-            yield from _flush_video(runner, pending, batch_size)
-            pending, units = [], 0
-            yield Result(clip.sample_id, None, error=clip.error)
-            continue
-        pending.append(clip)
-        units += clip.inputs.shape[0] * clip.inputs.shape[1]
+    for chunk in chunks:
+        if chunk.error is not None:
+            pools.decide(Result(chunk.sample_id, None, error=chunk.error))
+        elif chunk.sample_id not in pools.decided and chunk.inputs.shape[1]:
+            pending.append(chunk)
+            units += chunk.inputs.shape[0] * chunk.inputs.shape[1]
+        if chunk.last:
+            pools.finished.append(chunk.sample_id)
         if units >= batch_size:
-            yield from _flush_video(runner, pending, batch_size)
+            _flush_video(runner, pending, batch_size, pools)
             pending, units = [], 0
-    yield from _flush_video(runner, pending, batch_size)
+            yield from pools.ready()
+    _flush_video(runner, pending, batch_size, pools)
+    yield from pools.ready()
 
 
-def _flush_video(runner, pending: list[ClipInputs], batch_size: int) -> Iterator[Result]:
+def _flush_video(runner, pending: list[ClipInputs], batch_size: int, pools: _Pools) -> None:
+    """Run the pending chunks' inputs, ``batch_size`` per forward pass, into their clips' sums."""
+
+    def forward(group: list[ClipInputs]) -> list[torch.Tensor]:
+        flat = torch.cat([c.inputs.flatten(0, 1) for c in group])
+        out = torch.cat([runner(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)])
+        sizes = [c.inputs.shape[0] * c.inputs.shape[1] for c in group]
+        parts = zip(group, out.split(sizes), strict=True)
+        return [f.reshape(*c.inputs.shape[:2], -1).sum(1) for c, f in parts]
+
     if not pending:
         return
-    flat = torch.cat([c.inputs.flatten(0, 1) for c in pending])
-    out = torch.cat([runner(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)])
-    sizes = [c.inputs.shape[0] * c.inputs.shape[1] for c in pending]
-    for clip, feats in zip(pending, out.split(sizes), strict=True):
-        v, n = clip.inputs.shape[:2]
-        yield Result(clip.sample_id, feats.reshape(v, n, -1).mean(1))
+    for chunk, out in zip(pending, _each_or_alone(forward, pending), strict=True):
+        if isinstance(out, Exception):
+            pools.decide(Result(chunk.sample_id, None, error=f"backbone: {describe(out)}"))
+        else:
+            pools.add(chunk.sample_id, out, chunk.inputs.shape[1])
+
+
+def _time_convs(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, int]]:
+    """ResDAVEnet's convolutions after the stem, each with its input's stride level along time
+    (its input step is 2**level spectrogram frames); empty for a model without those layers."""
+    stages = getattr(model, "stages", None)
+    if not isinstance(stages, int) or not hasattr(model, "layer1"):
+        return []
+    convs, level = [], 0
+    for i in range(1, stages + 1):
+        for block in getattr(model, f"layer{i}"):
+            if block.downsample is not None:
+                convs.append((block.downsample[0], level))
+            convs.append((block.conv1, level))
+            level += block.conv1.stride[1].bit_length() - 1  # stride 2: one level
+            convs.append((block.conv2, level))
+    return convs
+
+
+def time_context(model: torch.nn.Module) -> int | None:
+    """Spectrogram frames on either side that one output step of ResDAVEnet depends on (its
+    receptive field's radius along time), rounded up to whole output steps; None for a model
+    whose layers are not ResDAVEnet's (it then runs on whole clips)."""
+    convs = _time_convs(model)
+    if not convs:
+        return None
+    radius = sum(conv.kernel_size[1] // 2 * 2**level for conv, level in convs)
+    stride = 2**model.stages
+    return -(-radius // stride) * stride
 
 
 class AudioRunner:
-    """Runs ResDAVEnet (inference form, as :class:`VideoRunner`) on padded spectrogram batches;
-    pools each clip over its own positions."""
+    """Runs ResDAVEnet (inference form, as :class:`VideoRunner`) on padded batches of
+    spectrogram pieces; pools each clip over its own output positions.
 
-    def __init__(self, model: torch.nn.Module, device: str, precision: str = "fp32"):
+    Padding is exact: a forward pre-hook on every convolution after the stem zeroes each batch
+    item's activations past its own length at that stride (``ceil(length / 2**level)``), which is
+    what the convolutions' zero padding gives a clip run alone; without it the padded zeros' own
+    activations (the folded BatchNorms' biases) reached a clip's last steps (3 % relative L2 for
+    a 3-s clip batched with a 3.2-s one, demo model). So a feature does not depend on its batch.
+
+    A spectrogram longer than ``window`` frames is cut into pieces of ``window`` frames (whole
+    output steps), each given :func:`time_context` frames of the clip on either side; only the
+    piece's own output steps count. The model is convolutional along time, so a piece's own steps
+    are the whole clip's steps, and the mean over all positions equals the whole clip's up to
+    float rounding (tested): memory is bounded by the window, not by the clip, at the cost of
+    running the context too (2 x 432 frames per 2048 for the real ResDAVEnet, kernel 9).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str, precision: str = "fp32",
+                 window: int | None = AUDIO_WINDOW):  # fmt: skip
         self.device = torch.device(device)
+        self.context = time_context(model) if window else None
+        self.stride = 2 ** getattr(model, "stages", 0)
+        self.window = max(1, (window or 1) // self.stride) * self.stride
         self.model = for_inference(model, self.device, precision)
         self.dim = model.feature_dim
+        self.lengths: torch.Tensor | None = None  # [B] input frames of the batch being run
+        for conv, level in _time_convs(self.model):
+            conv.register_forward_pre_hook(self._mask_past_end(level))
+
+    def _mask_past_end(self, level: int):
+        def hook(_module, args):
+            x = args[0]
+            valid = -(-self.lengths // 2**level)
+            mask = torch.arange(x.shape[-1], device=x.device)[None] < valid[:, None]
+            return (x * mask[:, None, None].to(x.dtype),)
+
+        return hook
+
+    def pieces(self, spec: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+        """``spec`` [F, T] as model inputs: ``(input [F, L], first, end)``, where output steps
+        ``first:end`` of the input are the ones that count."""
+        t = spec.shape[1]
+        if self.context is None or t <= self.window:
+            return [(spec, 0, int(self.model.output_steps(t)))]
+        s, steps = self.stride, int(self.model.output_steps(t))
+        w, c = self.window // s, self.context // s
+        out = []
+        for a in range(0, steps, w):
+            b = min(a + w, steps)
+            lo = max(0, a - c)  # in output steps, so the piece starts on the clip's stride grid
+            out.append((spec[:, lo * s : min(t, (b + c) * s)], a - lo, b - lo))
+        return out
 
     @torch.inference_mode()
-    def __call__(self, specs: list[torch.Tensor]) -> torch.Tensor:
-        lengths = torch.tensor([s.shape[1] for s in specs])
-        batch = torch.zeros(len(specs), specs[0].shape[0], int(lengths.max()))
-        for i, s in enumerate(specs):
-            batch[i, :, : s.shape[1]] = s
+    def sums(self, pieces: list[tuple[torch.Tensor, int, int]]) -> list[tuple[torch.Tensor, int]]:
+        """One forward pass over ``pieces`` padded to the longest: per piece the sum [D] of its
+        counted outputs over rows and steps, and how many positions that sum holds."""
+        longest = max(p[0].shape[1] for p in pieces)
+        batch = torch.zeros(len(pieces), pieces[0][0].shape[0], longest)
+        for i, (x, _, _) in enumerate(pieces):
+            batch[i, :, : x.shape[1]] = x
+        self.lengths = torch.tensor([p[0].shape[1] for p in pieces], device=self.device)
         out = self.model(batch.to(self.device, self.model.input_dtype)).float()  # [B, D, H', T']
-        steps = self.model.output_steps(lengths).to(self.device)
-        mask = torch.arange(out.shape[3], device=self.device)[None] < steps[:, None]  # [B, T']
-        total = (out * mask[:, None, None]).sum((2, 3))
-        return (total / (steps * out.shape[2])[:, None]).cpu()
+        first = torch.tensor([p[1] for p in pieces], device=self.device)
+        end = torch.tensor([p[2] for p in pieces], device=self.device)
+        steps = torch.arange(out.shape[3], device=self.device)[None]
+        mask = (steps >= first[:, None]) & (steps < end[:, None])  # [B, T']
+        total = (out * mask[:, None, None]).sum((2, 3)).cpu()
+        counts = ((end - first) * out.shape[2]).tolist()
+        return list(zip(total, counts, strict=True))
+
+    def __call__(self, specs: list[torch.Tensor]) -> torch.Tensor:
+        """The mean feature [B, D] of each spectrogram, all their pieces in one forward pass."""
+        owners = [(i, p) for i, s in enumerate(specs) for p in self.pieces(s)]
+        sums = torch.zeros(len(specs), self.dim)
+        counts = torch.zeros(len(specs))
+        for (i, _), (total, count) in zip(owners, self.sums([p for _, p in owners]), strict=True):
+            sums[i] += total
+            counts[i] += count
+        return sums / counts[:, None]
 
 
 def run_audio(runner, clips: Iterable[ClipInputs], batch_size: int) -> Iterator[Result]:
-    """One vector per clip; ``batch_size`` clips per forward pass (padded to the longest)."""
-    pending: list[ClipInputs] = []
+    """One vector per clip, the mean over all its output positions; ``batch_size`` pieces
+    (:meth:`AudioRunner.pieces`) per forward pass, gathered across clips. A piece whose input
+    makes the model raise (:func:`_each_or_alone`) fails its clip with that message."""
+    pools = _Pools()
+    pending: list[tuple[str, tuple]] = []
 
     def flush():
         if pending:
-            feats = runner([c.inputs for c in pending])
-            for clip, f in zip(pending, feats, strict=True):
-                yield Result(clip.sample_id, f[None])
+            outs = _each_or_alone(lambda group: runner.sums([p for _, p in group]), pending)
+            for (sample_id, _), out in zip(pending, outs, strict=True):
+                if isinstance(out, Exception):
+                    pools.decide(Result(sample_id, None, error=f"backbone: {describe(out)}"))
+                else:
+                    pools.add(sample_id, out[0][None], out[1])
             pending.clear()
+        return pools.ready()
 
     for clip in clips:
         if clip.inputs is None:
-            yield from flush()
-            yield Result(clip.sample_id, None, present=clip.present, error=clip.error)
-            continue
-        pending.append(clip)
-        if len(pending) >= batch_size:
-            yield from flush()
+            pools.decide(Result(clip.sample_id, None, present=clip.present, error=clip.error))
+        else:
+            for piece in runner.pieces(clip.inputs):
+                pending.append((clip.sample_id, piece))
+                if len(pending) >= batch_size:
+                    yield from flush()
+        pools.finished.append(clip.sample_id)
     yield from flush()
 
 
 def run_text(encoder, texts: list, batch_size: int, device: str) -> list[Result]:
     """One vector per text (absent where the text is missing or empty); texts are encoded in
-    batches of similar length so padding stays small (padding does not change a feature)."""
+    batches of similar length so padding stays small (padding does not change a feature). A
+    text that makes the tokenizer or the model raise (:func:`_each_or_alone`) is an error
+    result with that message."""
     clean = ["" if not isinstance(t, str) else t.strip() for t in texts]
     order = sorted((i for i, t in enumerate(clean) if t), key=lambda i: len(clean[i]))
-    feats: dict[int, torch.Tensor] = {}
+    feats: dict[int, torch.Tensor | Exception] = {}
+
+    def forward(group: list[str]) -> torch.Tensor:
+        return encoder.encode(group, device).float().cpu()
+
     batches = range(0, len(order), batch_size)
     for start in progress(batches, len(batches), "text batches"):
         idx = order[start : start + batch_size]
-        out = encoder.encode([clean[i] for i in idx], device)
-        feats.update(zip(idx, out.float().cpu(), strict=True))
-    return [
-        Result(str(i), feats[i][None]) if i in feats else Result(str(i), None, present=False)
-        for i in range(len(clean))
-    ]
+        feats.update(zip(idx, _each_or_alone(forward, [clean[i] for i in idx]), strict=True))
+    results = []
+    for i in range(len(clean)):
+        f = feats.get(i)
+        if f is None:
+            results.append(Result(str(i), None, present=False))
+        elif isinstance(f, Exception):
+            results.append(Result(str(i), None, error=f"text encoder: {describe(f)}"))
+        else:
+            results.append(Result(str(i), f[None]))
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,29 +757,36 @@ def extract_shard(
     views: int = 0,
     view_seed: int = 0,
     precision: str = "fp32",
+    chunk_frames: int = CHUNK_FRAMES,
+    audio_window: int | None = AUDIO_WINDOW,
 ) -> ShardFeatures:
     """Features of ``clips`` (:func:`shard_clips`) for ``role`` with a loaded backbone.
 
-    Clips that cannot be decoded are recorded in ``ledger`` and left out; clips without the
-    modality stay in with ``present=False`` and zeros. ``views`` applies to the video roles only.
-    ``precision`` (``bf16`` or ``fp32``) is the vision and audio backbones'; the text encoder
-    always runs in fp32 (it is a small share of the time).
+    Clips that cannot be decoded, or whose input makes the backbone (or tokenizer) raise, are
+    recorded in ``ledger`` with the error's message and left out of this role's shard (the merge
+    marks the modality absent for audio and text; the video roles decide whether a sample stays);
+    the rest of their batch is run again without them. Errors that are not a clip's
+    (:func:`is_fatal`: out of memory, missing files) propagate. Clips without the modality stay in
+    with ``present=False`` and zeros. ``views`` applies to the video roles only. ``precision``
+    (``bf16`` or ``fp32``) is the vision and audio backbones'; the text encoder always runs in
+    fp32 (it is a small share of the time). ``chunk_frames`` (video) and ``audio_window``
+    (spectrogram frames; None: whole clips) bound the memory a long clip takes.
     """
     views = views if role in VIDEO_ROLES else 0
     if role in VIDEO_ROLES:
-        data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed)
+        data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed, chunk_frames)
         runner = VideoRunner(model, mean, std, device, role == "video3d", precision)
         results = run_video(runner, decoded(data, workers), batch_size)
     elif role == "audio":
         # Batches of similar length waste little on padding; rows return to the clips' order.
         by_length = clips.assign(length=clips["end"] - clips["start"])
         by_length = by_length.sort_values(["length", "sample_id"], kind="stable")
-        runner = AudioRunner(model, device, precision)
+        runner = AudioRunner(model, device, precision, audio_window)
         results = run_audio(runner, decoded(AudioClips(by_length), workers), batch_size)
     elif role == "text":
         results = run_text(model, list(clips["text"]), batch_size, device)
         ids = clips["sample_id"].to_numpy()
-        results = [Result(ids[int(r.sample_id)], r.feature, r.present) for r in results]
+        results = [Result(ids[int(r.sample_id)], r.feature, r.present, r.error) for r in results]
     else:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     dim = model.feature_dim

@@ -1,5 +1,6 @@
 """Feature extraction: sampling and pooling semantics on videos with known answers, cropping and
-augmented views, the mel spectrogram, determinism, shard stores and their merge."""
+augmented views, the mel spectrogram, determinism, long clips in chunks and windows (equal to
+whole clips), per-clip isolation of errors inside a batch, shard stores and their merge."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import zarr
 
 from conclugen import featstore
 from conclugen.features import (
+    N_FFT,
     AudioRunner,
+    ClipInputs,
     ShardFeatures,
     VideoClips,
     crop_frames,
@@ -21,22 +24,23 @@ from conclugen.features import (
     mel_filters,
     merge_shards,
     open_shard,
+    run_audio,
     spectrogram,
     view_params,
     windows,
     write_shard,
 )
-from conclugen.ledger import FailureLedger
+from conclugen.ledger import FailureLedger, TooManyFailures
 
 W, H = 64, 48
 
 
-def encode(path, frames: np.ndarray, fps: int = 16) -> None:
-    """Write [T, H, W, 3] uint8 frames losslessly (x264 RGB, qp 0)."""
+def encode(path, frames: np.ndarray, fps: int = 16, gop: int = 250) -> None:
+    """Write [T, H, W, 3] uint8 frames losslessly (x264 RGB, qp 0), a keyframe every ``gop``."""
     h, w = frames.shape[1:3]
     cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{w}x{h}", "-r", str(fps), "-i", "-", "-c:v", "libx264rgb", "-qp", "0",
-           "-pix_fmt", "rgb24", str(path)]  # fmt: skip
+           "-g", str(gop), "-pix_fmt", "rgb24", str(path)]  # fmt: skip
     subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True)
 
 
@@ -338,3 +342,230 @@ def test_crop_of_a_large_box_is_antialiased():
     frames[:, :, ::2] = 255  # one-pixel stripes
     crops = crop_frames(frames, np.tile([0, 0, 256, 256], (2, 1)), 64).float()
     assert abs(crops.mean() - 127.5) < 2 and crops.std() < 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Long clips: chunks of frames and windows of the spectrogram give the whole clip's features
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """14 s at 16 fps, 96x72, a keyframe every 20 frames (so chunks seek mid-file): a moving
+    gradient with per-frame noise, and a face track whose box size changes over time."""
+    rng = np.random.default_rng(0)
+    n, h, w = 224, 72, 96
+    x = np.arange(w)[None, None, :] + 5 * np.arange(n)[:, None, None] + 0 * np.arange(h)[:, None]
+    frames = np.stack([x % 256, (x // 2 + np.arange(h)[:, None]) % 256, x * 0 + 90], -1)
+    frames = (frames + rng.integers(0, 30, frames.shape)).clip(0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    encode(path, frames, gop=20)
+    size = 52 + 18 * np.sin(np.arange(n) / 15)  # 34-70 px: crops of 16 pooled by 2 (the least)
+    left = 4 + 20 * np.cos(np.arange(n) / 10)
+    track = np.stack([left, 1 + 0 * left, left + size, 1 + 0.95 * size], 1).astype(np.float32)
+    return path, track
+
+
+@pytest.mark.parametrize(
+    "role, start, end, chunk",
+    [("video2d", 0.0, 14.0, 5), ("video3d", 2.3, 8.3, 32)],  # 3 chunks each
+)
+def test_long_clip_in_chunks_equals_the_whole_clip(long_video, tiny_backbones, role, start,
+                                                   end, chunk):  # fmt: skip
+    path, track = long_video
+    clips = clips_table({"long": path}, ["long"], {"long": 0}).assign(
+        start=start, end=end, width=96, height=72
+    )
+    # The track is on the clip's 16 fps grid, from the clip's start.
+    boxes = {"long": track[int(start * 16) :]}
+    data = VideoClips(clips, role, boxes, 16, views=2, chunk_frames=chunk)
+    assert len(data) == 3 and [data.items[k][1] for k in range(3)] == [0, chunk, 2 * chunk]
+    model = tiny_backbones[role == "video3d"]
+    kw = {"crop_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "workers": 0, "views": 2,
+          "boxes": boxes, "batch_size": 5}  # fmt: skip
+    ledger = FailureLedger("features")
+    chunked = extract_shard(role, clips, model, ledger, chunk_frames=chunk, **kw)
+    whole = extract_shard(role, clips, model, ledger, chunk_frames=4096, **kw)
+    assert not ledger.rows
+    assert torch.allclose(chunked.feature, whole.feature, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(chunked.views, whole.views, rtol=1e-5, atol=1e-5)
+    # The chunks hold exactly the whole clip's inputs, chunk after chunk.
+    parts = [data[k] for k in range(3)]
+    assert [p.last for p in parts] == [False, False, True]
+    one = VideoClips(clips, role, boxes, 16, views=2, chunk_frames=4096)[0]
+    assert torch.equal(torch.cat([p.inputs for p in parts], 1), one.inputs)
+
+
+def reference_spectrogram(audio: np.ndarray, filters: torch.Tensor) -> torch.Tensor:
+    """The spectrogram in one piece, as torchaudio's MelSpectrogram computes it."""
+    x = torch.from_numpy(audio)
+    stft = torch.stft(x, N_FFT, 160, window=torch.hann_window(N_FFT), center=True,
+                      pad_mode="reflect", return_complex=True)  # fmt: skip
+    mel = filters @ stft.abs().pow(2)
+    return (mel - mel.min()) / (mel.max() - mel.min() + 1e-8)
+
+
+def test_spectrogram_in_chunks_equals_the_whole_stft():
+    audio = np.random.default_rng(1).standard_normal(16000 * 3 + 77).astype(np.float32)
+    filters = mel_filters()
+    want = reference_spectrogram(audio, filters)
+    for chunk in (7, 64, 10_000):
+        got = spectrogram(audio, filters, chunk=chunk)
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_davenet(tmp_path_factory):
+    from conclugen import backbones, lookalike_weights
+
+    path = tmp_path_factory.mktemp("davenet") / "davenet.pth"
+    lookalike_weights.write_resdavenet(path, widths=(8, 8, 8, 8, 16), convsize=5)
+    return backbones.load_davenet(str(path))
+
+
+def test_audio_windows_equal_the_whole_clip(tiny_davenet):
+    """A 12-s spectrogram in 64-frame windows (plus the receptive field's context) pools to the
+    whole clip's feature, also when its windows span several batches of the shard."""
+    spec = torch.rand(128, 1203, generator=torch.Generator().manual_seed(2))
+    whole = AudioRunner(tiny_davenet, "cpu", window=None)
+    windowed = AudioRunner(tiny_davenet, "cpu", window=64)
+    pieces = windowed.pieces(spec)
+    assert len(pieces) == 19 and max(p[0].shape[1] for p in pieces) < 1203 / 2
+    want = whole([spec])[0]
+    assert torch.allclose(windowed([spec])[0], want, rtol=1e-5, atol=1e-6)
+    clips = [ClipInputs("a", spec[:, :300]), ClipInputs("b", spec), ClipInputs("c", None, False)]
+    results = list(run_audio(windowed, clips, batch_size=4))
+    assert [r.sample_id for r in results] == ["a", "b", "c"]
+    assert torch.allclose(results[0].feature[0], whole([spec[:, :300]])[0], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(results[1].feature[0], want, rtol=1e-5, atol=1e-6)
+    assert results[2].feature is None and results[2].present is False
+
+
+def test_audio_batch_padding_does_not_change_a_feature(tiny_davenet):
+    """Zeros padded after a shorter clip do not reach its last steps (the runner masks every
+    convolution's input past the clip's length), so a feature does not depend on its batch."""
+    g = torch.Generator().manual_seed(3)
+    short, long = torch.rand(128, 301, generator=g), torch.rand(128, 650, generator=g)
+    runner = AudioRunner(tiny_davenet, "cpu", window=None)
+    alone = torch.cat([runner([short]), runner([long])])
+    assert torch.allclose(runner([short, long]), alone, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# One clip's error inside a batch is that clip's ledger entry; the machine's errors propagate
+
+
+class RejectsRed(torch.nn.Module):
+    """Mean colour of frames or windows; raises, like a library on an odd input, when a batch
+    holds a red frame (the still clip's square)."""
+
+    feature_dim = 3
+
+    def __init__(self, error: Exception | None = None):
+        super().__init__()
+        self.error = error or RuntimeError("odd input: a red frame")
+
+    def forward(self, x):
+        if ((x[:, 0] - x[:, 1]).amax() > 0.5).item():
+            raise self.error
+        return x.mean(tuple(range(2, x.dim())))
+
+
+@pytest.mark.parametrize("role", ["video2d", "video3d"])
+def test_a_clip_that_makes_the_model_raise_is_its_ledger_entry(videos, role):
+    names = ["ramp40", "still", "ramp10"]
+    clips = clips_table(videos, names, {"ramp40": 40, "still": 20, "ramp10": 10})
+    shard, ledger = extract(role, clips, RejectsRed(), batch_size=64, workers=0)
+    assert [(r[0], r[3]) for r in ledger.rows] == [("still", "dropped")]
+    assert "RuntimeError: odd input: a red frame" in ledger.rows[0][2]
+    without, _ = extract(role, clips.iloc[[0, 2]], RejectsRed(), batch_size=64, workers=0)
+    assert shard.sample_id.tolist() == without.sample_id.tolist() == ["ramp40", "ramp10"]
+    assert torch.allclose(shard.feature, without.feature, atol=1e-6)
+    # A model that fails on every clip fails the shard through max_failure_fraction.
+    red = clips_table(videos, ["still"], {"still": 20})
+    _, ledger = extract(role, red, RejectsRed(), workers=0)
+    with pytest.raises(TooManyFailures):
+        ledger.check(1, 0.5)
+
+
+def test_an_exception_while_preparing_a_clip_is_its_ledger_entry(videos, monkeypatch):
+    real = VideoClips.read
+
+    def read(path, times):
+        if "ramp10" in str(path):
+            raise ValueError("cannot reshape array of size 0")
+        return real(path, times)
+
+    monkeypatch.setattr(VideoClips, "read", staticmethod(read))
+    clips = clips_table(videos, ["ramp40", "ramp10"], {"ramp40": 40, "ramp10": 10})
+    shard, ledger = extract("video3d", clips, MeanColour3D(), workers=0)
+    assert shard.sample_id.tolist() == ["ramp40"]
+    assert ledger.rows[0][0] == "ramp10" and "ValueError: cannot reshape" in ledger.rows[0][2]
+
+
+class NanRejectingStepMap(StepMap):
+    def forward(self, x):
+        if torch.isnan(x).any():
+            raise RuntimeError("input contains NaN")
+        return super().forward(x)
+
+
+def test_an_audio_clip_that_makes_the_model_raise_is_an_error_result():
+    runner = AudioRunner(NanRejectingStepMap(), "cpu")
+    good = [ClipInputs(s, torch.full((128, 32 * (i + 1)), 0.25 * (i + 1)))
+            for i, s in enumerate("ab")]  # fmt: skip
+    bad = ClipInputs("bad", torch.full((128, 48), float("nan")))
+    results = list(run_audio(runner, [good[0], bad, good[1]], batch_size=8))
+    assert [(r.sample_id, r.error is None) for r in results] == [
+        ("a", True), ("bad", False), ("b", True)
+    ]  # fmt: skip
+    assert "RuntimeError: input contains NaN" in results[1].error
+    without = list(run_audio(runner, good, batch_size=8))
+    assert torch.equal(results[0].feature, without[0].feature)
+    assert torch.equal(results[2].feature, without[1].feature)
+
+
+class FakeEncoder:
+    """A text encoder whose tokenizer raises on one odd text; feature = [length, 1]."""
+
+    feature_dim = 2
+
+    def __init__(self, error: Exception | None = None):
+        self.error = error or ValueError("tokenizer: NUL character")
+
+    def encode(self, texts, device):
+        if any("\x00" in t for t in texts):
+            raise self.error
+        return torch.tensor([[float(len(t)), 1.0] for t in texts])
+
+
+def test_a_text_that_makes_the_tokenizer_raise_is_its_ledger_entry(videos):
+    clips = clips_table(videos, ["ramp40", "still", "ramp10"], {"ramp40": 40, "still": 20,
+                                                                "ramp10": 10})  # fmt: skip
+    clips["text"] = ["hello there", "odd \x00 text", None]
+    shard, ledger = extract("text", clips, FakeEncoder(), batch_size=8)
+    assert [(r[0], r[3]) for r in ledger.rows] == [("still", "dropped")]
+    assert "ValueError: tokenizer: NUL character" in ledger.rows[0][2]
+    assert shard.sample_id.tolist() == ["ramp40", "ramp10"]
+    assert shard.feature[0].tolist() == [11.0, 1.0] and shard.present.tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory")],
+)  # fmt: skip
+def test_out_of_memory_propagates(videos, monkeypatch, error):
+    clips = clips_table(videos, ["ramp40", "still"], {"ramp40": 40, "still": 20})
+    with pytest.raises(type(error)):
+        extract("video3d", clips, RejectsRed(error), batch_size=64, workers=0)
+    clips["text"] = ["fine", "odd \x00"]
+    with pytest.raises(type(error)):
+        extract("text", clips, FakeEncoder(error), batch_size=8)
+
+    def read(path, times):
+        raise error
+
+    monkeypatch.setattr(VideoClips, "read", staticmethod(read))
+    with pytest.raises(type(error)):
+        extract("video2d", clips, MeanColour2D(), workers=0)
