@@ -297,10 +297,11 @@ def face_tracks(
 ) -> Iterator[FaceTrack]:
     """A :class:`FaceTrack` per clip (columns of the manifest plus the probe's size/duration).
 
-    Clips that cannot be decoded or make MTCNN fail are recorded in ``ledger`` and skipped. A
-    clip without any face, or whose frames are all too small for MTCNN (:func:`too_small`; MTCNN
-    finds no face there either), is dropped under ``no_face="drop"`` and kept with
-    :func:`centre_box` under ``no_face="centre"``, each with its reason in ``ledger``.
+    Clips that cannot be decoded, change frame size midway or make MTCNN fail are recorded in
+    ``ledger`` and skipped. A clip without any face, or whose frames are too small for MTCNN
+    (:func:`too_small`; MTCNN finds no face there either), is dropped under ``no_face="drop"``
+    and kept with :func:`centre_box` under ``no_face="centre"``, each with its reason in
+    ``ledger``.
     """
     size = clips.set_index("sample_id")[["width", "height"]]
     results = detect_clips(mtcnn, clips, detect_every, batch_frames, workers)

@@ -250,3 +250,18 @@ def test_a_long_clip_goes_in_windows_with_the_same_tracks(caer, tmp_path, monkey
     assert max(decoded) == 5 and len(decoded) >= 4 and sum(decoded) == whole["examined"].sum()
     assert whole.loc[whole["examined"], "detected"].mean() > 0.9
     pd.testing.assert_frame_equal(windowed, whole)
+
+
+def test_a_clip_whose_frame_size_changes_midway_is_dropped(caer, monkeypatch):
+    clips, _ = caer
+    clip = clips.head(1)
+
+    def decode(path, times):  # the stream switches from 64x48 to 48x64 frames after 1 s
+        frames = np.zeros((len(times), 48, 64, 3), np.uint8)
+        return (frames if times[0] < 1 else frames.transpose(0, 2, 1, 3)), np.ones(len(times), bool)
+
+    monkeypatch.setattr(faces, "read_frames", decode)
+    ledger = FailureLedger("faces")
+    assert list(face_tracks(load_mtcnn(), clip, ledger, batch_frames=8, workers=0)) == []
+    reason = "frame size changes mid-clip: (48, 64, 3) then (64, 48, 3)"
+    assert ledger.rows == [(clip["sample_id"].iloc[0], "faces", reason, "dropped")]
