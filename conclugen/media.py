@@ -2,6 +2,11 @@
 
 torchvision 0.29 reads no video any more; PyAV decodes every container the datasets use (mp4/H.264,
 avi/MPEG-4 part 2, m4a/AAC, mp3) without a system FFmpeg.
+
+Frames come out as a player shows them: a phone clip's display rotation (its display matrix) is
+applied, so a portrait clip is portrait, and anamorphic video (sample aspect ratio != 1) is scaled
+horizontally to square pixels. :func:`probe` reports that displayed size, which is the size
+:func:`read_frames` returns. Interlaced video is not deinterlaced (each frame holds both fields).
 """
 
 from __future__ import annotations
@@ -14,8 +19,14 @@ import numpy as np
 
 #: Audio whose peak absolute amplitude stays below this (full scale = 1.0) counts as silent.
 SILENCE_PEAK = 1e-4
-#: A stream whose demuxed frames fall short of the header's count by more than this is truncated.
+#: A stream whose demuxed frames fall short of the header's count by more than this fraction
+#: and more than TRUNCATION_SLACK frames is truncated (AVI headers count a couple of frames that
+#: hold no picture: a one-frame AVI says 3).
 TRUNCATION_TOLERANCE = 0.1
+TRUNCATION_SLACK = 2
+#: Sample aspect ratios outside [1/MAX_SAR, MAX_SAR] are taken for broken headers and ignored (a
+#: real anamorphic format stays within 2:1; a bogus 255:1 would blow a frame up 255 times).
+MAX_SAR = 4
 
 
 class MediaError(Exception):
@@ -28,19 +39,52 @@ class MediaInfo:
 
     duration: float  # seconds, from the demuxed video packets
     fps: float
-    width: int
+    width: int  # displayed size: the size of the frames read_frames returns
     height: int
     frames: int  # demuxed video packets
     has_audio: bool
     audio_peak: float  # max |sample| over the whole track, 0 without audio
 
 
+@dataclass(frozen=True)
+class _Display:
+    """How a stream's decoded pictures are shown: scaled to square pixels, then turned upright.
+
+    Taken from a stream's first decoded frame and applied to all its frames, so every frame of
+    a clip has one size even if the coded size changes mid-stream.
+    """
+
+    width: int  # after scaling to square pixels, before the turn
+    height: int
+    turns: int  # quarter turns counterclockwise (np.rot90's k)
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame, stream) -> _Display:
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        width = frame.width
+        if sar and 1 / MAX_SAR <= sar <= MAX_SAR:
+            width = max(1, round(frame.width * sar))
+        # frame.rotation: the display matrix's counterclockwise angle, 0 without one.
+        return cls(width, frame.height, round((frame.rotation or 0) / 90) % 4)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as displayed."""
+        return (self.height, self.width) if self.turns % 2 else (self.width, self.height)
+
+    def rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        """``frame`` as displayed: [H, W, 3] uint8 RGB (a view when turned)."""
+        rgb = frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        return np.rot90(rgb, self.turns)
+
+
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Check that ``path`` is a usable video and measure it, or raise :class:`MediaError`.
 
-    Demuxes every packet (cheap: nothing is decoded) to catch truncated files whose header
-    promises more frames than the file holds, decodes the first video frame, and decodes the
-    audio track to find silent audio.
+    Demuxes and decodes every video packet, so damaged video is rejected here rather than
+    decoded into garbage later: a truncated file whose header promises more frames than it
+    holds, packets the decoder refuses, frames it could only patch up (flagged corrupt: error
+    concealment). Then decodes the audio track to find silent audio.
     """
     if not os.path.exists(path):
         raise MediaError("file missing")
@@ -56,34 +100,34 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         video = container.streams.video[0]
         fps = float(video.average_rate or video.guessed_rate or 0)
         header_frames = video.frames
-        first_pts = last_pts = None
-        frames = 0
+        first_pts = last_pts = display = None
+        frames = decoded = corrupt = 0
         try:
             for packet in container.demux(video):
-                if packet.size == 0 or packet.pts is None:
-                    continue
-                frames += 1
-                first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
-                last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
+                if packet.size and packet.pts is not None:
+                    frames += 1
+                    first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+                    last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
+                for frame in packet.decode():  # the final empty packet flushes the decoder
+                    decoded += 1
+                    corrupt += frame.is_corrupt
+                    display = display or _Display.of(frame, video)
         except av.FFmpegError as e:
-            raise MediaError(f"corrupt video stream after {frames} frames: {e}") from None
+            raise MediaError(
+                f"corrupt video stream at packet {frames} ({decoded} frames decoded): {e}"
+            ) from None
         if frames == 0:
             raise MediaError("no video frames")
-        if header_frames and frames < (1 - TRUNCATION_TOLERANCE) * header_frames:
+        missing = header_frames - frames if header_frames else 0
+        if missing > max(TRUNCATION_SLACK, TRUNCATION_TOLERANCE * header_frames):
             raise MediaError(f"truncated: {frames} of {header_frames} frames present")
+        if display is None:
+            raise MediaError(f"video frames not decodable: none of {frames} packets gave a frame")
+        if corrupt:
+            raise MediaError(f"corrupt video stream: {corrupt} of {decoded} frames damaged")
         duration = float((last_pts - first_pts) * video.time_base) + (1 / fps if fps else 0)
-        width, height = video.codec_context.width, video.codec_context.height
-    _first_frame(path)
     has_audio, peak = audio_peak(path)
-    return MediaInfo(duration, fps, width, height, frames, has_audio, peak)
-
-
-def _first_frame(path) -> None:
-    try:
-        with av.open(str(path)) as container:
-            next(container.decode(video=0))
-    except (av.FFmpegError, StopIteration) as e:
-        raise MediaError(f"video frames not decodable: {e or 'no frame'}") from None
+    return MediaInfo(duration, fps, *display.size, frames, has_audio, peak)
 
 
 def audio_peak(path) -> tuple[bool, float]:
@@ -118,47 +162,61 @@ def sample_times(start: float, end: float, fps: float) -> np.ndarray:
 
 
 def read_frames(path: str | os.PathLike, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the frames on screen at ``times`` (seconds): ``(frames [T, H, W, 3] uint8, found)``.
+    """Decode the frames on screen at ``times`` (seconds, ascending): ``(frames, found)``.
 
-    Time ``t`` gets the last frame whose timestamp is <= ``t``, as a player shows it, so the 1 fps
-    samples of a clip are a subset of its 16 fps samples. ``found[i]`` is False where the video
-    ended before ``times[i]`` (that slot repeats the last frame). Decoding starts at the keyframe
-    before ``times[0]``, so a segment deep inside a long video costs only its own frames, and only
-    the frames picked are converted to RGB (at 1 fps from a 25 fps video, 1 frame in 25).
+    ``frames`` is [T, H, W, 3] uint8 RGB, upright and with square pixels (see the module
+    docstring); H and W are :func:`probe`'s height and width. Times count from the file's start
+    as a player counts them (:func:`_origin`). Time ``t`` gets the last frame whose timestamp is
+    <= ``t``, as a player shows it, so the 1 fps samples of a clip are a subset of its 16 fps
+    samples; times before the first frame get the first frame. ``found[i]`` is False where the
+    video ended before ``times[i]`` (that slot repeats the last frame). Decoding starts at the
+    keyframe before ``times[0]``, so a segment deep inside a long video costs only its own
+    frames, and only the frames picked are converted to RGB (at 1 fps from a 25 fps video, 1
+    frame in 25), each straight into the output array: besides it, only the frame on screen is
+    held.
     """
     times = np.asarray(times, dtype=np.float64)
-    picked: list[np.ndarray] = []
+    out = None
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            origin = _origin(container)
             if times[0] > 1.0:
-                container.seek(int(times[0] / stream.time_base), stream=stream, backward=True)
-            shown, shown_t, step = None, -np.inf, 0.0
+                target = int((times[0] + origin) / stream.time_base)
+                container.seek(target, stream=stream, backward=True)
+            shown = shown_rgb = None
+            rate = stream.average_rate or stream.guessed_rate
+            step = 1 / float(rate) if rate else 0.0  # frame spacing; measured once two are seen
+            shown_t, n = -np.inf, 0  # n: times filled so far
             for frame in container.decode(stream):
-                t = float(frame.time if frame.time is not None else 0.0)
-                step = t - shown_t if shown is not None else step
-                while len(picked) < len(times) and times[len(picked)] < t - 1e-6:
-                    picked.append(shown)  # None only before the first frame: fixed below
-                if len(picked) == len(times):
+                t = float(frame.time - origin if frame.time is not None else 0.0)
+                if shown is None:  # the first frame also stands for the times before it
+                    display = _Display.of(frame, stream)
+                    width, height = display.size
+                    out = np.empty((len(times), height, width, 3), np.uint8)
+                    shown, shown_t = frame, t
+                else:
+                    step = t - shown_t
+                upto = max(n, int(np.searchsorted(times, t - 1e-6)))  # times before frame
+                if upto > n:
+                    if shown_rgb is None:
+                        shown_rgb = display.rgb(shown)
+                    out[n:upto] = shown_rgb
+                    n = upto
+                if n == len(times):
                     break
-                shown, shown_t = frame, t
+                if frame is not shown:
+                    shown, shown_t, shown_rgb = frame, t, None
             if shown is None:
                 raise MediaError("no video frames")
-            n_decoded = len(picked)
             found = np.ones(len(times), dtype=bool)
-            found[n_decoded:] = times[n_decoded:] < shown_t + max(step, 1e-3)
-            picked += [shown] * (len(times) - n_decoded)
-            first = next(f for f in picked if f is not None)
-            rgb = {}  # a frame shown at several times is converted once
-            for f in picked:
-                f = first if f is None else f
-                if id(f) not in rgb:
-                    rgb[id(f)] = f.to_ndarray(format="rgb24")
-            frames = np.stack([rgb[id(first if f is None else f)] for f in picked])
+            found[n:] = times[n:] < shown_t + max(step, 1e-3)
+            if n < len(times):
+                out[n:] = display.rgb(shown) if shown_rgb is None else shown_rgb
     except (av.FFmpegError, IndexError) as e:
         raise MediaError(f"video not decodable: {e}") from None
-    return frames, found
+    return out, found
 
 
 def read_audio(
@@ -166,22 +224,57 @@ def read_audio(
 ) -> np.ndarray:
     """The first audio track as float32 mono at ``sample_rate`` between ``start`` and ``end``.
 
-    Raises :class:`MediaError` when there is no audio track.
+    Times are seconds on the file's timeline, as for :func:`read_frames`. A segment starting
+    before 0 (CMU-MOSEI has such labels) is read from 0; one ending past the track ends with it.
+    Channels are mixed down by FFmpeg's default matrix, normalised so that the mix never exceeds
+    full scale (what ``ffmpeg -ac 1`` to 16-bit does, as in Whisper's own loader); samples are
+    16-bit precise. A track whose sample rate or layout changes midway (concatenated streams) is
+    read whole. Decoding stops once ``end`` is reached. Raises :class:`MediaError` when there is
+    no audio track or it cannot be decoded.
     """
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    chunks = []
+    chunks, have = [], 0
+    resampler = setup = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise MediaError("no audio stream")
-            for frame in container.decode(audio=0):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+            stream = container.streams.audio[0]
+            offset = 0.0  # when the track's first sample plays
+            if stream.start_time is not None:
+                offset = float(stream.start_time * stream.time_base) - _origin(container)
+            first = max(0, int(round((start - offset) * sample_rate)))
+            last = None if end is None else max(first, int(round((end - offset) * sample_rate)))
+            for frame in container.decode(stream):
+                if (frame.format.name, frame.layout.name, frame.sample_rate) != setup:
+                    # A resampler takes one input format: flush it and start a fresh one.
+                    chunks += _resampled(resampler, None)
+                    setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+                    # s16 output makes FFmpeg normalise its downmix matrix (float output would
+                    # not, and six equal channels would mix to 3.4 times full scale).
+                    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+                new = _resampled(resampler, frame)
+                chunks += new
+                have += sum(len(c) for c in new)
+                if last is not None and have >= last:
+                    break
+            else:
+                chunks += _resampled(resampler, None)
     except av.FFmpegError as e:
         raise MediaError(f"audio not decodable: {e}") from None
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    first = int(round(start * sample_rate))
-    last = None if end is None else int(round(end * sample_rate))
-    return np.ascontiguousarray(audio[first:last], dtype=np.float32)
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    return audio[first:last].astype(np.float32) / 32768
+
+
+def _origin(container) -> float:
+    """Time 0 of a file in its streams' timestamps: the earliest stream start, as players count.
+
+    0 for mp4 and avi; MPEG-PS and MPEG-TS timestamps start anywhere (0.5 s, 1.4 s, ...)."""
+    start = container.start_time  # microseconds (AV_TIME_BASE)
+    return start / 1e6 if start is not None else 0.0
+
+
+def _resampled(resampler, frame) -> list[np.ndarray]:
+    """The mono samples ``resampler`` gives for ``frame`` (None: flush; no resampler: none)."""
+    if resampler is None:
+        return []
+    return [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]

@@ -75,3 +75,14 @@ def test_probe_measures_and_rejects(ramp, tmp_path):
     noise.write_bytes(np.random.default_rng(0).bytes(5000))
     with pytest.raises(MediaError, match="unreadable container"):
         probe(noise)
+
+
+def test_audio_segment_clamped_to_the_track(ramp):
+    """CMU-MOSEI labels may start before 0 or end past the file."""
+    whole = read_audio(ramp)
+    early = read_audio(ramp, start=-0.3, end=0.5)
+    np.testing.assert_array_equal(early, whole[:8000])
+    late = read_audio(ramp, start=1.5, end=3.0)
+    np.testing.assert_array_equal(late, whole[24000:])
+    assert abs(len(late) / 16000 - 0.5) < 0.05
+    assert len(read_audio(ramp, start=2.5, end=3.0)) == 0

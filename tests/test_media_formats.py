@@ -1,0 +1,294 @@
+"""Odd and hostile media: display rotation, anamorphic pixels, pixel formats, interlacing,
+variable frame rate, non-zero start timestamps, audio rates and channel counts, broken files."""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from conclugen.media import MediaError, probe, read_audio, read_frames, sample_times
+
+W, H = 64, 48
+
+
+def ffmpeg(*args, stdin: bytes | None = None) -> bytes:
+    cmd = ["ffmpeg", "-y", "-loglevel", "error", *map(str, args)]
+    return subprocess.run(cmd, input=stdin, check=True, capture_output=True).stdout
+
+
+def raw_input(frames: np.ndarray, fps: int = 25) -> list:
+    """ffmpeg arguments reading ``frames`` ([T, H, W, 3] uint8) from stdin."""
+    t, h, w, _ = frames.shape
+    return ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", fps, "-i", "-"]
+
+
+def ramp(n: int = 50) -> np.ndarray:
+    """Frame k is flat grey at level 5k: a decoded frame tells which frame it is."""
+    return (np.arange(n, dtype=np.uint8) * 5)[:, None, None, None] * np.ones((1, H, W, 3), np.uint8)
+
+
+def frame_index(frames: np.ndarray) -> np.ndarray:
+    return np.round(frames[:, H // 2, W // 2, 0] / 5).astype(int)
+
+
+def marked(n: int = 10) -> np.ndarray:
+    """Grey frames with a red 16x16 block in the top-left corner: shows orientation and aspect."""
+    frames = np.full((n, H, W, 3), 128, np.uint8)
+    frames[:, :16, :16] = (255, 0, 0)
+    return frames
+
+
+def is_red(pixel) -> bool:
+    return pixel[0] > 200 and pixel[1] < 60 and pixel[2] < 60
+
+
+# ------------------------------------------------------------------------------------------------
+# Display rotation and anamorphic video
+
+
+@pytest.fixture(scope="module")
+def upright(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rotation") / "upright.mp4"
+    frames = marked()
+    ffmpeg(*raw_input(frames, 10), "-c:v", "libx264", "-qp", 0, "-pix_fmt", "yuv444p", path,
+           stdin=frames.tobytes())  # fmt: skip
+    return path
+
+
+def with_rotation(source, out, angle: int):
+    """A stream copy of ``source`` carrying a display rotation, as phones write them."""
+    try:  # FFmpeg >= 6
+        ffmpeg("-display_rotation", angle, "-i", source, "-c", "copy", out)
+    except subprocess.CalledProcessError:  # older FFmpeg turns the rotate tag into the matrix
+        ffmpeg("-i", source, "-c", "copy", "-metadata:s:v", f"rotate={angle}", out)
+
+
+@pytest.mark.parametrize("angle", [90, 180, 270])
+def test_rotated_clip_is_read_upright(upright, tmp_path, angle):
+    rotated = tmp_path / f"rotated {angle}.mp4"
+    with_rotation(upright, rotated, angle)
+    info = probe(rotated)
+    assert (info.width, info.height) == ((W, H) if angle == 180 else (H, W))
+    times = sample_times(0.0, 1.0, 10)
+    frames, found = read_frames(rotated, times)
+    assert frames.shape == (10, info.height, info.width, 3) and found.all()
+    # What FFmpeg's player path shows (it applies the display matrix by default).
+    shown = np.frombuffer(
+        ffmpeg("-i", rotated, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"), np.uint8
+    )
+    shown = shown.reshape(frames.shape)
+    assert np.abs(frames.astype(int) - shown).max() <= 3
+    # The very pixels of the upright source, turned (nothing resampled); the block has moved.
+    source, _ = read_frames(upright, times)
+    assert any(np.array_equal(frames, np.rot90(source, k, axes=(1, 2))) for k in (1, 2, 3))
+    assert not is_red(frames[0, 2, 2])
+
+
+@pytest.mark.parametrize(("sar", "width"), [("2", 2 * W), ("1/2", W // 2), ("100", W)])
+def test_anamorphic_video_is_scaled_to_square_pixels(tmp_path, sar, width):
+    """A sample aspect ratio stretches the width as a player does; an absurd one is ignored."""
+    path = tmp_path / "anamorphic.mp4"
+    frames = marked()
+    ffmpeg(*raw_input(frames, 10), "-vf", f"setsar={sar}", "-c:v", "libx264", "-qp", 0,
+           "-pix_fmt", "yuv444p", path, stdin=frames.tobytes())  # fmt: skip
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].sample_aspect_ratio == Fraction(sar)
+    info = probe(path)
+    assert (info.width, info.height) == (width, H)
+    decoded, _ = read_frames(path, sample_times(0.0, 1.0, 10))
+    assert decoded.shape == (10, H, width, 3)
+    block = 16 * width // W  # the 16-pixel block, as wide as the frame is scaled
+    assert is_red(decoded[0, 8, block - 3]) and not is_red(decoded[0, 8, block + 3])
+
+
+# ------------------------------------------------------------------------------------------------
+# Pixel formats, interlacing, containers with non-zero start timestamps
+
+FORMATS = {
+    "yuv420p10le": ("mp4", ["-c:v", "libx264", "-qp", 0, "-pix_fmt", "yuv420p10le"]),
+    "yuv422p10le": ("mp4", ["-c:v", "libx264", "-qp", 0, "-pix_fmt", "yuv422p10le"]),
+    "interlaced h264": (
+        "mp4", ["-c:v", "libx264", "-qp", 0, "-pix_fmt", "yuv420p", "-flags", "+ildct+ilme"],
+    ),
+    # MPEG-PS timestamps start near 0.5 s: times still count from the file's start.
+    "interlaced mpeg2 in mpeg-ps": (
+        "mpg", ["-c:v", "mpeg2video", "-q:v", 1, "-flags", "+ildct+ilme", "-pix_fmt", "yuv420p"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_pixel_formats_and_interlacing_decode_to_rgb(tmp_path, name):
+    ext, codec = FORMATS[name]
+    path = tmp_path / f"clip.{ext}"
+    ffmpeg(*raw_input(ramp()), *codec, path, stdin=ramp().tobytes())
+    with av.open(str(path)) as container:
+        first = next(container.decode(video=0))
+        assert first.format.name == codec[codec.index("-pix_fmt") + 1]
+        assert first.interlaced_frame == ("interlaced" in name)
+    info = probe(path)
+    assert (info.width, info.height, info.frames, round(info.fps)) == (W, H, 50, 25)
+    assert abs(info.duration - 2.0) < 0.05
+    times = sample_times(0.0, 2.0, 16)
+    frames, found = read_frames(path, times)
+    assert frames.shape == (32, H, W, 3) and frames.dtype == np.uint8 and found.all()
+    np.testing.assert_array_equal(frame_index(frames), np.floor(times * 25 + 1e-6).astype(int))
+
+
+def test_variable_frame_rate_picks_the_frame_on_screen(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    shown_at = np.array([0, 40, 80, 300, 340, 700, 1000, 1500, 1540]) / 1000
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for k, t in enumerate(shown_at):
+            frame = av.VideoFrame.from_ndarray(np.full((H, W, 3), 5 * k, np.uint8), "rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert probe(path).frames == len(shown_at)
+    times = sample_times(0.0, 1.6, 16)
+    frames, found = read_frames(path, times)
+    expected = np.searchsorted(shown_at, times + 1e-6, side="right") - 1
+    np.testing.assert_array_equal(frame_index(frames), expected)
+    assert found.all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Audio: sample rates, channel counts, codecs
+
+
+def tone_file(path, rate: int, channels: int, codec: str, seconds: float = 1.0):
+    """A 1 kHz tone at 0.875 of full scale, the same in every channel."""
+    pan = "|".join(f"c{i}=c0" for i in range(channels))
+    ffmpeg("-f", "lavfi", "-i", f"sine=f=1000:d={seconds}:r={rate}",
+           "-af", f"volume=7,pan={channels}c|{pan}", "-c:a", codec, path)  # fmt: skip
+
+
+AUDIO = [
+    (rate, ch, "pcm_s16le", "wav") for rate in (8000, 44100, 48000, 96000) for ch in (1, 2, 6, 8)
+]
+AUDIO += [(48000, 6, "aac", "m4a"), (44100, 2, "aac", "m4a"), (8000, 1, "aac", "m4a"),
+          (96000, 8, "aac", "m4a")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rate", "channels", "codec", "ext"), AUDIO)
+def test_audio_is_16k_mono_with_its_tone(tmp_path, rate, channels, codec, ext):
+    path = tmp_path / f"tone.{ext}"
+    tone_file(path, rate, channels, codec)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert (stream.sample_rate, stream.channels) == (rate, channels)
+    audio = read_audio(path)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) / 16000 - 1.0) < 0.05
+    spectrum = np.abs(np.fft.rfft(audio[:16000], n=16000))
+    assert abs(np.argmax(spectrum) - 1000) <= 2  # 1 Hz bins
+    # The downmix never exceeds full scale (unnormalised, 6 equal channels would give 3.4 x).
+    assert 0.5 < np.abs(audio).max() <= 1.0
+
+
+def test_audio_whose_sample_rate_changes_midway(tmp_path):
+    """Two ADTS streams at different rates, concatenated, read as one track."""
+    parts = []
+    for rate in (44100, 22050):
+        part = tmp_path / f"{rate}.aac"
+        tone_file(part, rate, 1, "aac")
+        parts.append(part.read_bytes())
+    path = tmp_path / "joined.aac"
+    path.write_bytes(b"".join(parts))
+    audio = read_audio(path)
+    assert abs(len(audio) / 16000 - 2.0) < 0.15  # raw ADTS keeps each part's priming and padding
+    assert abs(np.argmax(np.abs(np.fft.rfft(audio[-16000:]))) - 1000) <= 2
+
+
+def test_audio_starting_after_the_video_keeps_its_place(tmp_path):
+    """A track that starts 0.5 s into the file: times are the file's, so the gap stays out."""
+    path = tmp_path / "late audio.mp4"
+    ffmpeg("-f", "lavfi", "-i", f"testsrc=s={W}x{H}:d=2:r=25", "-itsoffset", 0.5, "-f", "lavfi",
+           "-i", "sine=f=1000:d=1.5", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+           path)  # fmt: skip
+    assert abs(len(read_audio(path, start=0.0, end=1.0)) / 16000 - 0.5) < 0.05
+    assert abs(len(read_audio(path, start=1.0, end=2.0)) / 16000 - 1.0) < 0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile files: probe gives a MediaError with a reason, or works
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """2 s of 320x240 test pattern with a tone: enough coded data to damage in the middle."""
+    path = tmp_path_factory.mktemp("hostile") / "clip.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:d=2:r=25", "-f", "lavfi", "-i", "sine=d=2",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", path)  # fmt: skip
+    return path
+
+
+def test_text_file_named_avi(tmp_path):
+    path = tmp_path / "notes.avi"
+    path.write_text("this is not a video\n" * 20)
+    with pytest.raises(MediaError, match="unreadable container"):
+        probe(path)
+
+
+@pytest.mark.parametrize("every", [1, 7])
+def test_bit_flipped_mp4(clip, tmp_path, every):
+    """Bytes flipped in the middle: every byte of a third (the decoder refuses a packet), or every
+    7th byte of 4 kB (the decoder patches the damaged frames up and flags them corrupt)."""
+    data = bytearray(clip.read_bytes())
+    third = len(data) // 3
+    for i in range(third, 2 * third if every == 1 else third + 4096, every):
+        data[i] ^= 0xFF
+    path = tmp_path / "flipped.mp4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(MediaError, match="corrupt video stream"):
+        probe(path)
+
+
+def test_audio_only_file(tmp_path):
+    path = tmp_path / "speech.m4a"
+    tone_file(path, 44100, 2, "aac")
+    with pytest.raises(MediaError, match="no video stream"):
+        probe(path)
+
+
+def test_video_only_file_is_kept_without_audio(tmp_path):
+    path = tmp_path / "silent film.mp4"
+    ffmpeg(*raw_input(ramp()), "-c:v", "libx264", "-pix_fmt", "yuv420p", path,
+           stdin=ramp().tobytes())  # fmt: skip
+    info = probe(path)
+    assert info.frames == 50 and not info.has_audio and info.audio_peak == 0.0
+    with pytest.raises(MediaError, match="no audio stream"):
+        read_audio(path)
+
+
+@pytest.mark.parametrize("codec", [("mp4", "libx264"), ("avi", "mpeg4")])
+def test_one_frame_clip(tmp_path, codec):
+    """A 1/25 s clip with sound; its AVI header counts 3 frames, which is no truncation."""
+    ext, encoder = codec
+    path = tmp_path / f"one.{ext}"
+    ffmpeg("-f", "lavfi", "-i", f"color=c=gray:s={W}x{H}:r=25", "-f", "lavfi", "-i", "sine",
+           "-t", 0.04, "-c:v", encoder, "-pix_fmt", "yuv420p", "-c:a", "aac", path)  # fmt: skip
+    info = probe(path)
+    assert info.frames == 1 and abs(info.duration - 0.04) < 1e-6 and info.has_audio
+    frames, found = read_frames(path, np.array([0.0, 0.02, 0.5]))
+    assert frames.shape == (3, H, W, 3)
+    np.testing.assert_array_equal(found, [True, True, False])  # it lasts 1/25 s
+
+
+def test_unicode_file_name_with_spaces(clip, tmp_path):
+    path = tmp_path / "Café déjà vu 日本語 clip.mp4"
+    path.write_bytes(clip.read_bytes())
+    info = probe(path)
+    assert (info.width, info.height, info.frames) == (320, 240, 50) and info.has_audio
+    frames, found = read_frames(path, sample_times(0.0, 2.0, 1))
+    assert frames.shape == (2, 240, 320, 3) and found.all()
+    assert abs(len(read_audio(path)) / 16000 - 2.0) < 0.05
