@@ -156,7 +156,7 @@ def bench_faces(clips: pd.DataFrame, device: str, batch_frames: int) -> None:
             _, probs, _ = detect(mtcnn, frame[None])
             found += int(np.isfinite(probs[0]))
     t_loop = time.perf_counter() - t0
-    found_batched = sum(int(np.isfinite(p).sum()) for _, _, p, _ in batched)
+    found_batched = sum(int(np.isfinite(c.detections()[2]).sum()) for c in batched)
     print(f"(a) MTCNN on {len(clips)} clips, {frames} frames at {FPS} fps ({device}):")
     print(f"    batched (detect_clips, batch_frames={batch_frames}): {frames / t_batch:7.1f} "
           f"frames/s  ({t_batch:.1f} s, faces on {found_batched} frames)")  # fmt: skip
