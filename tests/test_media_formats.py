@@ -161,6 +161,26 @@ def test_variable_frame_rate_picks_the_frame_on_screen(tmp_path):
     assert found.all()
 
 
+def test_frame_size_changing_midway_keeps_the_first_size(tmp_path):
+    """Two MPEG-TS files of different sizes, concatenated (as broadcast captures are)."""
+    parts = []
+    for size, colour, offset in (("64x48", "red", 0), ("32x24", "blue", 1)):
+        part = tmp_path / f"{size}.ts"
+        ffmpeg("-f", "lavfi", "-i", f"color=c={colour}:s={size}:d=1:r=25", "-c:v", "libx264",
+               "-pix_fmt", "yuv420p", "-output_ts_offset", offset, "-f", "mpegts",
+               part)  # fmt: skip
+        parts.append(part.read_bytes())
+    path = tmp_path / "joined.ts"
+    path.write_bytes(b"".join(parts))
+    with av.open(str(path)) as container:
+        assert {(f.width, f.height) for f in container.decode(video=0)} == {(64, 48), (32, 24)}
+    info = probe(path)
+    assert (info.width, info.height, info.frames) == (W, H, 50)
+    frames, found = read_frames(path, sample_times(0.0, 1.9, 4))
+    assert frames.shape == (7, H, W, 3) and found.all()
+    assert is_red(frames[0, H // 2, W // 2]) and frames[-1, H // 2, W // 2, 2] > 200  # blue
+
+
 # ------------------------------------------------------------------------------------------------
 # Audio: sample rates, channel counts, codecs
 
