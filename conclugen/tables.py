@@ -26,6 +26,14 @@ A cell is NaN where the paper prints no number (all of Table 4 in our copy) or w
 Numeric columns: for each value key ``k`` (a metric, or a dataset in Table 2) ``k`` (ours),
 ``k_std``, ``k_paper``, ``k_diff``, and the number of seeds (``n_seeds``, Table 2
 ``{dataset}_n_seeds``). :func:`write_table` renders them as markdown, CSV and LaTeX.
+
+Synthetic data: tables built with ``synthetic=True`` (the workflow passes config
+``lookalike.enabled``) carry :data:`SYNTHETIC` in every rendering, so demo numbers and their
+differences from the paper never read as a result: the first line of the markdown and of the
+HTML page, a comment line and a first table row in LaTeX, and in CSV a first column ``data``
+on every row (a ``#`` line would break readers that do not skip comments, and a column
+survives filtering and copying rows). :func:`headline` and :func:`retrieval_summary` take the
+same flag.
 """
 
 from __future__ import annotations
@@ -78,6 +86,11 @@ HEADERS = {
     "n_seeds": "Seeds",
 }
 NOTE = "Ours: mean ± std over seeds, in percent; Δ = ours − paper (percentage points)."
+SYNTHETIC = (
+    "Synthetic look-alike data (the embedded demo), not the real datasets: these numbers and "
+    "their differences from the paper are not results."
+)
+SYNTHETIC_SHORT = "synthetic look-alike data"  # the CSV column ``data`` and the LaTeX row
 
 
 def load_paper_results(path: str | os.PathLike) -> dict:
@@ -145,6 +158,10 @@ def _framed(rows: list[dict], caption: str) -> pd.DataFrame:
     return frame
 
 
+def _synthetic(frame: pd.DataFrame) -> bool:
+    return bool(frame.attrs.get("synthetic"))
+
+
 def table1(runs: pd.DataFrame | None, paper: dict) -> pd.DataFrame:
     """Table 1: the published CMU-MOSEI benchmarks and our ConCluGen (finetuned) accuracy."""
     summary = summarise_runs(runs)
@@ -204,10 +221,15 @@ def study_table(runs: pd.DataFrame | None, paper: dict, name: str) -> pd.DataFra
     return _framed(out, f"Table {name[-1]}. {spec['caption']} Linear evaluation.")
 
 
-def build_tables(runs: pd.DataFrame | None, paper: dict) -> dict[str, pd.DataFrame]:
-    """All five tables, keyed ``table1`` ... ``table5``."""
+def build_tables(
+    runs: pd.DataFrame | None, paper: dict, synthetic: bool = False
+) -> dict[str, pd.DataFrame]:
+    """All five tables, keyed ``table1`` ... ``table5``; ``synthetic`` (the runs are on the
+    look-alike data) is kept in each frame's ``attrs`` for the writers."""
     tables = {"table1": table1(runs, paper), "table2": table2(runs, paper)}
     tables |= {name: study_table(runs, paper, name) for name in STUDY_TABLES}
+    for frame in tables.values():
+        frame.attrs["synthetic"] = synthetic
     return tables
 
 
@@ -257,7 +279,8 @@ def _numeric_header(head: str) -> bool:
 
 
 def to_markdown(frame: pd.DataFrame, caption: str | None = None) -> str:
-    """A GitHub markdown table (numbers right-aligned), the caption below it."""
+    """A GitHub markdown table (numbers right-aligned), the caption below it; a synthetic
+    frame's first line is :data:`SYNTHETIC` in bold."""
     text = display_frame(frame)
 
     def line(cells) -> str:
@@ -267,7 +290,8 @@ def to_markdown(frame: pd.DataFrame, caption: str | None = None) -> str:
     lines = [line(text.columns), "|" + "|".join(align) + "|"]
     lines += [line(r) for r in text.itertuples(index=False)]
     caption = frame.attrs.get("caption", "") if caption is None else caption
-    return "\n".join(lines) + (f"\n\n{caption}\n" if caption else "\n")
+    head = f"**{SYNTHETIC}**\n\n" if _synthetic(frame) else ""
+    return head + "\n".join(lines) + (f"\n\n{caption}\n" if caption else "\n")
 
 
 _TEX_SPECIAL = {
@@ -291,7 +315,8 @@ def tex_escape(text: str) -> str:
 
 
 def to_latex(frame: pd.DataFrame, caption: str | None = None) -> str:
-    """A plain LaTeX ``tabular`` (no packages needed); the caption as a comment above it."""
+    """A plain LaTeX ``tabular`` (no packages needed); the caption as a comment above it. A
+    synthetic frame starts with :data:`SYNTHETIC` as a comment and its first row says so."""
     text = display_frame(frame)
     spec = "".join("r" if _numeric_header(h) else "l" for h in text.columns)
 
@@ -299,22 +324,37 @@ def to_latex(frame: pd.DataFrame, caption: str | None = None) -> str:
         return " & ".join(tex_escape(c) for c in cells) + r" \\"
 
     caption = frame.attrs.get("caption", "") if caption is None else caption
-    lines = [f"% {tex_escape(' '.join(caption.split()))}"] if caption else []
-    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\hline", line(text.columns), r"\hline"]
+    lines = [f"% {tex_escape(SYNTHETIC)}"] if _synthetic(frame) else []
+    lines += [f"% {tex_escape(' '.join(caption.split()))}"] if caption else []
+    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\hline"]
+    if _synthetic(frame):
+        mark = tex_escape(SYNTHETIC_SHORT[0].upper() + SYNTHETIC_SHORT[1:])
+        lines += [rf"\multicolumn{{{len(spec)}}}{{l}}{{\textbf{{{mark}}}}} \\", r"\hline"]
+    lines += [line(text.columns), r"\hline"]
     lines += [line(r) for r in text.itertuples(index=False)]
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
+def csv_frame(frame: pd.DataFrame, synthetic: bool) -> pd.DataFrame:
+    """``frame`` as its CSV holds it: synthetic data gets a first column ``data`` that says so."""
+    if not synthetic:
+        return frame
+    marked = frame.copy()
+    marked.insert(0, "data", SYNTHETIC_SHORT)
+    return marked
+
+
 def write_table(frame: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
-    """Write ``{stem}.md``, ``{stem}.csv`` (the numbers, empty cells for NaN) and ``{stem}.tex``,
-    each atomically; return their paths."""
+    """Write ``{stem}.md``, ``{stem}.csv`` (the numbers, empty cells for NaN; a synthetic
+    frame's first column ``data`` says ``synthetic look-alike data``) and ``{stem}.tex``, each
+    atomically; return their paths."""
     paths = [Path(f"{os.fspath(stem)}{ext}") for ext in (".md", ".csv", ".tex")]
     md, csv, tex = paths
     with atomic_path(md) as tmp:
         tmp.write_text(to_markdown(frame), encoding="utf-8")
     with atomic_path(csv) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.10g")
+        csv_frame(frame, _synthetic(frame)).to_csv(tmp, index=False, float_format="%.10g")
     with atomic_path(tex) as tmp:
         tmp.write_text(to_latex(frame), encoding="utf-8")
     return paths
@@ -335,8 +375,11 @@ def collect_runs(cell_dirs: list[str | os.PathLike]) -> pd.DataFrame:
 
 
 def to_html(tables: dict[str, pd.DataFrame], paper: dict) -> str:
-    """All tables on one page, each under its number and the paper's caption (for the report)."""
+    """All tables on one page, each under its number and the paper's caption (for the report);
+    :data:`SYNTHETIC` first when the tables are synthetic."""
     parts = [f"<p>{NOTE}</p>"]
+    if any(_synthetic(frame) for frame in tables.values()):
+        parts.insert(0, f"<p><strong>{SYNTHETIC}</strong></p>")
     for name, frame in tables.items():
         caption = frame.attrs.get("caption") or paper.get(name, {}).get("caption", "")
         parts.append(f"<h2>Table {name.removeprefix('table')}</h2><p>{caption}</p>")
@@ -344,13 +387,14 @@ def to_html(tables: dict[str, pd.DataFrame], paper: dict) -> str:
     return "<html><body>\n" + "\n".join(parts) + "\n</body></html>\n"
 
 
-def headline(runs: pd.DataFrame, chance: dict[str, float]) -> str:
+def headline(runs: pd.DataFrame, chance: dict[str, float], synthetic: bool = False) -> str:
     """Markdown lines: ConCluGen's linear-evaluation accuracy per dataset against chance, here
     the accuracy of always guessing the train split's majority (:func:`majority_accuracy`; for
     single-label data, the test share of the train split's largest class): what the demo
-    prints."""
-    lines = ["| dataset | ConCluGen linear eval. accuracy (%) | seeds | majority guess (%) |",
-             "|---|---|---|---|"]  # fmt: skip
+    prints. ``synthetic``: :data:`SYNTHETIC` comes first."""
+    lines = [f"**{SYNTHETIC}**", ""] if synthetic else []
+    lines += ["| dataset | ConCluGen linear eval. accuracy (%) | seeds | majority guess (%) |",
+              "|---|---|---|---|"]  # fmt: skip
     sel = runs[(runs["method"] == "conclugen") & (runs["protocol"] == "linear")]
     for dataset, group in sel.groupby("dataset"):
         acc = group["accuracy"] * 100
@@ -362,12 +406,14 @@ def headline(runs: pd.DataFrame, chance: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def retrieval_summary(reports: dict[str, dict]) -> str:
+def retrieval_summary(reports: dict[str, dict], synthetic: bool = False) -> str:
     """Markdown lines: each method's held-out cross-modal recall@1 at initialisation and after
     pretraining (``{method: retrieval.json}``, :func:`conclugen.pretrain.pretrain`), against
-    chance (one over the held-out clips): what the demo prints after the headline."""
-    lines = ["| method | retrieval | recall@1 at init | recall@1 pretrained | chance | clips |",
-             "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    chance (one over the held-out clips): what the demo prints after the headline.
+    ``synthetic``: :data:`SYNTHETIC` comes first."""
+    lines = [f"**{SYNTHETIC}**", ""] if synthetic else []
+    lines += ["| method | retrieval | recall@1 at init | recall@1 pretrained | chance | clips |",
+              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for method, report in reports.items():
         for pair, r in report.items():
             lines.append(

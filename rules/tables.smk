@@ -26,6 +26,9 @@ rule tables:
     resources:
         mem_mb=2000,
         runtime=growing_runtime(10),
+    params:
+        # demo: every table says "synthetic look-alike data"; toggling it rewrites them
+        synthetic=LOOKALIKE["enabled"],
     script:
         "../workflow/scripts/tables.py"
 

@@ -219,3 +219,72 @@ def test_retrieval_summary_lists_every_method_and_pair():
         "| multicont_wo_audio | video->text | 0.00 | 0.25 | 0.050 | 20 |",
     ]
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+
+
+def _outputs(runs, tmp_path, synthetic):
+    """Every file the tables rule writes from tables code, as text, keyed by name."""
+    built = tables.build_tables(runs, PAPER, synthetic=synthetic)
+    texts = {}
+    for name, frame in built.items():
+        for path in tables.write_table(frame, tmp_path / name):
+            texts[path.name] = path.read_text(encoding="utf-8")
+    texts["tables.html"] = tables.to_html(built, PAPER)
+    texts["headline.md"] = tables.headline(runs, {"caer": 0.25}, synthetic=synthetic)
+    reports = {
+        "conclugen": {"video->text": {"init": 0.1, "pretrained": 0.4, "chance": 0.05, "n": 20}}
+    }
+    texts["retrieval.md"] = tables.retrieval_summary(reports, synthetic=synthetic)
+    return texts
+
+
+def test_synthetic_outputs_say_so_and_real_ones_do_not(runs, tmp_path):
+    marked = _outputs(runs, tmp_path / "demo", synthetic=True)
+    plain = _outputs(runs, tmp_path / "real", synthetic=False)
+    assert len(marked) == 5 * 3 + 3
+    for name, text in marked.items():
+        assert "synthetic look-alike data" in text.lower(), name
+        assert "synthetic" not in plain[name].lower(), name
+    # The mark is what a reader meets first: the first line of markdown, LaTeX and the page.
+    for name in ("table5.md", "headline.md", "retrieval.md", "table5.tex"):
+        assert "Synthetic look-alike data" in marked[name].splitlines()[0], name
+    assert marked["tables.html"].index("Synthetic") < marked["tables.html"].index("<table")
+    # Below the mark the markdown tables are the unmarked ones.
+    assert marked["headline.md"].splitlines()[2:] == plain["headline.md"].splitlines()
+    assert marked["table5.md"].endswith(plain["table5.md"])
+    # LaTeX: the mark is also the tabular's first row, so a compiled table shows it.
+    tex = marked["table5.tex"]
+    assert r"\multicolumn{" in tex and tex.count(r"\\") == plain["table5.tex"].count(r"\\") + 1
+
+
+def test_synthetic_csv_stays_parseable_with_a_data_column(runs, tmp_path):
+    built = tables.build_tables(runs, PAPER, synthetic=True)
+    _, csv, _ = tables.write_table(built["table2"], tmp_path / "table2")
+    back = pd.read_csv(csv)
+    assert back.columns[0] == "data" and (back["data"] == "synthetic look-alike data").all()
+    assert back.columns[1:].tolist() == built["table2"].columns.tolist()
+    assert back.set_index("id").loc["conclugen/linear", "mosei"] == pytest.approx(60.0)
+    assert tables.csv_frame(runs, synthetic=False) is runs
+
+
+@pytest.mark.parametrize("name", ["workflow.rst", "tables.rst", "confusion.rst", "embedding.rst"])
+def test_report_text_marks_the_demo_only(name):
+    """The report's front page and result captions, rendered as Snakemake renders them (Jinja
+    with its settings, then docutils), say "synthetic" exactly when the look-alikes are on."""
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+
+    source = (ROOT / "workflow" / "report" / name).read_text()
+    env = Environment(trim_blocks=True, lstrip_blocks=True)
+
+    class Snakemake:
+        def __init__(self, enabled):
+            self.config = {"lookalike": {"enabled": enabled}, "downstream": {"seeds": [0, 1]}}
+
+    html = {
+        enabled: publish_parts(
+            env.from_string(source).render(snakemake=Snakemake(enabled)), writer="html"
+        )["html_body"]
+        for enabled in (True, False)
+    }
+    assert "<strong>Synthetic look-alike data</strong>" in html[True]
+    assert "ynthetic" not in html[False]

@@ -1,5 +1,7 @@
 """Rule tables: Tables 1-5 (md, csv, tex), one HTML page of them, the headline figures and the
-pretrained methods' cross-modal retrieval."""
+pretrained methods' cross-modal retrieval. With ``params.synthetic`` (config
+``lookalike.enabled``) every output says it comes from synthetic look-alike data
+(:data:`conclugen.tables.SYNTHETIC`)."""
 
 import json
 from pathlib import Path
@@ -13,28 +15,29 @@ from conclugen.logs import logged
 with logged(snakemake.log[0]) as log:
     runs = tables.collect_runs(snakemake.input.runs)
     paper = tables.load_paper_results(snakemake.input.paper)
-    built = tables.build_tables(runs, paper)
+    synthetic = bool(snakemake.params.synthetic)
+    built = tables.build_tables(runs, paper, synthetic=synthetic)
     out = Path(snakemake.output.html).parent
     for name, frame in built.items():
         tables.write_table(frame, out / name)
     with atomic_path(snakemake.output.html) as tmp:
         tmp.write_text(tables.to_html(built, paper), encoding="utf-8")
     with atomic_path(snakemake.output.runs) as tmp:
-        runs.to_csv(tmp, index=False)
+        tables.csv_frame(runs, synthetic).to_csv(tmp, index=False)
     chance = {}
     for cell in snakemake.input.runs:
         cell = Path(cell)
         if cell.name == "conclugen":
             predictions = pd.read_parquet(cell / "linear" / "seed0" / "predictions.parquet")
             chance[cell.parent.name] = tables.majority_accuracy(predictions)
-    summary = tables.headline(runs, chance)
+    summary = tables.headline(runs, chance, synthetic=synthetic)
     with atomic_path(snakemake.output.headline) as tmp:
         tmp.write_text(summary)
     log.info("%d runs, %d tables; ConCluGen against chance:\n%s", len(runs), len(built), summary)
     reports = {
         Path(r).parent.name: json.loads(Path(r).read_text()) for r in snakemake.input.retrieval
     }
-    retrieval = tables.retrieval_summary(reports)
+    retrieval = tables.retrieval_summary(reports, synthetic=synthetic)
     with atomic_path(snakemake.output.retrieval) as tmp:
         tmp.write_text(retrieval)
     log.info("held-out cross-modal retrieval of the pretrained methods:\n%s", retrieval)
