@@ -24,6 +24,9 @@ SILENCE_PEAK = 1e-4
 #: hold no picture: a one-frame AVI says 3).
 TRUNCATION_TOLERANCE = 0.1
 TRUNCATION_SLACK = 2
+#: A video whose decoder had to patch up (conceal) more than this fraction of the frames is
+#: unusable; fewer damaged frames are a defect worth recording, not a reason to lose the clip.
+DAMAGED_TOLERANCE = 0.1
 #: Sample aspect ratios outside [1/MAX_SAR, MAX_SAR] are taken for broken headers and ignored (a
 #: real anamorphic format stays within 2:1; a bogus 255:1 would blow a frame up 255 times).
 MAX_SAR = 4
@@ -44,6 +47,7 @@ class MediaInfo:
     frames: int  # demuxed video packets
     has_audio: bool
     audio_peak: float  # max |sample| over the whole track, 0 without audio
+    damaged: int = 0  # decoded frames the decoder could only patch up (error concealment)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,9 @@ def probe(path: str | os.PathLike) -> MediaInfo:
 
     Demuxes and decodes every video packet, so damaged video is rejected here rather than
     decoded into garbage later: a truncated file whose header promises more frames than it
-    holds, packets the decoder refuses, frames it could only patch up (flagged corrupt: error
-    concealment). Then decodes the audio track to find silent audio.
+    holds, packets the decoder refuses, more than ``DAMAGED_TOLERANCE`` of the frames patched up
+    by the decoder (flagged corrupt: error concealment; fewer are counted in ``damaged``). Then
+    decodes the audio track to find silent audio.
     """
     if not os.path.exists(path):
         raise MediaError("file missing")
@@ -123,11 +128,11 @@ def probe(path: str | os.PathLike) -> MediaInfo:
             raise MediaError(f"truncated: {frames} of {header_frames} frames present")
         if display is None:
             raise MediaError(f"video frames not decodable: none of {frames} packets gave a frame")
-        if corrupt:
+        if corrupt > DAMAGED_TOLERANCE * decoded:
             raise MediaError(f"corrupt video stream: {corrupt} of {decoded} frames damaged")
         duration = float((last_pts - first_pts) * video.time_base) + (1 / fps if fps else 0)
     has_audio, peak = audio_peak(path)
-    return MediaInfo(duration, fps, *display.size, frames, has_audio, peak)
+    return MediaInfo(duration, fps, *display.size, frames, has_audio, peak, corrupt)
 
 
 def audio_peak(path) -> tuple[bool, float]:

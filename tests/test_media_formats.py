@@ -10,7 +10,15 @@ import av
 import numpy as np
 import pytest
 
-from conclugen.media import MediaError, probe, read_audio, read_frames, sample_times
+from conclugen.media import (
+    DAMAGED_TOLERANCE,
+    MediaError,
+    probe,
+    read_audio,
+    read_frames,
+    sample_times,
+)
+from tests.hostile_media import face_clip
 
 W, H = 64, 48
 
@@ -312,3 +320,14 @@ def test_unicode_file_name_with_spaces(clip, tmp_path):
     frames, found = read_frames(path, sample_times(0.0, 2.0, 1))
     assert frames.shape == (2, 240, 320, 3) and found.all()
     assert abs(len(read_audio(path)) / 16000 - 2.0) < 0.05
+
+
+def test_a_few_damaged_frames_are_counted_not_fatal(tmp_path):
+    """Flipped bytes inside one MPEG-4 frame: the decoder conceals it, the clip stays usable."""
+    data = bytearray(face_clip(tmp_path / "whole.avi").read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 4096, 7):
+        data[i] ^= 0xFF
+    path = tmp_path / "damaged.avi"
+    path.write_bytes(bytes(data))
+    info = probe(path)
+    assert 0 < info.damaged <= DAMAGED_TOLERANCE * info.frames

@@ -2,8 +2,9 @@
 
 Per (dataset, shard) it writes ``results/{dataset}/probe/{shard}.parquet`` (the usable samples
 with duration, fps, size and audio facts) and a failure ledger: files that cannot be decoded
-(empty, truncated, corrupt, no video) are dropped; a missing or silent audio track is recorded but
-the sample is kept, because its video (and text) still serve.
+(empty, truncated, corrupt, no video) are dropped; a missing or silent audio track, and a few
+damaged video frames, are recorded but the sample is kept, because its video (and text) still
+serve.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def probe_shard(
                 sample_id, f"segment ends at {end:.2f} s, video lasts {info.duration:.2f} s"
             )
             continue
+        if info.damaged:
+            ledger.keep(sample_id, f"{info.damaged} of {info.frames} video frames damaged")
         has_audio, peak = info.has_audio, info.audio_peak
         if isinstance(rec.get("audio"), str):  # NaN where the video carries the audio
             audio = _cached(audio_infos, rec["audio"], audio_only=True)
