@@ -11,11 +11,13 @@ CORES ?= 2
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# The demo's look-alikes (espeak-ng, ffmpeg) and the tests (ffmpeg) need Debian packages; the
+# pipeline on real data needs neither them nor root (`pip install -r requirements.txt`, README).
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v ffmpeg >/dev/null && command -v espeak-ng >/dev/null || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg espeak-ng; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
