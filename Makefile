@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: setup slurm demo test lint clean-demo
+.PHONY: setup slurm demo weights test lint clean-demo
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ demo: setup
 	@echo "Tables 1-5: results/tables/table{1..5}.{md,csv,tex}; report: results/report.html;" \
 		"pretrained models: results/pretrain/<method>/; downstream runs:" \
 		"results/downstream/<dataset>/<method>/; logs: results/logs/."
+
+# Every configured weight into the caches the jobs read (rules/weights.smk), on a machine with
+# internet: `make weights`, or `make weights CONFIG='config/config.yaml my_paths.yaml'`.
+weights: setup
+	env -u HF_HUB_OFFLINE -u TRANSFORMERS_OFFLINE -u HF_DATASETS_OFFLINE $(BIN)/snakemake \
+		--cores 1 weights $(if $(CONFIG),--configfile $(CONFIG))
 
 # The tests start a one-node SLURM cluster (tests/slurm_cluster.py) from Debian's packages.
 slurm:

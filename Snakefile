@@ -1,6 +1,7 @@
 # ConCluGen reproduction: download -> manifest -> probe -> ... -> tables.
 # `snakemake --profile slurm all` runs the paper config (config/config.yaml);
 # `snakemake --configfile config/demo.yaml ...` runs the embedded demo instead (not merged).
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 
 from conclugen.config import ConfigError, load_checked
+from conclugen.weights import OFFLINE_ENV
 
 if not workflow.overwrite_configfiles:
 
@@ -24,12 +26,18 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
+# Every job reads weights from the caches only, with the hubs offline (set after the config
+# check, which looks into the caches only when the user set HF_HUB_OFFLINE): `make weights`
+# fills them beforehand (rules/weights.smk, conclugen.weights).
+os.environ.update(OFFLINE_ENV)
+
 
 report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"
 include: "rules/download.smk"
+include: "rules/weights.smk"
 include: "rules/manifest.smk"
 include: "rules/faces.smk"
 include: "rules/subtitles.smk"

@@ -132,14 +132,21 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
 
 
 def load_checked(config: dict[str, Any], schema_path: str | os.PathLike) -> dict[str, Any]:
-    """Schema validation, then consistency and existence of every user-supplied path; raise
-    ConfigError."""
+    """Schema validation, then consistency, the weights (:func:`conclugen.weights.spec_problems`)
+    and existence of every user-supplied path (offline, of hub weights in their caches too:
+    :func:`conclugen.weights.uncached_weights`); raise ConfigError."""
+    from conclugen.weights import spec_problems, uncached_weights
+
     validate(config, schema_path)
     problems = inconsistencies(config)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"inconsistent config:\n{lines}")
-    problems = missing_paths(config)
+    problems = spec_problems(config)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"config names weights that cannot be loaded:\n{lines}")
+    problems = missing_paths(config) + uncached_weights(config)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"config names paths that do not exist:\n{lines}")
