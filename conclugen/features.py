@@ -390,18 +390,18 @@ def spectrogram(audio: np.ndarray, filters: torch.Tensor, chunk: int = 4096) -> 
     frames at a time: the complex STFT of 20 minutes whole would take ~1 GB, its mel rows 61 MB.
     """
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    n, pad = len(x), N_FFT // 2
+    n, pad, frames = len(x), N_FFT // 2, 1 + len(x) // HOP
     window = torch.hann_window(N_FFT)
-    parts = []
-    for first in range(0, 1 + n // HOP, chunk):
-        end = min(first + chunk, 1 + n // HOP)
+    mel = torch.empty(filters.shape[0], frames)
+    for first in range(0, frames, chunk):
+        end = min(first + chunk, frames)
         # Samples of the reflect-padded signal that frames first..end-1 cover.
         index = (torch.arange(first * HOP, (end - 1) * HOP + N_FFT) - pad).abs()
         index = torch.where(index >= n, 2 * n - 2 - index, index)
         stft = torch.stft(x[index], N_FFT, HOP, window=window, center=False, return_complex=True)
-        parts.append(filters @ stft.abs().pow(2))
-    mel = torch.cat(parts, 1)
-    return (mel - mel.min()) / (mel.max() - mel.min() + 1e-8)
+        torch.matmul(filters, stft.abs().pow_(2), out=mel[:, first:end])
+    low, high = mel.min(), mel.max()
+    return mel.sub_(low).div_(high - low + 1e-8)
 
 
 class AudioClips(torch.utils.data.Dataset):
@@ -618,10 +618,12 @@ class AudioRunner:
 
     def _mask_past_end(self, level: int):
         def hook(_module, args):
+            # In place: the input is an activation of this forward pass, and positions past a
+            # clip's end reach only outputs past its end (masked again, and left out of the mean).
             x = args[0]
             valid = -(-self.lengths // 2**level)
-            mask = torch.arange(x.shape[-1], device=x.device)[None] < valid[:, None]
-            return (x * mask[:, None, None].to(x.dtype),)
+            past = torch.arange(x.shape[-1], device=x.device)[None] >= valid[:, None]
+            x.masked_fill_(past[:, None, None], 0)
 
         return hook
 

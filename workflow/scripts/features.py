@@ -1,4 +1,10 @@
-"""Rule features: one backbone's frozen features of one shard's usable clips."""
+"""Rule features: one backbone's frozen features of one shard's usable clips.
+
+A clip that fails (undecodable, or its input makes the backbone or tokenizer raise) is its
+ledger entry and is left out of this role's store; the job fails only when more than
+``max_failure_fraction`` of the shard's clips did, or on an error that is not a clip's (out of
+memory, missing weights: :func:`conclugen.features.is_fatal`), which propagates.
+"""
 
 import pandas as pd
 import torch
@@ -61,4 +67,8 @@ with logged(snakemake.log[0]) as log:
     attrs = {"role": role, "weights": spec, "views": views, "crop_size": cfg["crop_size"],
              "precision": precision}  # fmt: skip
     write_shard(snakemake.output.store, shard, cfg["dtype"], attrs)
-    log.info("%d clips, %d with this modality", len(shard.sample_id), int(shard.present.sum()))
+    log.info(
+        "%d clips, %d with this modality, %d dropped (%s)",
+        len(shard.sample_id), int(shard.present.sum()), len(ledger.dropped),
+        snakemake.output.failures,
+    )  # fmt: skip
