@@ -1,7 +1,18 @@
 """Config validation: JSON Schema (draft 2020-12) plus the checks a schema cannot express.
 
-The Snakefile calls :func:`load_checked` before any rule is defined, so an unknown key, a wrong
-type or a missing input path is refused before a single job runs, with the key named.
+The Snakefile calls :func:`check_config` before any rule is defined: an unknown key, a wrong type,
+settings that do not fit together or a weight name that cannot work are refused there, with the
+key named. Inputs that are not there yet (:func:`missing_inputs`: the data, local weights, hub
+weights not cached while offline) do not stop the planning: ``-n``, ``--lint``, ``--list-rules``
+and ``--dag`` only warn about them; a run whose jobs read one is refused before any job
+(:func:`needed_missing`, from the Snakefile's ``onstart``). :func:`load_checked` refuses all of it
+at once (for code outside Snakemake).
+
+Paths. Relative paths in the config are the working directory's (Snakemake's ``--directory``,
+where ``results/`` is written), as every path of the workflow, except ``exclusions``: the list of
+known-bad samples ships with the checkout, so a relative one is the checkout's
+(:func:`check_config`'s ``checkout``). :func:`overlay_problem` refuses a partial config given
+alone with ``--configfile``.
 """
 
 from __future__ import annotations
@@ -77,6 +88,11 @@ def is_local_weights(spec: str) -> bool:
     return os.sep in spec or spec.endswith((".pth", ".pt", ".bin", ".tar"))
 
 
+def is_glob(path: str) -> bool:
+    """Whether a user path is a pattern (split archive parts such as ``vox2_dev_mp4_parta?``)."""
+    return any(c in path for c in "*?[")
+
+
 def missing_paths(config: dict[str, Any]) -> list[str]:
     """User-supplied input paths named by ``config`` that do not exist, as ``key: path`` lines."""
     problems = []
@@ -88,7 +104,8 @@ def missing_paths(config: dict[str, Any]) -> list[str]:
             if path is None or produced_by_workflow(path, config):
                 continue
             if not glob.glob(path):
-                problems.append(f"datasets.{name}.source.archives.{i}.path: {path} does not exist")
+                what = "matches no file" if is_glob(path) else "does not exist"
+                problems.append(f"datasets.{name}.source.archives.{i}.path: {path} {what}")
     for role in ("video2d", "video3d", "audio"):
         spec = config.get("features", {}).get(role, {}).get("weights", "")
         if is_local_weights(spec) and not produced_by_workflow(spec, config):
@@ -131,11 +148,16 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_checked(config: dict[str, Any], schema_path: str | os.PathLike) -> dict[str, Any]:
-    """Schema validation, then consistency, the weights (:func:`conclugen.weights.spec_problems`)
-    and existence of every user-supplied path (offline, of hub weights in their caches too:
-    :func:`conclugen.weights.uncached_weights`); raise ConfigError."""
-    from conclugen.weights import spec_problems, uncached_weights
+def check_config(
+    config: dict[str, Any],
+    schema_path: str | os.PathLike,
+    checkout: str | os.PathLike | None = None,
+) -> list[str]:
+    """Schema validation (defaults filled in), consistency and the weights' names and kinds
+    (:func:`conclugen.weights.spec_problems`): raise ConfigError. Then return the
+    :func:`missing_inputs` lines. With ``checkout``, a relative ``exclusions`` path becomes that
+    folder's (it ships with the checkout; module docstring)."""
+    from conclugen.weights import spec_problems
 
     validate(config, schema_path)
     problems = inconsistencies(config)
@@ -146,11 +168,91 @@ def load_checked(config: dict[str, Any], schema_path: str | os.PathLike) -> dict
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"config names weights that cannot be loaded:\n{lines}")
-    problems = missing_paths(config) + uncached_weights(config)
+    if checkout is not None and config.get("exclusions"):
+        config["exclusions"] = os.path.join(checkout, config["exclusions"])
+    return missing_inputs(config)
+
+
+def missing_inputs(config: dict[str, Any]) -> list[str]:
+    """``key: problem`` lines for every input the jobs would read that is not there: missing
+    paths and, offline, hub weights not in their caches
+    (:func:`conclugen.weights.uncached_weights`)."""
+    from conclugen.weights import uncached_weights
+
+    return missing_paths(config) + uncached_weights(config)
+
+
+def missing_message(problems: list[str], planning: bool = False) -> str:
+    lines = "\n".join(f"  - {p}" for p in problems)
+    if planning:
+        return (
+            "config names paths that do not exist (planning goes on; a run whose jobs read "
+            f"them is refused before any job):\n{lines}"
+        )
+    return f"config names paths that do not exist:\n{lines}"
+
+
+def load_checked(config: dict[str, Any], schema_path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`check_config` (relative paths are the working directory's), with a missing input
+    an error too; raise ConfigError."""
+    problems = check_config(config, schema_path)
     if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"config names paths that do not exist:\n{lines}")
+        raise ConfigError(missing_message(problems))
     return config
+
+
+# The rule whose jobs read what a missing_inputs line names (by its key's first part), and the
+# wildcard that the key's second part gives: datasets.caer.* -> the download of caer only.
+READ_BY = {
+    "datasets": ("download", "dataset"),
+    "features": ("features", "backbone"),
+    "subtitles": ("subtitles", None),
+    "exclusions": ("manifest", None),
+}
+
+
+def needed_missing(problems: list[str], jobs) -> list[str]:
+    """The :func:`missing_inputs` lines that the jobs to run read; ``jobs`` are
+    ``(rule name, wildcards dict)`` pairs. A key of an unknown kind counts for every run."""
+    jobs = list(jobs)
+    needed = []
+    for problem in problems:
+        key = problem.split(":", 1)[0].split(".")
+        rule, wildcard = READ_BY.get(key[0], (None, None))
+        if rule is None or any(
+            name == rule and (wildcard is None or wildcards.get(wildcard) == key[1])
+            for name, wildcards in jobs
+        ):
+            needed.append(problem)
+    return needed
+
+
+def overlay_problem(
+    config: dict[str, Any], base_path: str | os.PathLike, configfiles: list
+) -> str | None:
+    """Why a config given alone with ``--configfile`` is not a whole config (``None``: it is).
+
+    Snakemake reads the files given instead of config/config.yaml, not on top of it, so a file
+    that sets only a few keys (the data's paths) would silently run with the schema's defaults
+    instead of the paper's settings; it lacks some of the base config's top-level sections."""
+    base = yaml.safe_load(Path(base_path).read_text())
+    lacking = [key for key in base if key not in config]
+    if not lacking:
+        return None
+    files = " ".join(_shown(f) for f in configfiles)
+    return (
+        f"--configfile {files} lacks the sections {', '.join(lacking)} of {_shown(base_path)}. "
+        "Snakemake reads the config files given instead of the paper config, not on top of it: "
+        f"name the paper config first, `--configfile {_shown(base_path)} {files}` (later files "
+        "override earlier ones key by key), or give a whole config such as config/demo.yaml."
+    )
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A path as a user types it here: relative when it is under the working directory."""
+    path = Path(path).absolute()
+    cwd = Path.cwd()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
 
 
 def enabled_datasets(config: dict[str, Any]) -> list[str]:

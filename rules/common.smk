@@ -1,16 +1,23 @@
 # Helpers and input functions shared by the rules (no rule definitions here).
+import hashlib
+
 from conclugen.config import enabled_datasets, produced_by_workflow
-from conclugen.tables import METHOD_LABELS
+from conclugen.data.manifest import load_exclusions
+from conclugen.tables import METHOD_LABELS, load_paper_results
 
 DATASETS = enabled_datasets(config)
 FACE_DATASETS = [d for d in DATASETS if d in config["faces"]["datasets"]]
 LOOKALIKE = config["lookalike"]
 PRETRAIN = config["pretrain"]
-# The paper's published numbers ship with the workflow (not the working directory).
-PAPER_RESULTS = f"{workflow.basedir}/config/paper_results.yaml"
-# The look-alike generator: an input of rule lookalike, so that editing it regenerates the data
+# Files of the checkout that jobs depend on are params (their content), never inputs: an input
+# path into the checkout would make a moved checkout, or a run with `-d`, rerun its jobs.
+# The paper's published numbers (rule tables).
+PAPER_RESULTS = load_paper_results(CHECKOUT / "config" / "paper_results.yaml")
+# The look-alike generator's digest (rule lookalike), so that editing it regenerates the data
 # (Snakemake's code trigger covers a rule's script, not the modules it imports).
-LOOKALIKE_GENERATOR = f"{workflow.basedir}/conclugen/data/lookalike.py"
+LOOKALIKE_GENERATOR = hashlib.sha256(
+    (CHECKOUT / "conclugen" / "data" / "lookalike.py").read_bytes()
+).hexdigest()
 
 
 wildcard_constraints:
@@ -33,6 +40,16 @@ def gpus(section):
 
 def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset]
+
+
+def dataset_exclusions(wildcards):
+    """The dataset's known-bad samples (config `exclusions`), sample id -> reason: only its
+    own, so that listing another dataset's sample leaves its manifest alone. A missing list
+    is a warning while planning and refuses a run with manifest jobs (Snakefile `onstart`).
+    """
+    if not Path(config["exclusions"]).exists():
+        return {}
+    return load_exclusions(config["exclusions"], wildcards.dataset)
 
 
 def job_settings(section):

@@ -1,7 +1,5 @@
 rule lookalike:
     """Demo only: a synthetic look-alike of one dataset in its real on-disk form."""
-    input:
-        LOOKALIKE_GENERATOR,
     output:
         f"{LOOKALIKE['root']}/{{dataset}}/truth.parquet",
     log:
@@ -16,6 +14,7 @@ rule lookalike:
         runtime=growing_runtime(60),
     params:
         lookalike=LOOKALIKE,
+        generator=LOOKALIKE_GENERATOR,
     script:
         "../workflow/scripts/lookalike.py"
 

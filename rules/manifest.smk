@@ -2,7 +2,6 @@ rule manifest:
     """One row per sample from the dataset's real layout (conclugen.data.<dataset>)."""
     input:
         raw="results/{dataset}/raw",
-        exclusions=config["exclusions"],
     output:
         manifest="results/{dataset}/manifest.parquet",
         failures="results/{dataset}/failures/manifest.tsv",
@@ -17,6 +16,7 @@ rule manifest:
         runtime=growing_runtime(120),
     params:
         shards=lambda w: dataset_config(w)["shards"],
+        exclusions=dataset_exclusions,
         max_failure_fraction=config["max_failure_fraction"],
     script:
         "../workflow/scripts/manifest.py"

@@ -3,7 +3,6 @@ rule tables:
     the pretrained methods' cross-modal retrieval."""
     input:
         runs=downstream_runs(),
-        paper=PAPER_RESULTS,
         retrieval=expand(
             "results/pretrain/{method}/retrieval.json", method=PRETRAIN["methods"]
         ),
@@ -27,6 +26,7 @@ rule tables:
         mem_mb=2000,
         runtime=growing_runtime(10),
     params:
+        paper=PAPER_RESULTS,
         # demo: every table says "synthetic look-alike data"; toggling it rewrites them
         synthetic=LOOKALIKE["enabled"],
     script:

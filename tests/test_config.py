@@ -3,7 +3,15 @@ import copy
 import pytest
 import yaml
 
-from conclugen.config import ConfigError, load_checked, missing_paths, validate
+from conclugen.config import (
+    ConfigError,
+    check_config,
+    load_checked,
+    missing_paths,
+    needed_missing,
+    overlay_problem,
+    validate,
+)
 from tests.conftest import ROOT, run_snakemake
 
 SCHEMA = ROOT / "config" / "schema.yaml"
@@ -150,3 +158,155 @@ def test_inconsistent_downstream_is_refused(change, message):
     config["downstream"].update({"methods": ["conclugen"], **change})
     with pytest.raises(ConfigError, match=message):
         load_checked(config, SCHEMA)
+
+
+PAPER = ROOT / "config" / "config.yaml"
+
+
+def test_a_glob_that_matches_nothing_is_named_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = demo_config()
+    config["lookalike"]["enabled"] = False
+    archives = config["datasets"]["caer"]["source"]["archives"]
+    archives[:] = [{"path": "CAER.zip"}, {"path": "parts/CAER_part*"}]
+    problems = missing_paths(validate(config, SCHEMA))
+    assert "datasets.caer.source.archives.0.path: CAER.zip does not exist" in problems
+    assert "datasets.caer.source.archives.1.path: parts/CAER_part* matches no file" in problems
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "CAER_partaa").touch()
+    assert not any("caer.source.archives.1" in p for p in missing_paths(config))
+
+
+def test_check_config_returns_missing_inputs_and_resolves_exclusions_in_the_checkout(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # a working directory without config/exclusions.yaml
+    config = yaml.safe_load(PAPER.read_text())
+    missing = check_config(config, SCHEMA, ROOT)
+    assert config["exclusions"] == str(ROOT / "config" / "exclusions.yaml")
+    assert not any(p.startswith("exclusions:") for p in missing)
+    assert any(p.startswith("datasets.caer.source.archives.0.path: /data/caer/") for p in missing)
+    # without a checkout, relative paths are the working directory's
+    missing = check_config(yaml.safe_load(PAPER.read_text()), SCHEMA)
+    assert "exclusions: config/exclusions.yaml does not exist" in missing
+    with pytest.raises(ConfigError, match="config names paths that do not exist"):
+        load_checked(yaml.safe_load(PAPER.read_text()), SCHEMA)
+
+
+def test_a_missing_input_refuses_only_the_jobs_that_read_it():
+    missing = [
+        "datasets.caer.source.archives.0.path: /data/caer/CAER.zip does not exist",
+        "features.audio.weights: /data/w.pth does not exist",
+        "subtitles.model: large-v3 is not in the cache (...)",
+        "exclusions: /x/exclusions.yaml does not exist",
+    ]
+    assert needed_missing(missing, [("weights", {}), ("download", {"dataset": "meld"})]) == []
+    assert needed_missing(missing, [("download", {"dataset": "caer"})]) == missing[:1]
+    jobs = [("features", {"dataset": "meld", "backbone": "audio", "shard": "0"})]
+    assert needed_missing(missing, jobs) == missing[1:2]
+    jobs += [("features", {"dataset": "meld", "backbone": "video2d", "shard": "0"})]
+    assert needed_missing(missing, jobs) == missing[1:2]
+    assert needed_missing(missing, [("subtitles", {}), ("manifest", {})]) == missing[2:]
+
+
+def test_a_partial_overlay_is_refused_with_the_command_that_reads_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    overlay = {"datasets": {"caer": {"source": {"archives": [{"path": "/d/CAER.zip"}]}}}}
+    problem = overlay_problem(overlay, PAPER, [tmp_path / "my_paths.yaml"])
+    assert problem.startswith(f"--configfile {tmp_path}/my_paths.yaml lacks the sections ")
+    assert "faces, subtitles, features, pretrain, downstream" in problem
+    assert f"`--configfile config/config.yaml {tmp_path}/my_paths.yaml`" in problem
+    # whole configs: the demo, the paper config, an overlay read on top of the paper config
+    assert overlay_problem(demo_config(), PAPER, [ROOT / "config" / "demo.yaml"]) is None
+    both = {**yaml.safe_load(PAPER.read_text()), **overlay}
+    assert overlay_problem(both, PAPER, [PAPER, tmp_path / "my_paths.yaml"]) is None
+
+
+def test_localrules_name_the_workflow_s_rules():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    names = set(schema["properties"]["localrules"]["items"]["enum"])
+    proc = run_snakemake(["--configfile", str(ROOT / "config" / "demo.yaml"), "--list-rules"], ROOT)
+    rules = {line.split()[0] for line in proc.stdout.splitlines() if line[:1].isalpha()}
+    assert rules - {"all"} == names  # each line: a rule and its docstring
+    config = demo_config()
+    config["localrules"] = ["download", "tabels"]
+    with pytest.raises(ConfigError, match=r"localrules\.1: 'tabels' is not one of"):
+        validate(config, SCHEMA)
+
+
+def paper_run(args: list[str], workdir, check: bool = False):
+    """Snakemake on the paper config, in a working directory without any of its data; the
+    process, with its log (stderr, or stdout under -n) as ``log``."""
+    return logged(run_snakemake(["--configfile", str(PAPER), *args], workdir, check=check))
+
+
+def logged(proc):
+    proc.log = proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-n", "all"],
+        ["--lint"],
+        ["--list-rules"],
+        ["--dag", "dot", "results/caer/manifest.parquet"],
+    ],
+)
+def test_the_paper_config_plans_without_its_data(tmp_path, args):
+    proc = paper_run(args, tmp_path)
+    assert proc.returncode == 0, proc.log[-3000:]
+    assert "planning goes on" in proc.log
+    for line in (
+        "datasets.voxceleb2.source.archives.0.path: /data/voxceleb2/vox2_dev_mp4_parta? "
+        "matches no file",
+        "datasets.caer.source.archives.0.path: /data/caer/CAER.zip does not exist",
+        "features.audio.weights: /data/weights/RDVQ_00000/models/best_audio_model.pth "
+        "does not exist",
+    ):
+        assert line in proc.log
+    if args == ["--lint"]:
+        assert "Congratulations, your workflow is in a good condition!" in proc.log
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_run_without_its_data_is_refused_before_any_job(tmp_path):
+    proc = paper_run(["--cores", "1", "results/caer/manifest.parquet"], tmp_path)
+    assert proc.returncode != 0
+    refusal = proc.log[proc.log.index("planning goes on") :]
+    refusal = refusal[refusal.index("WorkflowError") :]
+    assert "datasets.caer.source.archives.0.path: /data/caer/CAER.zip does not exist" in refusal
+    assert "voxceleb2" not in refusal  # only what this run's jobs read
+    assert not (tmp_path / "results").exists()
+    # `-n` and `--touch` cost nothing but planning, and plan the same run
+    assert paper_run(["-n", "results/caer/manifest.parquet"], tmp_path).returncode == 0
+
+
+def test_a_run_whose_jobs_read_none_of_the_missing_paths_goes_on(tmp_path):
+    config = demo_config()
+    config["datasets"]["caer"]["source"]["archives"] = [{"path": "nowhere/CAER.zip"}]
+    config["exclusions"] = str(ROOT / "config" / "exclusions.yaml")
+    cfg = tmp_path / "caer-missing.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    weights = "results/lookalike/weights/resnet18.pth"
+    proc = logged(run_snakemake(["--configfile", str(cfg), "--cores", "1", weights], tmp_path))
+    assert "datasets.caer.source.archives.0.path: nowhere/CAER.zip does not exist" in proc.log
+    assert (tmp_path / weights).is_file()
+
+
+def test_snakemake_refuses_a_partial_overlay_and_reads_it_on_the_paper_config(tmp_path):
+    overlay = tmp_path / "my_paths.yaml"
+    caer = tmp_path / "CAER.zip"
+    caer.touch()
+    overlay.write_text(
+        yaml.safe_dump({"datasets": {"caer": {"source": {"archives": [{"path": str(caer)}]}}}})
+    )
+    proc = logged(run_snakemake(["--configfile", str(overlay), "-n"], tmp_path, check=False))
+    assert proc.returncode != 0
+    assert "my_paths.yaml lacks the sections max_failure_fraction, exclusions," in proc.log
+    assert f"`--configfile {PAPER} my_paths.yaml`" in proc.log
+    proc = paper_run([str(overlay), "-n", "results/caer/manifest.parquet"], tmp_path, check=True)
+    assert "datasets.caer" not in proc.log  # the overlay's CAER.zip is there
+    assert "datasets.voxceleb2.source.archives.0.path" in proc.log  # the paper's sections
+    assert "rule download:" in proc.log and "rule manifest:" in proc.log

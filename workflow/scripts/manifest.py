@@ -1,7 +1,7 @@
 """Rule manifest: the dataset's adapter reads its real layout into manifest.parquet."""
 
 from conclugen.data.adapters import ADAPTERS
-from conclugen.data.manifest import build_manifest, load_exclusions, write_manifest
+from conclugen.data.manifest import build_manifest, write_manifest
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
 
@@ -14,7 +14,7 @@ with logged(snakemake.log[0]) as log:
         snakemake.input.raw,
         num_shards=snakemake.params.shards,
         ledger=ledger,
-        exclusions=load_exclusions(snakemake.input.exclusions, dataset),
+        exclusions=snakemake.params.exclusions,
     )
     ledger.write(snakemake.output.failures)
     ledger.check(len(frame) + len(ledger.dropped), snakemake.params.max_failure_fraction)

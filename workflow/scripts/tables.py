@@ -14,7 +14,7 @@ from conclugen.logs import logged
 
 with logged(snakemake.log[0]) as log:
     runs = tables.collect_runs(snakemake.input.runs)
-    paper = tables.load_paper_results(snakemake.input.paper)
+    paper = snakemake.params.paper  # config/paper_results.yaml
     synthetic = bool(snakemake.params.synthetic)
     built = tables.build_tables(runs, paper, synthetic=synthetic)
     out = Path(snakemake.output.html).parent
