@@ -279,7 +279,7 @@ def test_a_run_without_its_data_is_refused_before_any_job(tmp_path):
     assert "datasets.caer.source.archives.0.path: /data/caer/CAER.zip does not exist" in refusal
     assert "voxceleb2" not in refusal  # only what this run's jobs read
     assert not (tmp_path / "results").exists()
-    # `-n` and `--touch` cost nothing but planning, and plan the same run
+    # a dry run of the same targets only warns
     assert paper_run(["-n", "results/caer/manifest.parquet"], tmp_path).returncode == 0
 
 

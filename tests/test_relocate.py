@@ -1,0 +1,75 @@
+"""The workflow runs in any working directory (`-d`) and does not depend on where the checkout is:
+no path in the DAG names the checkout, so a moved checkout reruns nothing."""
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SNAKEMAKE, run_snakemake, tiny_config
+
+# The cheapest finished stage: the tiny look-alike VoxCeleb2 (8 clips), downloaded and listed.
+TARGET = "results/voxceleb2/manifest.parquet"
+NOTHING_TO_DO = "Nothing to be done"
+
+
+def snakemake(checkout, workdir, cfg, *args):
+    """Snakemake with ``checkout``'s Snakefile in ``workdir``; its log (stdout and stderr)."""
+    cmd = [*SNAKEMAKE, "-s", str(checkout / "Snakefile"), "-d", str(workdir), *args]
+    proc = subprocess.run(
+        [*cmd, "--configfile", str(cfg)], capture_output=True, text=True, timeout=600
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A working directory outside the checkout, with a config of relative paths (the shipped
+    exclusions list, the look-alike root), after a run of TARGET."""
+    top = tmp_path_factory.mktemp("relocate")
+    config = tiny_config()
+    config["exclusions"] = "config/exclusions.yaml"  # the checkout's, not the working directory's
+    assert config["lookalike"]["root"] == "results/lookalike"  # the working directory's
+    cfg = top / "my.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    workdir = top / "run"
+    snakemake(ROOT, workdir, cfg, "--cores", "2", TARGET)
+    return top, workdir, cfg
+
+
+def test_a_run_in_another_directory_writes_there(finished):
+    _, workdir, cfg = finished
+    assert (workdir / TARGET).is_file()
+    assert (workdir / "results" / "lookalike" / "voxceleb2" / "truth.parquet").is_file()
+    assert NOTHING_TO_DO in snakemake(ROOT, workdir, cfg, "-n", TARGET)
+
+
+def test_a_moved_checkout_reruns_nothing(finished):
+    top, workdir, cfg = finished
+    moved = top / "moved-checkout"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():  # (a file deleted but not yet committed is listed too)
+            (moved / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, moved / name)  # times kept, as `mv` or `cp -a` do
+    log = snakemake(moved, workdir, cfg, "-n", TARGET)
+    assert f"Base directory: {moved}" in log
+    assert NOTHING_TO_DO in log, log[-3000:]
+
+
+def test_the_plan_names_no_path_in_the_checkout(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    proc = run_snakemake(["--configfile", str(cfg), "-n", "all"], tmp_path / "run")
+    jobs = [line for line in proc.stdout.splitlines() if line.startswith("    ")]
+    assert any(line.startswith("    input: ") for line in jobs)
+    assert not [line for line in jobs if str(ROOT) in line]
