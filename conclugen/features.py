@@ -486,9 +486,11 @@ class _Pools:
         for sample_id in done:
             total, count = self.sums.pop(sample_id, None), self.counts.pop(sample_id, 0)
             result = self.decided.pop(sample_id, None)
-            if result is None and not count:  # not expected: a clip's first frame is kept
+            if result is None and count:
+                result = Result(sample_id, total / count)
+            elif result is None:  # not expected: a clip's first frame is always kept
                 result = Result(sample_id, None, error="no model inputs")
-            out.append(result or Result(sample_id, total / count))
+            out.append(result)
         return out
 
 
