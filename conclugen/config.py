@@ -183,6 +183,7 @@ def missing_inputs(config: dict[str, Any]) -> list[str]:
 
 
 def missing_message(problems: list[str], planning: bool = False) -> str:
+    """The refusal of a run (or, ``planning``, the warning of a plan) that names ``problems``."""
     lines = "\n".join(f"  - {p}" for p in problems)
     if planning:
         return (

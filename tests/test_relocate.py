@@ -47,9 +47,9 @@ def test_a_run_in_another_directory_writes_there(finished):
     assert NOTHING_TO_DO in snakemake(ROOT, workdir, cfg, "-n", TARGET)
 
 
-def test_a_moved_checkout_reruns_nothing(finished):
-    top, workdir, cfg = finished
-    moved = top / "moved-checkout"
+def copy_checkout(dest):
+    """The checkout's files (committed or not, less the ignored ones) copied to ``dest`` with
+    their times, as `mv` or `cp -a` keep them."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=ROOT,
@@ -59,11 +59,29 @@ def test_a_moved_checkout_reruns_nothing(finished):
     ).stdout.split("\0")
     for name in filter(None, files):
         if (ROOT / name).is_file():  # (a file deleted but not yet committed is listed too)
-            (moved / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, moved / name)  # times kept, as `mv` or `cp -a` do
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def test_a_moved_checkout_reruns_nothing(finished):
+    top, workdir, cfg = finished
+    moved = copy_checkout(top / "moved-checkout")
     log = snakemake(moved, workdir, cfg, "-n", TARGET)
     assert f"Base directory: {moved}" in log
     assert NOTHING_TO_DO in log, log[-3000:]
+
+
+def test_editing_the_lookalike_generator_regenerates_the_lookalikes(finished):
+    """The generator is a module the rule's script imports: its content is a param of rule
+    lookalike (Snakemake's code trigger covers only the script itself)."""
+    top, workdir, cfg = finished
+    edited = copy_checkout(top / "edited-checkout")
+    with open(edited / "conclugen" / "data" / "lookalike.py", "a") as f:
+        f.write("# an edit\n")
+    log = snakemake(edited, workdir, cfg, "-n", TARGET)
+    assert "output: results/lookalike/voxceleb2/truth.parquet" in log
+    assert "Params have changed since last execution" in log
 
 
 def test_the_plan_names_no_path_in_the_checkout(tmp_path):
