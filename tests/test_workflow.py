@@ -154,22 +154,6 @@ def test_rerun_does_nothing(demo_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_editing_the_lookalike_generator_regenerates_the_lookalikes(demo_run):
-    # As if conclugen/data/lookalike.py were edited after CAER's look-alike was written.
-    workdir, cfg, _ = demo_run
-    truth = workdir / "results" / "lookalike" / "caer" / "truth.parquet"
-    stat = truth.stat()
-    os.utime(truth, (0, 0))
-    try:
-        proc = run_snakemake(["--configfile", str(cfg), "--cores", "2", "all", "-n"], workdir)
-    finally:
-        os.utime(truth, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    planned = proc.stdout + proc.stderr
-    assert "output: results/lookalike/caer/truth.parquet" in planned
-    assert "conclugen/data/lookalike.py" in planned
-    assert "output: results/lookalike/meld/truth.parquet" not in planned
-
-
 # Before the kill-and-rerun tests below, which leave later stages out of date.
 def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
     workdir, cfg, _ = demo_run
