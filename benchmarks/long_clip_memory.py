@@ -87,9 +87,10 @@ def child(role: str, clip: Path, weights: dict, args) -> dict:
     model = LOADERS[role](weights[role])
     mean, std = MEAN_STD[role]
     ledger = FailureLedger("bench")
+    batch = args.audio_batch if role == "audio" and args.audio_batch else BATCH[role]
     t0 = time.perf_counter()
     shard = extract_shard(
-        role, clip_table(clip), model, ledger, batch_size=BATCH[role], workers=args.workers,
+        role, clip_table(clip), model, ledger, batch_size=batch, workers=args.workers,
         crop_size=args.crop_size, mean=mean, std=std,
         precision=resolve_precision(args.precision, "cpu"),
     )  # fmt: skip
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--roles", nargs="+", choices=ROLES, default=list(ROLES))
+    parser.add_argument("--audio-batch", type=int, default=0,
+                        help="audio windows per forward pass (default: the demo's 16)")  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("ROLE", "CLIP", "WORKDIR"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
@@ -139,7 +142,8 @@ def main() -> None:
             for clip in clips:
                 cmd = [sys.executable, __file__, "--child", role, str(clip), str(work),
                        "--crop-size", str(args.crop_size), "--workers", str(args.workers),
-                       "--threads", str(args.threads), "--precision", args.precision]  # fmt: skip
+                       "--threads", str(args.threads), "--precision", args.precision,
+                       "--audio-batch", str(args.audio_batch)]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
                     sys.exit(f"{role} on {clip.name} failed:\n{out.stderr[-3000:]}")
