@@ -154,6 +154,18 @@ def test_rerun_does_nothing(demo_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_moved_checkout_reruns_nothing_after_the_demo(demo_run, tmp_path):
+    from tests.test_relocate import copy_checkout
+
+    workdir, cfg, _ = demo_run
+    moved = tmp_path / "moved"
+    copy_checkout(moved)
+    cmd = [*SNAKEMAKE, "-s", str(moved / "Snakefile"), "-d", str(workdir), "-n", "all",
+           "--cores", "2", "--configfile", str(cfg)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
 # Before the kill-and-rerun tests below, which leave later stages out of date.
 def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
     workdir, cfg, _ = demo_run
