@@ -22,10 +22,13 @@ from conclugen.io import atomic_path
 from conclugen.ledger import COLUMNS as LEDGER_COLUMNS
 
 SPLIT_ORDER = ("train", "val", "test")
+#: A number that stands alone ("12.50 s", "3.1e-05", both sides of "16x16"), not part of a name
+#: such as "mp4" or "m4a".
+NUMBER = re.compile(r"(?<![A-Za-z])\d+(?:\.\d+)?(?:e[-+]?\d+)?|(?<=\dx)\d+")
 
 
 def reason_kind(reason: str) -> str:
-    return re.sub(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", "N", reason.split(":", 1)[0]).strip()
+    return NUMBER.sub("N", reason.split(":", 1)[0]).strip()
 
 
 def _class_counts(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:

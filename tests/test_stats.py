@@ -18,6 +18,12 @@ def test_reason_kinds_group_the_details_away():
         "segment ends at N s, video lasts N s"
     )
     assert reason_kind("silent audio (peak 3.1e-05)") == "silent audio (peak N)"
+    assert reason_kind("frames 1280x16 too small for face detection: shorter side") == (
+        "frames NxN too small for face detection"
+    )
+    assert reason_kind("no .m4a in the audio release: the mp4's own track") == (
+        "no .m4a in the audio release"
+    )
 
 
 def test_dataset_stats_counts_samples_usable_and_ledger(tmp_path):

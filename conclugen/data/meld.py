@@ -93,7 +93,9 @@ def rows(raw_dir: Path, ledger: FailureLedger) -> list[dict]:
             if path.name.startswith("._"):
                 ledger.extra(f"{split}_{path.name}", "macOS AppleDouble metadata file, not a video")
             elif path.name not in annotated:
-                ledger.extra(f"{split}_{path.stem}", f"{folder}/{path.name} has no annotation row")
+                ledger.extra(
+                    f"{split}_{path.stem}", f"video without an annotation row: {path.name}"
+                )
     return out
 
 
