@@ -21,7 +21,9 @@ A cell is NaN where the paper prints no number (all of Table 4 in our copy) or w
   released downstream configs freeze the representation heads (notes/authors-code.md).
   ConCluGen/(vision) (method ``conclugen_vision``) is the linear evaluation of ConCluGen's video
   representation alone. A method we ran that the paper's table lacks (ConCluGen/(vision) on
-  MELD) is appended after the paper's rows with empty paper cells.
+  MELD: our copy of Table 4 does not print it, though the paper's text discusses it) gets empty
+  paper cells and its place in the order of Tables 3 and 5 (:data:`METHOD_LABELS`), so every
+  study table lists its rows in the same order: ConCluGen/(vision) seventh.
 
 Numeric columns: for each value key ``k`` (a metric, or a dataset in Table 2) ``k`` (ours),
 ``k_std``, ``k_paper``, ``k_diff``, and the number of seeds (``n_seeds``, Table 2
@@ -203,10 +205,12 @@ def study_table(runs: pd.DataFrame | None, paper: dict, name: str) -> pd.DataFra
     spec = paper[name]
     rows = list(spec["rows"])
     printed = {r["method"] for r in rows}
-    # Methods we ran that the paper's table lacks come last, with empty paper cells.
+    # Methods we ran that the paper's table lacks get empty paper cells and their place in the
+    # paper's row order (Tables 3 and 5): the printed rows follow that order already.
     ran = {m for d, m, p in summary.index if d == spec["dataset"] and p == STUDY_PROTOCOL}
     extra = [m for m in METHOD_LABELS if m in ran and m not in printed]
     rows += [{"method": m, "label": METHOD_LABELS[m]} for m in extra]
+    rows.sort(key=lambda r: list(METHOD_LABELS).index(r["method"]))
     out = []
     for row in rows:
         ours = _ours(summary, spec["dataset"], row["method"], STUDY_PROTOCOL)

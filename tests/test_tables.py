@@ -96,11 +96,11 @@ def test_study_table_means_stds_and_differences(runs):
     assert math.isnan(missing["accuracy_diff"]) and missing["accuracy_paper"] == 36.6
 
 
-def test_table4_has_no_paper_numbers_and_appends_our_extra_row(runs):
+def test_table4_has_no_paper_numbers_and_places_our_extra_row_seventh(runs):
     t4 = tables.study_table(runs, PAPER, "table4")
-    assert t4["id"].tolist()[:-1] == [m for m in STUDY_IDS if m != "conclugen_vision"]
-    assert t4["id"].iloc[-1] == "conclugen_vision"
-    assert t4["method"].iloc[-1] == "ConCluGen/(vision)"
+    assert t4["id"].tolist() == STUDY_IDS  # ConCluGen/(vision) where Tables 3 and 5 print it
+    assert t4["method"].iloc[6] == "ConCluGen/(vision)"
+    assert t4.set_index("id").loc["conclugen_vision", "accuracy"] == pytest.approx(50.0)
     for m in tables.METRICS:
         assert t4[f"{m}_paper"].isna().all() and t4[f"{m}_diff"].isna().all()
     conclu = t4.set_index("id").loc["conclu"]
@@ -108,6 +108,49 @@ def test_table4_has_no_paper_numbers_and_appends_our_extra_row(runs):
     # Without runs the table is the paper's rows only, every cell empty.
     bare = tables.study_table(None, PAPER, "table4")
     assert len(bare) == 8 and bare["accuracy"].isna().all()
+
+
+# The rows as the paper prints them, top to bottom (Table 1 without the group headings).
+PAPER_ORDER = {
+    "table1": [
+        "SSE-FT",
+        "CAE-LR",
+        "Franceschini et al.",
+        "ConCluGen (ours)",
+        "CMIB",
+        "Huynh et al.",
+        "Graph-MFN",
+        "CIA",
+        "MESM",
+        "Khare et al.",
+        "Wen et al.",
+        "Shenoy and Sardana",
+    ],
+    "table2": ["Supervised baseline", "ConCluGen (linear eval.)", "ConCluGen (finetuned)"],
+    "table3": [tables.METHOD_LABELS[m] for m in STUDY_IDS],
+    "table4": [tables.METHOD_LABELS[m] for m in STUDY_IDS if m != "conclugen_vision"],
+    "table5": [tables.METHOD_LABELS[m] for m in STUDY_IDS],
+}
+
+
+def test_every_table_lists_its_rows_in_the_papers_order():
+    key = {"table1": "method", "table2": "label"}
+    for name, order in PAPER_ORDER.items():
+        assert [r[key.get(name, "label")] for r in PAPER[name]["rows"]] == order, name
+    # Every method run on every dataset, the runs listed in reverse so that input order cannot
+    # give the right answer: Table 4 gains ConCluGen/(vision) at its Tables 3 and 5 place.
+    every = [
+        _run(d, m, "linear", 0, 0.5) for d in reversed(tables.DATASETS) for m in reversed(STUDY_IDS)
+    ]
+    every += [_run("mosei", "conclugen", "finetune", 0, 0.6)]
+    every += [_run(d, "supervised", "supervised", 0, 0.4) for d in tables.DATASETS]
+    for runs in (None, pd.DataFrame(every)):
+        built = tables.build_tables(runs, PAPER)
+        for name in ("table1", "table2", "table3", "table5"):
+            assert built[name]["method"].tolist() == PAPER_ORDER[name], name
+        table4 = built["table4"]["method"].tolist()
+        full = PAPER_ORDER["table3"]
+        assert table4 == (PAPER_ORDER["table4"] if runs is None else full)
 
 
 def test_table1_puts_our_finetuned_mosei_row_beside_the_paper(runs):
