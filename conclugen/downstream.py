@@ -21,17 +21,15 @@ CUDA. Choices where the paper is silent, with reasons:
 
 - Class weights (``class_weights``): ``"balanced"`` (default) weighs class c by N / (C n_c) on the
   train split, for CAER and MELD alike; CMU-MOSEI gets pos_weight_l = #neg_l / #pos_l, as the
-  authors' hard-coded values. The authors weighted CAER by the class *frequencies* n_c / N, which
-  up-weights the frequent classes (the opposite of the intent, notes/authors-code.md §6), and
-  MELD by hard-coded "official" weights in a class order their code does not pin down; both are
-  replaced by the one rule that does what class weighting is for. ``"none"``: unweighted losses.
+  authors' hard-coded values. The authors' CAER and MELD weights differ (docs/fidelity.md).
+  ``"none"``: unweighted losses.
 - Warm-up: ``warmup_epochs=5`` linear epochs from 0.1 lr, then the restarts, as the authors'
   ``SequentialLR`` (the paper does not mention it; DESIGN.md §4: authors' code where the paper is
   silent). 0 switches it off.
 - Early stopping and model selection both on the validation loss (the authors' EarlyStopping
-  monitor, patience 15); the best state is kept in memory and gives the test metrics. The authors
-  checkpointed on validation accuracy instead; one smooth criterion for both is simpler and
-  works the same for the multi-label task, where accuracy is a thresholded, noisy quantity.
+  monitor, patience 15; they selected on validation accuracy, docs/fidelity.md); the best state
+  is kept in memory and gives the test metrics. One smooth criterion for both works the same for
+  the multi-label task, where accuracy is a thresholded, noisy quantity.
 - Missing modalities: kept, with the absent modality's representation set to zero (the presence
   mask multiplies F_m(x), since F_m(0) is not 0). Dropping them would give every method a
   different test set (Instance-Cont sees no audio or text), so the tables would not compare.

@@ -30,10 +30,11 @@ without it (each member alone), so its batch-mates keep their features. Errors t
 clip's (:func:`is_fatal`: out of memory, a broken device, missing files) fail the job.
 
 Augmented views (Instance-Cont): for datasets in ``views.datasets`` each clip also yields K
-features of augmented copies: random resized crop (scale 0.8-1, ratio 0.8-1.2, taken inside
-the face box), horizontal flip, colour jitter, grayscale and Gaussian blur, with parameters drawn
-once per clip (temporally consistent) from a generator seeded by (seed, sample id, view), so the
-2D and 3D jobs augment the same view identically and a rerun reproduces it.
+features of augmented copies: random resized crop (taken inside the face box), horizontal flip,
+colour jitter, grayscale and Gaussian blur (:func:`view_params`; how these differ from the
+authors' views: docs/fidelity.md), with parameters drawn once per clip (temporally consistent)
+from a generator seeded by (seed, sample id, view), so the 2D and 3D jobs augment the same view
+identically and a rerun reproduces it.
 
 Speed: clips are decoded, cropped and augmented by DataLoader workers; the main process gathers
 the inputs of several clips into batches of ``batch_size`` model inputs (frames, windows,
@@ -131,9 +132,10 @@ class ViewParams:
 
 
 def view_params(sample_id: str, view: int, seed: int) -> ViewParams:
-    """Draw the augmentation of ``view`` of a clip (SimCLR's recipe as the authors set it:
-    random resized crop scale 0.8-1 ratio 0.8-1.2, flip p 0.5, colour jitter 0.8/0.8/0.8/0.2
-    p 0.8, grayscale p 0.2, blur sigma 0.1-2 p 0.5), deterministically from its seed."""
+    """Draw the augmentation of ``view`` of a clip (random resized crop scale 0.8-1 ratio
+    0.8-1.2, flip p 0.5, colour jitter 0.8/0.8/0.8/0.2 p 0.8, grayscale p 0.2, blur sigma 0.1-2
+    p 0.5), deterministically from its seed. The crop ranges are not the authors' SimCLR ones
+    (docs/fidelity.md)."""
     rng = np.random.default_rng([seed, stable_hash(sample_id), view])
     crop = (0.0, 0.0, 1.0, 1.0)
     for _ in range(10):
