@@ -484,21 +484,25 @@ def _fill_checkpoint(spec: str) -> tuple[str, Path]:
     return status, path
 
 
+def _local_model(spec: str) -> Path | None:
+    """The folder or file of a spec that names a local model (a path or a package), else None."""
+    source = resolve_model(spec)
+    return Path(source) if spec.startswith("package:") or Path(source).exists() else None
+
+
 def _fill_text(spec: str) -> tuple[str, Path]:
     from conclugen.backbones import load_text_encoder
 
-    source = resolve_model(spec)
-    local = spec.startswith("package:") or Path(source).exists()
+    local = _local_model(spec)
     status = "local" if local else "cached" if _hub_text_cached(spec) else "fetched"
     load_text_encoder(spec)  # downloads what is missing into the HF cache, then loads it
-    path = Path(source) if local else _hub_file(spec, "config.json").parent
-    return status, path
+    return status, local or _hub_file(spec, "config.json").parent
 
 
 def _fill_faster_whisper(spec: str) -> tuple[str, Path]:
-    source = resolve_model(spec)
-    if spec.startswith("package:") or Path(source).exists():
-        status, path = "local", Path(source)
+    path = _local_model(spec)
+    if path:
+        status = "local"
     else:
         from faster_whisper.utils import download_model
 
@@ -513,9 +517,9 @@ def _fill_faster_whisper(spec: str) -> tuple[str, Path]:
 
 
 def _fill_openai_whisper(spec: str) -> tuple[str, Path]:
-    source = resolve_model(spec)
-    if spec.startswith("package:") or Path(source).exists():
-        status, path = "local", Path(source)
+    path = _local_model(spec)
+    if path:
+        status = "local"
     else:
         import whisper
 
