@@ -24,7 +24,7 @@ CUDA. Choices where the paper is silent, with reasons:
   authors' hard-coded values. The authors' CAER and MELD weights differ (docs/fidelity.md).
   ``"none"``: unweighted losses.
 - Warm-up: ``warmup_epochs=5`` linear epochs from 0.1 lr, then the restarts, as the authors'
-  ``SequentialLR`` (the paper does not mention it; DESIGN.md §4: authors' code where the paper is
+  ``SequentialLR`` (the paper does not mention it; the authors' code decides where the paper is
   silent). 0 switches it off.
 - Early stopping and model selection both on the validation loss (the authors' EarlyStopping
   monitor, patience 15; they selected on validation accuracy, docs/fidelity.md); the best state
@@ -395,7 +395,7 @@ def _predictions(feats: FeatureSet, target, scores, multilabel, classes) -> pd.D
 
 def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike) -> None:
     """``metrics.json`` (with the per-epoch history), ``predictions.parquet`` and
-    ``confusion.png`` of the test split (DESIGN.md §3), each written atomically."""
+    ``confusion.png`` of the test split, each written atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = dict(evaluation.metrics, history=evaluation.history.to_dict("records"))

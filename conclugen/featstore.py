@@ -1,4 +1,4 @@
-"""``features.zarr``: the frozen-backbone features of one dataset (DESIGN.md §3), and look-alikes.
+"""``features.zarr``: the frozen-backbone features of one dataset, and look-alikes.
 
 Layout (a zarr v3 group)::
 

@@ -1,4 +1,4 @@
-"""Frozen-backbone features of one shard, one backbone at a time (DESIGN.md §3, §4, §7).
+"""Frozen-backbone features of one shard, one backbone at a time.
 
 Four roles, each one backbone (:mod:`conclugen.backbones`) and one job per (dataset, shard, role):
 

@@ -5,7 +5,7 @@ rate and weight decay (:data:`METHODS`). One loop trains them all (:func:`pretra
 feature set lives on the device, batches are index tensors from a seeded permutation, AdamW with
 cosine annealing and warm restarts, bf16 autocast on CUDA, a resumable checkpoint every epoch.
 
-Outputs in ``out_dir`` (DESIGN.md §3): ``last.ckpt`` and ``history.csv`` every epoch; at the end
+Outputs in ``out_dir``: ``last.ckpt`` and ``history.csv`` every epoch; at the end
 ``retrieval.json`` (cross-modal recall@1 at init and after pretraining), ``loss.png`` and, last,
 ``model.pt``, so that ``model.pt`` existing means the run finished.
 """

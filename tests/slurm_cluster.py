@@ -1,5 +1,5 @@
 """A real one-node SLURM cluster for the tests: Debian's slurm-wlm and munge, started by hand
-(there is no systemd) in a private folder, stopped by pid (../shared/notes/slurm-single-node.md).
+(there is no systemd) in a private folder, stopped by pid.
 
 Every command that talks to it (sbatch, squeue, the Snakemake jobs) finds it through
 ``SLURM_CONF``, which :meth:`LocalSlurm.start` sets in this process's environment.
