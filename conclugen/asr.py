@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conclugen.ledger import is_fatal
 from conclugen.weights import resolve_model  # noqa: F401  (moved; callers import it from here)
 
 SAMPLE_RATE = 16000
@@ -313,14 +314,6 @@ def load_transcriber(backend: str, model: str | os.PathLike, device: str = "cpu"
     raise ValueError(f"unknown ASR backend {backend!r} (faster-whisper, openai-whisper)")
 
 
-def clip_fault(error: Exception) -> bool:
-    """Whether an error raised while decoding clips may be one clip's fault: anything but memory
-    exhaustion (host or GPU) and a missing or unreadable file (the model's)."""
-    if isinstance(error, MemoryError | OSError):
-        return False
-    return "out of memory" not in str(error).lower()
-
-
 def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8, vad: bool = True,
                errors: dict[int, str] | None = None,
                temperatures=TEMPERATURES) -> list[Transcript | None]:  # fmt: skip
@@ -328,8 +321,9 @@ def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8, vad: 
     else :func:`windows`) decoded ``batch_size`` at a time with :func:`decode_with_fallback`
     at ``temperatures``.
 
-    A clip-caused error (:func:`clip_fault`) is raised, or, given an ``errors`` dict, recorded
-    there as ``{clip index: message}`` with ``None`` for that clip's transcript.
+    A clip-caused error (anything but :func:`conclugen.ledger.is_fatal`) is raised, or, given an
+    ``errors`` dict, recorded there as ``{clip index: message}`` with ``None`` for that clip's
+    transcript.
     """
     failed: dict[int, str] = {}
     owners, chunks = [], []
@@ -339,7 +333,7 @@ def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8, vad: 
                 raise ValueError("audio has non-finite samples")
             clip_windows = speech_windows(audio) if vad else windows(audio)
         except Exception as e:
-            if not clip_fault(e) or errors is None:
+            if is_fatal(e) or errors is None:
                 raise
             failed[i] = f"{type(e).__name__}: {e}"
             continue
@@ -352,7 +346,7 @@ def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8, vad: 
         try:
             decoded = decode_with_fallback(transcriber, batch, temperatures)
         except Exception as e:
-            if not clip_fault(e) or errors is None:
+            if is_fatal(e) or errors is None:
                 raise
             # Whose fault? Each clip's windows of this batch again, on their own.
             decoded = [None] * len(batch)
@@ -363,7 +357,7 @@ def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8, vad: 
                         transcriber, [batch[j] for j in mine], temperatures
                     )
                 except Exception as e:
-                    if not clip_fault(e):
+                    if is_fatal(e):
                         raise
                     failed[owner] = f"{type(e).__name__}: {e}"
                     continue

@@ -17,9 +17,10 @@ from one decoding of the whole clip.
 
 Hostile clips: a clip whose decoding or detection raises (a library error included) becomes its
 own ledger entry; a failed MTCNN batch is rerun clip by clip, so only the culprit loses its
-detections. Errors that are no clip's fault (:data:`NOT_THE_CLIPS`: out of memory, a device
-error) fail the job, as do missing weights. Frames whose shorter side is under ``min_face_size``
-never reach MTCNN (:func:`too_small`): its image pyramid would be empty.
+detections. Errors that are no clip's fault (:func:`conclugen.ledger.is_fatal`: out of memory,
+a device error, a file that is not the clip's) fail the job, as do missing weights. Frames whose
+shorter side is under ``min_face_size`` never reach MTCNN (:func:`too_small`): its image pyramid
+would be empty.
 
 A clip without a face in any frame, or whose frames are too small for MTCNN, goes to the failure
 ledger with its reason; the ``no_face`` policy either drops it (the authors' choice) or keeps it
@@ -37,6 +38,7 @@ import pandas as pd
 import torch
 
 from conclugen.io import write_parquet
+from conclugen.ledger import is_fatal
 from conclugen.media import MediaError, read_frames, sample_times
 from conclugen.progress import progress
 
@@ -129,11 +131,6 @@ def centre_box(width: int, height: int, fraction: float = 0.8) -> np.ndarray:
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
-#: Errors that are no clip's fault (the machine's, the job's): they fail the job instead of
-#: becoming a clip's ledger entry.
-NOT_THE_CLIPS = (MemoryError, torch.OutOfMemoryError, torch.AcceleratorError)
-
-
 def too_small(mtcnn, height: int, width: int) -> str | None:
     """Why MTCNN cannot look at frames of this size, or None when it can.
 
@@ -188,11 +185,11 @@ class ClipWindows(torch.utils.data.Dataset):
         window = Window(position, clip["sample_id"], times, index[:0], None, last)
         try:
             frames, found = read_frames(clip["video"], times[index])
-        except NOT_THE_CLIPS:
-            raise
         except MediaError as e:
             window.error = str(e)
         except Exception as e:  # a decoder library's error on this file is the clip's
+            if is_fatal(e):
+                raise
             window.error = f"video not decodable: {type(e).__name__}: {e}"
         else:
             window.index, window.frames = index[found], frames[found]
@@ -275,9 +272,9 @@ def _detect_batch(mtcnn, windows: list[Window]) -> list[tuple | str]:
     so the clip that caused it loses its detections and the others keep theirs."""
     try:
         found = detect(mtcnn, np.concatenate([w.frames for w in windows]))
-    except NOT_THE_CLIPS:
-        raise
     except Exception as e:
+        if is_fatal(e):
+            raise
         if len(windows) == 1:
             return [f"face detection failed: {type(e).__name__}: {e}"]
         return [result for w in windows for result in _detect_batch(mtcnn, [w])]

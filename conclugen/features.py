@@ -27,7 +27,8 @@ runs on windows of ``AUDIO_WINDOW`` frames with the receptive field's context on
 Errors: a clip that cannot be decoded, or whose input makes the backbone or the tokenizer raise
 inside a batch, is that clip's ledger entry with the error's message; the batch is run again
 without it (each member alone), so its batch-mates keep their features. Errors that are not a
-clip's (:func:`is_fatal`: out of memory, a broken device, missing files) fail the job.
+clip's (:func:`conclugen.ledger.is_fatal`: out of memory, a broken device, missing files) fail
+the job.
 
 Augmented views (Instance-Cont): for datasets in ``views.datasets`` each clip also yields K
 features of augmented copies: random resized crop (taken inside the face box), horizontal flip,
@@ -65,6 +66,7 @@ import zarr
 from conclugen import featstore
 from conclugen.backbones import for_inference
 from conclugen.io import atomic_path
+from conclugen.ledger import is_fatal
 from conclugen.media import SILENCE_PEAK, MediaError, read_audio, read_frames, sample_times
 from conclugen.progress import progress
 from conclugen.shards import stable_hash
@@ -244,20 +246,6 @@ def windows(clip: torch.Tensor, length: int = WINDOW) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Whose error: a clip's (its ledger entry) or the machine's (the job fails)
-
-FATAL_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "CUDA error")
-
-
-def is_fatal(error: BaseException) -> bool:
-    """True for errors that are not one clip's fault and must fail the job: memory exhaustion
-    (``MemoryError``, CUDA OOM, the CPU allocator's RuntimeError), a broken device, missing files
-    (weights, caches: a clip's own unreadable file is a ``MediaError``), and anything that is not an
-    ``Exception`` (an interrupt)."""
-    if not isinstance(error, Exception) or isinstance(
-        error, (MemoryError, torch.cuda.OutOfMemoryError, OSError)
-    ):
-        return True
-    return isinstance(error, RuntimeError) and any(m in str(error) for m in FATAL_MESSAGES)
 
 
 def describe(error: Exception) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,26 @@ from conclugen.io import atomic_path
 
 COLUMNS = ("sample_id", "stage", "reason", "action")
 log = logging.getLogger("conclugen")
+
+
+#: What running out of memory or a broken device says (torch's errors for both are RuntimeErrors;
+#: the CPU allocator raises a plain RuntimeError with one of these messages).
+FATAL_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "cuda error")
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Whether an error is not one sample's fault and must fail the job instead of becoming that
+    sample's ledger entry: memory exhaustion (host, GPU, the CPU allocator), a broken device,
+    a missing or unreadable file that is not a sample's (weights, caches: a sample's own bad file
+    is a :class:`conclugen.media.MediaError`), and anything that is not an ``Exception`` (an
+    interrupt). torch is not imported for this: where it is not loaded, none of its errors occur.
+    """
+    if not isinstance(error, Exception) or isinstance(error, MemoryError | OSError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, torch.OutOfMemoryError | torch.AcceleratorError):
+        return True
+    return any(m in str(error).lower() for m in FATAL_MESSAGES)
 
 
 class TooManyFailures(RuntimeError):

@@ -88,3 +88,22 @@ def test_atomic_path_removes_temporaries_of_killed_writers(tmp_path):
     with atomic_path(target) as tmp:
         tmp.mkdir()
     assert target.is_dir() and not stale.exists() and alive.exists()
+
+
+def test_is_fatal_tells_the_jobs_errors_from_a_samples():
+    import torch
+
+    from conclugen.ledger import is_fatal
+
+    fatal = [
+        MemoryError(),
+        torch.OutOfMemoryError("boom"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: can't allocate memory"
+        ),
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        FileNotFoundError("weights.pth"),
+        KeyboardInterrupt(),
+    ]
+    assert all(is_fatal(e) for e in fatal)
+    assert not any(is_fatal(e) for e in (ValueError("odd shape"), RuntimeError("size mismatch")))

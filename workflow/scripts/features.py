@@ -3,7 +3,7 @@
 A clip that fails (undecodable, or its input makes the backbone or tokenizer raise) is its
 ledger entry and is left out of this role's store; the job fails only when more than
 ``max_failure_fraction`` of the shard's clips did, or on an error that is not a clip's (out of
-memory, missing weights: :func:`conclugen.features.is_fatal`), which propagates.
+memory, missing weights: :func:`conclugen.ledger.is_fatal`), which propagates.
 """
 
 import pandas as pd
