@@ -569,3 +569,36 @@ def test_out_of_memory_propagates(videos, monkeypatch, error):
     monkeypatch.setattr(VideoClips, "read", staticmethod(read))
     with pytest.raises(type(error)):
         extract("video2d", clips, MeanColour2D(), workers=0)
+
+
+def test_featstore_keeps_augmented_copies_and_view_columns(tmp_path):
+    dims = {"video": 12, "audio": 6, "text": 4}
+    fs = featstore.synthetic_features(40, dims, seed=3, views=3, augmented=2, missing={"text": 0.3})
+    train = torch.from_numpy(fs.split == "train")
+    for m, x in fs.augmented.items():  # copies of present train samples only, unlike the plain one
+        assert x.shape == (40, 2, dims[m])
+        assert x[~train | ~fs.present[m]].abs().sum() == 0
+        keep = train & fs.present[m]
+        assert (x[keep, 0] - fs.features[m][keep]).abs().mean() > 0.05
+        assert (x[keep, 0] - x[keep, 1]).abs().mean() > 0.05
+    path = tmp_path / "f.zarr"
+    views_3d = fs.views[:, :, 8:]  # views of the last 4 video columns only
+    kw = {"views": views_3d, "augmented": fs.augmented, "view_columns": (8, 12)}
+    featstore.write_features(path, fs.sample_id, fs.split, fs.features, fs.present, **kw)
+    assert featstore.read_features(path).augmented is None  # not asked for
+    back = featstore.read_features(path, split="train", augmented=True)
+    assert back.attrs["augmented"] == 2 and back.attrs["view_columns"] == [8, 12]
+    assert back.views.shape == (int(train.sum()), 3, 4)
+    for m, x in back.augmented.items():
+        assert torch.allclose(x, fs.augmented[m][train].half().float())
+    part = back.select([0, 2])
+    assert part.augmented["audio"].shape == (2, 2, 6)
+    assert torch.equal(part.augmented["text"][1], back.augmented["text"][2])
+    # Without views no view_columns; columns must fit the views.
+    plain = tmp_path / "p.zarr"
+    featstore.write_features(plain, fs.sample_id, fs.split, fs.features, fs.present)
+    attrs = featstore.read_features(plain).attrs
+    assert attrs["augmented"] == 0 and "view_columns" not in attrs
+    with pytest.raises(ValueError, match="view_columns"):
+        featstore.write_features(tmp_path / "x.zarr", fs.sample_id, fs.split, fs.features,
+                                 views=views_3d, view_columns=(0, 12))  # fmt: skip
