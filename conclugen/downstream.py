@@ -30,6 +30,12 @@ CUDA. Choices where the paper is silent, with reasons:
   monitor, patience 15; they selected on validation accuracy, docs/fidelity.md); the best state
   is kept in memory and gives the test metrics. One smooth criterion for both works the same for
   the multi-label task, where accuracy is a thresholded, noisy quantity.
+- Augmentation (``augment``, default on): where ``features.zarr`` holds augmented copies of the
+  train split (``{m}_augmented``, config ``features.augment``: K copies per clip and modality,
+  as the authors' ``*_precomp_augmented`` data), every training step draws one copy per sample
+  and modality, independently per modality (:func:`draw_copies`); validation, early stopping,
+  model selection and test use the plain features only. A store without copies trains on the
+  plain features; ``metrics.json`` records ``augmented_copies`` either way.
 - Missing modalities: kept, with the absent modality's representation set to zero (the presence
   mask multiplies F_m(x), since F_m(0) is not 0). Dropping them would give every method a
   different test set (Instance-Cont sees no audio or text), so the tables would not compare.
@@ -58,7 +64,7 @@ from conclugen.figures import draw_confusion, pyplot, save_png
 from conclugen.io import atomic_path, write_parquet
 from conclugen.metrics import classification_metrics
 from conclugen.model import load_model, representation_head
-from conclugen.torchutil import resolve_device
+from conclugen.torchutil import make_scheduler, resolve_device
 
 log = logging.getLogger("conclugen")
 
@@ -86,6 +92,7 @@ HPARAMS: dict = dict(
     warmup_epochs=5,
     dropout=0.5,
     class_weights="balanced",  # or "none" (see the module docstring)
+    augment=True,  # train on the store's augmented copies where it has them (features.augment)
     rep_dim=4096,  # supervised only; pretrained heads keep their own
 )
 
@@ -129,9 +136,17 @@ class Classifier(nn.Module):
     """Representation heads (one per modality, in ``heads``' order) -> concatenation ->
     Dropout -> Linear (Kaiming-normal init, as the authors' ``ClassificationHead``)."""
 
-    def __init__(self, heads: dict[str, nn.Module], rep_dim: int, num_outputs: int, dropout: float):
+    def __init__(
+        self,
+        heads: dict[str, nn.Module],
+        rep_dim: int,
+        num_outputs: int,
+        dropout: float,
+        input_columns: dict[str, list[int]] | None = None,
+    ):
         super().__init__()
         self.heads = nn.ModuleDict(heads)
+        self.input_columns = dict(input_columns or {})  # modality -> [a, b] the head reads
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(len(heads) * rep_dim, num_outputs)
         nn.init.kaiming_normal_(self.fc.weight)
@@ -141,7 +156,8 @@ class Classifier(nn.Module):
         """[B, M * rep_dim]: each F_m(x_m), zero where the sample lacks modality m."""
         reps = []
         for m, head in self.heads.items():
-            h = head(x[m])
+            a, b = self.input_columns.get(m, (0, x[m].shape[-1]))
+            h = head(x[m][..., a:b])
             reps.append(h * present[m].unsqueeze(1).to(h.dtype))
         return torch.cat(reps, 1)
 
@@ -170,11 +186,16 @@ def build_classifier(
         mods = [m for m in mods if m == "video"]
     if not mods:
         raise ValueError(f"{pretrained} has no head for the modalities {sorted(dims)} needs")
+    columns = {m: c for m, c in source.kwargs.get("input_columns", {}).items() if m in mods}
     for m in mods:
-        if source.kwargs["in_dims"][m] != dims[m]:
-            raise ValueError(f"{m}: model input {source.kwargs['in_dims'][m]}, features {dims[m]}")
+        a, b = columns.get(m, (0, dims[m]))
+        if source.kwargs["in_dims"][m] != b - a or b > dims[m]:
+            raise ValueError(
+                f"{m}: model input {source.kwargs['in_dims'][m]} (columns {a}:{b}), "
+                f"features {dims[m]}"
+            )
     heads = {m: source.heads[m] for m in mods}
-    return Classifier(heads, source.kwargs["rep_dim"], num_outputs, hp["dropout"])
+    return Classifier(heads, source.kwargs["rep_dim"], num_outputs, hp["dropout"], columns)
 
 
 def load_task(features_path, manifest_path, dataset: str) -> Task:
@@ -189,7 +210,7 @@ def load_task(features_path, manifest_path, dataset: str) -> Task:
     if task is not None and task != ("multi_label" if multilabel else "single_label"):
         raise ValueError(f"{manifest_path} is a {task} manifest, {dataset} expects otherwise")
     classes = list(meta["classes"])
-    feats = read_features(features_path, dtype=None, views=False)
+    feats = read_features(features_path, dtype=None, views=False, augmented=True)
     labels = frame.set_index("sample_id")["labels"].reindex(feats.sample_id)
     keep = np.array(labels.notna(), dtype=bool)
     if not keep.all():
@@ -205,6 +226,19 @@ def load_task(features_path, manifest_path, dataset: str) -> Task:
     return Task(dataset, feats, torch.from_numpy(target), classes)
 
 
+def draw_copies(
+    augmented: dict[str, torch.Tensor], idx: torch.Tensor, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """One augmented copy per sample of ``idx`` and per modality, drawn uniformly and
+    independently for each modality (the authors' ``num_augmented_samples_to_load: 1``):
+    modality -> [B, D] float32 from ``augmented`` (modality -> [N, K, D])."""
+    out = {}
+    for m, copies in augmented.items():
+        k = torch.randint(copies.shape[1], (len(idx),), generator=gen).to(copies.device)
+        out[m] = copies[idx, k].float()
+    return out
+
+
 def loss_weights(target: torch.Tensor, multilabel: bool, num_outputs: int) -> torch.Tensor:
     """Train-split weights: pos_weight_l = #neg_l / #pos_l (multi-label; 1 for a label without
     positives) or the 'balanced' class weights N / (C n_c) (0 for a class absent from train)."""
@@ -214,21 +248,6 @@ def loss_weights(target: torch.Tensor, multilabel: bool, num_outputs: int) -> to
         return torch.where(pos > 0, (n - pos) / pos.clamp(min=1), torch.ones_like(pos))
     counts = torch.bincount(target, minlength=num_outputs).float()
     return torch.where(counts > 0, n / (num_outputs * counts.clamp(min=1)), 0.0)
-
-
-def make_scheduler(optimizer, hp: dict):
-    """Cosine annealing with warm restarts, after ``warmup_epochs`` linear epochs from 0.1 lr."""
-    cosine = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=hp["T_0"], T_mult=hp["T_mult"], eta_min=hp["eta_min"]
-    )
-    if not hp["warmup_epochs"]:
-        return cosine
-    warmup = torch.optim.lr_scheduler.LinearLR(
-        optimizer, start_factor=0.1, total_iters=hp["warmup_epochs"]
-    )
-    return torch.optim.lr_scheduler.SequentialLR(
-        optimizer, [warmup, cosine], milestones=[hp["warmup_epochs"]]
-    )
 
 
 def evaluate(
@@ -265,9 +284,18 @@ def evaluate(
     present = {m: feats.present[m].to(device) for m in mods}
     target = task.target.to(device)
     index = {s: torch.from_numpy(np.flatnonzero(feats.split == s)).to(device) for s in SPLITS}
+    # Augmented copies of the train split (zeros elsewhere, never read there).
+    copies = {}
+    if hp["augment"] and feats.augmented:
+        copies = {m: feats.augmented[m].to(device) for m in mods if m in feats.augmented}
+    n_copies = int(next(iter(copies.values())).shape[1]) if copies else 0
 
     def batch(idx: torch.Tensor):  # gather from the resident features, float16 -> float32
         return {m: x[m][idx].float() for m in mods}, {m: present[m][idx] for m in mods}
+
+    def train_batch(idx: torch.Tensor):  # one augmented copy per modality, where there are any
+        inputs, mask = batch(idx)
+        return {**inputs, **draw_copies(copies, idx, gen)}, mask
 
     if frozen:  # the heads never change: compute every representation once
         model.heads.requires_grad_(False)
@@ -278,6 +306,18 @@ def evaluate(
     def logits(idx: torch.Tensor) -> torch.Tensor:
         with torch.autocast(**autocast):
             out = model.classify(reps[idx]) if frozen else model(*batch(idx))
+        return out.float()
+
+    def train_logits(idx: torch.Tensor) -> torch.Tensor:
+        if not copies:
+            return logits(idx)
+        with torch.autocast(**autocast):
+            if frozen:
+                with torch.no_grad():
+                    rep = model.represent(*train_batch(idx))
+                out = model.classify(rep)
+            else:
+                out = model(*train_batch(idx))
         return out.float()
 
     @torch.no_grad()
@@ -304,7 +344,8 @@ def evaluate(
     n_train = len(index["train"])
     log.info(
         f"downstream {dataset}/{protocol} seed {seed}: {mods}, {n_train}/{len(index['val'])}/"
-        f"{len(index['test'])} samples, lr {lr}, wd {weight_decay}, {device}"
+        f"{len(index['test'])} samples, lr {lr}, wd {weight_decay}, {device}, "
+        + (f"{n_copies} augmented copies per train clip" if copies else "no augmentation")
     )
 
     history, best, best_state = [], None, None
@@ -315,7 +356,7 @@ def evaluate(
         total = torch.zeros((), device=device)  # one host sync per epoch
         batches = perm.split(hp["batch_size"])
         for idx in batches:
-            loss = criterion(logits(idx), target[idx])
+            loss = criterion(train_logits(idx), target[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -356,6 +397,7 @@ def evaluate(
         n_val=len(index["val"]),
         n_test=len(test),
         loss_weights=weights.tolist(),
+        augmented_copies=n_copies,
         hparams=dict(hp, lr=lr, weight_decay=weight_decay),
     )
     log.info(

@@ -51,6 +51,11 @@ class ConCluGenModel(nn.Module):
     """Heads for the modalities in ``in_dims`` (name -> input feature size, e.g. video 4096,
     audio 1024, text 768). ``num_clusters=0`` omits the cluster head, ``rec_dim=0`` the decoders.
 
+    ``proj_hidden_dim`` is the projection head's hidden width (default ``rep_dim // 8``, the
+    authors'). ``input_columns`` (modality -> [a, b]) records that a head reads only columns a:b
+    of its modality's features in ``features.zarr`` (Instance-Cont's video head: the 3D half);
+    the model itself is fed those columns already, and downstream slices them out.
+
     ``final_relu=True`` adds the authors' extra ReLU after the projection head's last Linear
     (making projections non-negative) and after each decoder (which then cannot reproduce
     negative features, e.g. text); the default follows the paper's description (no such ReLU).
@@ -64,8 +69,11 @@ class ConCluGenModel(nn.Module):
         num_clusters: int = 8,
         rec_dim: int = 4096,
         final_relu: bool = False,
+        proj_hidden_dim: int | None = None,
+        input_columns: dict[str, list[int]] | None = None,
     ):
         super().__init__()
+        proj_hidden_dim = proj_hidden_dim or rep_dim // 8
         self.kwargs = dict(
             in_dims=dict(in_dims),
             rep_dim=rep_dim,
@@ -73,16 +81,18 @@ class ConCluGenModel(nn.Module):
             num_clusters=num_clusters,
             rec_dim=rec_dim,
             final_relu=final_relu,
+            proj_hidden_dim=proj_hidden_dim,
+            input_columns={m: list(c) for m, c in (input_columns or {}).items()},
         )
         tail = [nn.ReLU()] if final_relu else []
         self.heads = nn.ModuleDict(
             {m: representation_head(m, d, rep_dim) for m, d in in_dims.items()}
         )
         self.projection = nn.Sequential(
-            nn.Linear(rep_dim, proj_dim),
-            nn.BatchNorm1d(proj_dim),
+            nn.Linear(rep_dim, proj_hidden_dim),
+            nn.BatchNorm1d(proj_hidden_dim),
             nn.ReLU(),
-            nn.Linear(proj_dim, proj_dim),
+            nn.Linear(proj_hidden_dim, proj_dim),
             *tail,
         )
         self.cluster = nn.Linear(proj_dim, num_clusters, bias=False) if num_clusters else None

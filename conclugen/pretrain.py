@@ -3,7 +3,8 @@
 A method is data, not code: which loss terms it sums, which modalities it sees, and its learning
 rate and weight decay (:data:`METHODS`). One loop trains them all (:func:`pretrain`): the whole
 feature set lives on the device, batches are index tensors from a seeded permutation, AdamW with
-cosine annealing and warm restarts, bf16 autocast on CUDA, a resumable checkpoint every epoch.
+a linear warm-up then cosine annealing with warm restarts, bf16 autocast on CUDA, a resumable
+checkpoint every epoch.
 
 Outputs in ``out_dir``: ``last.ckpt`` and ``history.csv`` every epoch; at the end
 ``retrieval.json`` (cross-modal recall@1 at init and after pretraining), ``loss.png`` and, last,
@@ -29,7 +30,7 @@ from conclugen import losses as L
 from conclugen.featstore import MODALITIES, FeatureSet, read_features
 from conclugen.io import atomic_path
 from conclugen.model import ConCluGenModel, save_model
-from conclugen.torchutil import resolve_device
+from conclugen.torchutil import make_scheduler, resolve_device
 
 log = logging.getLogger("conclugen")
 
@@ -59,16 +60,18 @@ METHODS: dict[str, dict] = {
 TERMS = ("mms", "clustering", "reconstruction", "infonce")
 
 # Everything else. Paper: batch 4096, representation 4096, 8 clusters, a queue of 4 batches,
-# clustering from epoch 12, delta 0.001, tau 0.07. Authors' code: projection 512, seed 127,
-# queue reset every epoch, scheduler stepped per epoch with T_0 20, T_mult 2, eta_min 1e-6
-# (their downstream recipe; the pretraining one is unreleased). Neither gives the number of
-# epochs or the decoder width: 60 epochs = two whole restart cycles (20 + 40); rec_dim = rep_dim.
+# clustering from epoch 12, delta 0.001, tau 0.07. Authors' code: projection 512 with hidden
+# width rep_dim // 8, seed 127, queue reset every epoch, the scheduler the paper cites stepped
+# per epoch: 5 warm-up epochs from 0.1 lr, then T_0 20, T_mult 2, eta_min 1e-6 (their downstream
+# recipe; the pretraining one is unreleased). Neither gives the number of epochs or the decoder
+# width: 65 epochs = the warm-up and two whole restart cycles (5 + 20 + 40); rec_dim = rep_dim.
 HPARAMS: dict = dict(
-    epochs=60,
+    epochs=65,
     batch_size=4096,
     seed=127,
     rep_dim=4096,
     proj_dim=512,
+    proj_hidden_dim=None,  # None: rep_dim // 8, the authors' (512 at the paper's sizes)
     rec_dim=4096,
     num_clusters=8,
     queue_batches=4,
@@ -80,6 +83,8 @@ HPARAMS: dict = dict(
     final_relu=False,  # True: the authors' extra ReLUs (see ConCluGenModel)
     combine="sum",  # "sum" (paper, Eq. 11-13) or "mean" (authors' LossesMergingLoss)
     weights=dict(mms=1.0, clustering=1.0, reconstruction=1.0, infonce=1.0),
+    infonce_joint_batch=False,  # True: both views as one BatchNorm batch (SimCLR's 2B batch)
+    warmup_epochs=5,
     T_0=20,
     T_mult=2,
     eta_min=1e-6,
@@ -109,17 +114,32 @@ def resolve_hparams(hparams: dict | None) -> dict:
     return hp
 
 
-def build_model(method: dict, hp: dict, dims: dict[str, int]) -> ConCluGenModel:
+def build_model(
+    method: dict, hp: dict, dims: dict[str, int], input_columns: dict | None = None
+) -> ConCluGenModel:
     """The model a method needs: heads for its modalities, a cluster head only for clustering,
-    decoders only for reconstruction."""
+    decoders only for reconstruction. ``input_columns``: see :class:`ConCluGenModel`."""
     return ConCluGenModel(
         {m: dims[m] for m in method["modalities"]},
         rep_dim=hp["rep_dim"],
         proj_dim=hp["proj_dim"],
+        proj_hidden_dim=hp["proj_hidden_dim"] or hp["rep_dim"] // 8,
         num_clusters=hp["num_clusters"] if "clustering" in method["terms"] else 0,
         rec_dim=hp["rec_dim"] if "reconstruction" in method["terms"] else 0,
         final_relu=hp["final_relu"],
+        input_columns=input_columns,
     )
+
+
+def view_inputs(train: FeatureSet) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """(dims, input_columns) of Instance-Cont's model: its video head reads the views, which
+    hold the columns ``view_columns`` of the store's video features (the 3D half by default,
+    as the authors' SimCLR saw the 3D features only; config ``features.views.roles``)."""
+    width = int(train.views.shape[2])
+    columns = list(train.attrs.get("view_columns") or [0, width])
+    if columns[1] - columns[0] != width:
+        raise ValueError(f"view_columns {columns} do not match the views' width {width}")
+    return {**train.dims, "video": width}, {"video": columns}
 
 
 def active_terms(method: dict, hp: dict, epoch: int) -> list[str]:
@@ -160,8 +180,11 @@ def compute_losses(
     mods = [m for m in method["modalities"] if m in batch]
     if "infonce" in terms:
         v1, v2 = batch["views"]
-        p = model({"video": torch.cat([v1, v2])})["video"]["proj"]  # one BN batch, as SimCLR
-        out["infonce"] = L.info_nce_loss(*p.chunk(2), hp["temperature"])
+        if hp["infonce_joint_batch"]:
+            p1, p2 = model({"video": torch.cat([v1, v2])})["video"]["proj"].chunk(2)
+        else:  # each view through the projection head's BatchNorm on its own, as the authors
+            p1, p2 = (model({"video": v})["video"]["proj"] for v in (v1, v2))
+        out["infonce"] = L.info_nce_loss(p1, p2, hp["temperature"])
     if not set(terms) & {"mms", "clustering", "reconstruction"}:
         return out
     o = model({m: batch[m] for m in mods})
@@ -342,7 +365,9 @@ def pretrain(
         raise ValueError(f"unknown loss terms or modalities in {method}")
 
     train, heldout = load_training_data(features_path, method, hp)
-    x = {m: t.to(device) for m, t in train.features.items()}  # resident for the whole run
+    # Resident for the whole run; Instance-Cont trains on the views alone.
+    plain = bool(set(terms) - {"infonce"})
+    x = {m: t.to(device) for m, t in train.features.items()} if plain else {}
     views = train.views.to(device) if train.views is not None else None
     n = len(train)
     # BatchNorm needs >= 2 rows and k-means >= k points: a smaller last batch is dropped.
@@ -352,16 +377,15 @@ def pretrain(
     log.info(f"pretrain {name}: {n} samples ({len(heldout)} held out), {mods}, {terms}, {device}")
 
     torch.manual_seed(hp["seed"])
-    model = build_model(method, hp, train.dims).to(device)
+    dims, columns = view_inputs(train) if "infonce" in terms else (train.dims, None)
+    model = build_model(method, hp, dims, columns).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=method["lr"] if hp["lr"] is None else hp["lr"],
         weight_decay=method["weight_decay"] if hp["weight_decay"] is None else hp["weight_decay"],
         fused=device.type == "cuda",
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=hp["T_0"], T_mult=hp["T_mult"], eta_min=hp["eta_min"]
-    )
+    scheduler = make_scheduler(optimizer, hp)
     gen = torch.Generator().manual_seed(hp["seed"])  # all training randomness draws from it
     retrieval_init = cross_modal_recall_at_1(model, heldout)
 

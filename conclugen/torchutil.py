@@ -20,6 +20,23 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def make_scheduler(optimizer, hp: dict):
+    """The schedule both training loops use, stepped once per epoch: ``warmup_epochs`` epochs of
+    ``LinearLR`` from 0.1 of the learning rate, then ``CosineAnnealingWarmRestarts(T_0, T_mult,
+    eta_min)`` (the authors' ``SequentialLR``); ``warmup_epochs`` 0 starts with the restarts."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=hp["T_0"], T_mult=hp["T_mult"], eta_min=hp["eta_min"]
+    )
+    if not hp["warmup_epochs"]:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=0.1, total_iters=hp["warmup_epochs"]
+    )
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [warmup, cosine], milestones=[hp["warmup_epochs"]]
+    )
+
+
 def native_bf16(device: str | torch.device) -> bool:
     """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU, or a CPU with AMX tiles
     (oneDNN then runs bf16 convolutions ~4x faster than fp32; without AMX they are slower)."""

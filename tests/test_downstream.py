@@ -10,7 +10,7 @@ import torch
 
 from conclugen.data.caer import CLASSES as CAER
 from conclugen.data.mosei import CLASSES as MOSEI
-from conclugen.downstream import evaluate, load_task, loss_weights, write_evaluation
+from conclugen.downstream import draw_copies, evaluate, load_task, loss_weights, write_evaluation
 from conclugen.featstore import read_features, synthetic_features, write_features
 from conclugen.io import write_parquet
 from conclugen.metrics import classification_metrics
@@ -258,3 +258,48 @@ def test_write_evaluation_round_trips(tmp, linear, mosei, which):
     pd.testing.assert_frame_equal(pd.read_parquet(out / "predictions.parquet"), ev.predictions)
     image = matplotlib.image.imread(out / "confusion.png")
     assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_each_modality_draws_its_own_augmented_copy_per_sample():
+    copies = {m: torch.arange(5.0).reshape(1, 5, 1).repeat(6, 1, 3) for m in ("video", "text")}
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.tensor([0, 2, 5])
+    seen, differ = set(), 0
+    for _ in range(40):
+        drawn = draw_copies(copies, idx, gen)
+        assert drawn["video"].shape == (3, 3)
+        seen.update(drawn["video"][:, 0].int().tolist())
+        differ += int((drawn["video"][:, 0] != drawn["text"][:, 0]).any())
+    assert seen == set(range(5))  # every copy is drawn
+    assert differ > 20  # independently per modality
+
+
+def augmented_store(tmp, name, offset):
+    """The ``signal`` set plus K = 3 augmented copies of the train rows: plain + ``offset``."""
+    path, manifest, _ = planted(tmp, f"{name}_plain")
+    fs = read_features(path)
+    train = torch.from_numpy(fs.split == "train")[:, None, None]
+    copies = {m: (x[:, None] + offset).repeat(1, 3, 1) * train for m, x in fs.features.items()}
+    write_features(tmp / f"{name}.zarr", fs.sample_id, fs.split, fs.features, fs.present,
+                   augmented=copies)  # fmt: skip
+    return tmp / f"{name}.zarr", manifest
+
+
+def test_training_draws_augmented_copies_and_evaluation_never_does(tmp, pretrained):
+    data = augmented_store(tmp, "aug", offset=5.0)
+    for protocol in ("linear", "finetune"):
+        on = run(data, protocol, pretrained[0])
+        off = run(data, protocol, pretrained[0], dict(TINY, augment=False))
+        assert on.metrics["augmented_copies"] == 3 and off.metrics["augmented_copies"] == 0
+        # Trained on the shifted copies, the model differs from one trained on the plain rows.
+        assert not torch.allclose(on.model.fc.weight, off.model.fc.weight)
+        assert on.history["train_loss"][0] != pytest.approx(off.history["train_loss"][0])
+        # Every split is predicted from the plain features (test copies are zeros).
+        feats = read_features(data[0])
+        model = on.model.eval()
+        x = {m: feats.features[m] for m in model.heads}
+        present = {m: feats.present[m] for m in model.heads}
+        with torch.no_grad():
+            probs = torch.softmax(model(x, present), 1).numpy()
+        scores = on.predictions[[c for c in on.predictions if c.startswith("score_")]].to_numpy()
+        assert np.allclose(scores, probs, atol=1e-5)

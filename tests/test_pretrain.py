@@ -9,10 +9,20 @@ import pytest
 import torch
 import zarr
 
-from conclugen import featstore
+from conclugen import downstream, featstore
+from conclugen import losses as L
 from conclugen.featstore import read_features, synthetic_features, write_features
 from conclugen.model import load_model
-from conclugen.pretrain import METHODS, cross_modal_recall_at_1, method_config, pretrain
+from conclugen.pretrain import (
+    METHODS,
+    build_model,
+    compute_losses,
+    cross_modal_recall_at_1,
+    method_config,
+    pretrain,
+    resolve_hparams,
+    sample_views,
+)
 
 DIMS = {"video": 48, "audio": 32, "text": 24}
 TINY = dict(
@@ -244,3 +254,83 @@ def test_synthetic_features_share_structure_across_modalities():
     assert (sims.argmax(1) == torch.arange(400)).float().mean() > 0.5
     assert sorted(set(fs.split)) == ["test", "train", "val"]
     assert (fs.split == "train").sum() == 320
+
+
+def test_pretraining_warms_up_from_a_tenth_of_the_learning_rate(store, tmp_path):
+    hp = dict(TINY, epochs=7, warmup_epochs=5, T_0=2, lr=3e-3)
+    pretrain(store, tmp_path, method_config("multicont"), hp, device="cpu")
+    lr = pd.read_csv(tmp_path / "history.csv")["lr"].tolist()
+    assert lr[0] == pytest.approx(3e-4) and lr[5] == pytest.approx(3e-3)
+    assert lr[0] < lr[1] < lr[2] < lr[3] < lr[4] < lr[5] and lr[6] < lr[5]
+    hp["warmup_epochs"] = 0
+    pretrain(store, tmp_path / "none", method_config("multicont"), hp, device="cpu")
+    assert pd.read_csv(tmp_path / "none" / "history.csv")["lr"][0] == pytest.approx(3e-3)
+
+
+def test_projection_hidden_width_is_rep_dim_over_eight_unless_set():
+    method = method_config("multicont")
+    model = build_model(method, resolve_hparams(dict(rep_dim=64, proj_dim=16)), DIMS)
+    assert model.projection[0].out_features == 8 and model.projection[3].out_features == 16
+    model = build_model(method, resolve_hparams(dict(rep_dim=64, proj_hidden_dim=40)), DIMS)
+    assert model.projection[0].out_features == 40 and model.kwargs["proj_hidden_dim"] == 40
+
+
+def test_two_distinct_views_are_drawn_anew_every_step():
+    views = torch.arange(6.0).reshape(1, 6, 1).repeat(4, 1, 1)  # view k holds the value k
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.arange(4)
+    pairs = set()
+    for _ in range(60):  # epochs: the pair of sample 0 changes between them
+        v1, v2 = sample_views(views, idx, gen)
+        assert (v1 != v2).all()
+        pairs.add((int(v1[0, 0]), int(v2[0, 0])))
+    assert len(pairs) > 20  # of the 30 ordered pairs of 6 views
+    two = torch.arange(2.0).reshape(1, 2, 1).repeat(4, 1, 1)
+    draws = {tuple(int(v[0, 0]) for v in sample_views(two, idx, gen)) for _ in range(20)}
+    assert draws <= {(0, 1), (1, 0)}
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_infonce_views_pass_the_projection_batchnorm_apart_or_together(joint):
+    torch.manual_seed(0)
+    hp = resolve_hparams(dict(TINY, infonce_joint_batch=joint))
+    model = build_model(method_config("instancecont"), hp, DIMS).train()
+    v1, v2 = torch.randn(32, DIMS["video"]), torch.randn(32, DIMS["video"]) + 1
+    got = compute_losses(model, {"views": (v1, v2)}, METHODS["instancecont"], hp, ["infonce"],
+                         [], torch.Generator())["infonce"]  # fmt: skip
+    if joint:
+        p1, p2 = model({"video": torch.cat([v1, v2])})["video"]["proj"].chunk(2)
+    else:
+        p1, p2 = model({"video": v1})["video"]["proj"], model({"video": v2})["video"]["proj"]
+    assert got.item() == pytest.approx(L.info_nce_loss(p1, p2, hp["temperature"]).item())
+    other = build_model(method_config("instancecont"), dict(hp, infonce_joint_batch=not joint),
+                        DIMS).train()  # fmt: skip
+    other.load_state_dict(model.state_dict())
+    again = compute_losses(other, {"views": (v1, v2)}, METHODS["instancecont"],
+                           dict(hp, infonce_joint_batch=not joint), ["infonce"], [],
+                           torch.Generator())["infonce"]  # fmt: skip
+    assert again.item() != pytest.approx(got.item())  # the two BatchNorm batchings differ
+
+
+def test_instancecont_trains_on_the_view_columns_and_downstream_reads_them(tmp_path):
+    """Views of the 3D half only (the authors' SimCLR input): the model's video head takes
+    that half's width, records its columns, and a downstream classifier feeds it those columns
+    of the full video features."""
+    fs = synthetic_features(300, DIMS, seed=3, views=3)
+    half = DIMS["video"] // 2
+    path = tmp_path / "features.zarr"
+    write_features(path, fs.sample_id, fs.split, fs.features, fs.present,
+                   views=fs.views[:, :, half:], view_columns=(half, DIMS["video"]))  # fmt: skip
+    model_path = pretrain(path, tmp_path / "ic", method_config("instancecont"),
+                          dict(TINY, epochs=2), device="cpu")  # fmt: skip
+    model = load_model(model_path)
+    assert model.kwargs["in_dims"] == {"video": half}
+    assert model.kwargs["input_columns"] == {"video": [half, DIMS["video"]]}
+    hp = downstream.resolve_hparams(dict(rep_dim=64))
+    clf = downstream.build_classifier("linear", model_path, DIMS, 7, hp).eval()
+    x = {"video": fs.features["video"][:8]}
+    present = {"video": torch.ones(8, dtype=torch.bool)}
+    expected = model.heads["video"](fs.features["video"][:8, half:])
+    assert torch.allclose(clf.represent(x, present), expected)
+    with pytest.raises(ValueError, match="columns"):
+        downstream.build_classifier("linear", model_path, {"video": half}, 7, hp)
