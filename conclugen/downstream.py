@@ -58,9 +58,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from conclugen import figures
 from conclugen.data.manifest import read_manifest
 from conclugen.featstore import MODALITIES, FeatureSet, read_features
-from conclugen.figures import draw_confusion, pyplot, save_png
 from conclugen.io import atomic_path, write_parquet
 from conclugen.metrics import classification_metrics
 from conclugen.model import load_model, representation_head
@@ -448,25 +448,44 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike) -> None
 
 
 def _plot_confusion(metrics: dict, path: Path) -> None:
-    """Rows true, columns predicted, class names on the axes; multi-label: one 2x2 per label."""
-    plt = pyplot()
-    confusion = np.asarray(metrics["confusion"])
-    names = metrics["per_class"]["names"]
     title = f"{metrics['dataset']} {metrics['protocol']} (test, seed {metrics['seed']})"
-    if confusion.ndim == 3:  # [L, 2, 2]
-        fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.6), squeeze=False)
-        panels = [
-            (ax, m, ["0", "1"], name) for ax, m, name in zip(axes[0], confusion, names, strict=True)
-        ]
-    else:
-        size = 1.5 + 0.6 * len(names)
-        fig, ax = plt.subplots(figsize=(size, size))
-        panels = [(ax, confusion, names, None)]
-    for ax, m, ticks, name in panels:
-        draw_confusion(ax, m, ticks, ticks, name, rotation=45 if name is None else 0)
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_png(fig, path)
+    confusion = np.asarray(metrics["confusion"])
+    figures.run_confusion_figure(confusion, metrics["per_class"]["names"], title, path)
+
+
+def run_dir(cell_dir: str | os.PathLike, protocol: str, seed: int) -> Path:
+    """``cell_dir/{protocol}/seed{seed}``: where one run of a (dataset, method) cell keeps its
+    files (:func:`write_evaluation`)."""
+    return Path(cell_dir) / protocol / f"seed{seed}"
+
+
+def summed_confusion(cell_dir: str | os.PathLike, protocol: str) -> tuple[np.ndarray, list[str]]:
+    """The test confusion matrices of a cell's ``protocol`` runs (every seed ``runs.csv``
+    lists) summed, and the class names."""
+    runs = pd.read_csv(Path(cell_dir) / "runs.csv")
+    seeds = runs.loc[runs["protocol"] == protocol, "seed"]
+    paths = [run_dir(cell_dir, protocol, s) / "metrics.json" for s in seeds]
+    records = [json.loads(p.read_text()) for p in paths]
+    total = sum(np.asarray(r["confusion"]) for r in records)
+    return total, records[0]["per_class"]["names"]
+
+
+def representations(
+    model_path, features_path, manifest_path, dataset: str
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(rep [N, D], class ids [N], class names): a pretrained model's concatenated modality
+    representations (the linear probe's input) of every labelled sample of a single-label
+    ``dataset``."""
+    if TASKS[dataset]["multilabel"]:
+        raise ValueError(f"{dataset} is multi-label; choose a single-label dataset")
+    task = load_task(features_path, manifest_path, dataset)
+    feats = task.feats
+    model = build_classifier("linear", model_path, feats.dims, len(task.classes), HPARAMS).eval()
+    mods = list(model.heads)
+    with torch.no_grad():
+        x = {m: feats.features[m].float() for m in mods}
+        rep = model.represent(x, {m: feats.present[m] for m in mods})
+    return rep, task.target, task.classes
 
 
 def evaluate_method(
@@ -481,8 +500,8 @@ def evaluate_method(
     hparams: dict | None = None,
     device: str | torch.device | None = None,
 ) -> pd.DataFrame:
-    """Every protocol and seed of one (dataset, method) cell: each run's files in
-    ``out_dir/{protocol}/seed{s}/`` (:func:`write_evaluation`), then ``out_dir/runs.csv`` (one row
+    """Every protocol and seed of one (dataset, method) cell: each run's files in its
+    :func:`run_dir` (:func:`write_evaluation`), then ``out_dir/runs.csv`` (one row
     per run: dataset, method, protocol, seed, the four test metrics, best_epoch, epochs), last."""
     out_dir = Path(out_dir)
     task = load_task(features_path, manifest_path, dataset)  # once: every run reads the same
@@ -490,7 +509,7 @@ def evaluate_method(
     for protocol in protocols:
         for seed in range(seeds):
             run = evaluate(task, protocol, pretrained, hparams, seed, device)
-            write_evaluation(run, out_dir / protocol / f"seed{seed}")
+            write_evaluation(run, run_dir(out_dir, protocol, seed))
             m = run.metrics
             rows.append(
                 dict(dataset=dataset, method=method, protocol=protocol, seed=seed)

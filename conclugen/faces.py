@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from conclugen import figures
 from conclugen.io import write_parquet
 from conclugen.ledger import is_fatal
 from conclugen.media import MediaError, read_frames, sample_times
@@ -356,27 +357,21 @@ def faces_shard(
 
 def contact_sheet(clips: pd.DataFrame, faces: pd.DataFrame, out, n_clips: int = 12,
                   per_clip: int = 4, thumb: int = 160) -> None:  # fmt: skip
-    """A PNG grid: one row per clip, ``per_clip`` frames across it, the detection drawn in
-    green and the smoothed track (what the features crop) in red; people check crops by eye."""
-    from PIL import Image, ImageDraw
-
-    from conclugen.io import atomic_path
-
+    """A PNG grid (:func:`conclugen.figures.contact_sheet`): one row per clip, ``per_clip``
+    frames across it, the detection drawn in green and the smoothed track (what the features
+    crop) in red; people check crops by eye."""
     chosen = sorted(faces["sample_id"].unique())[:n_clips]
     video = clips.set_index("sample_id")["video"]
-    sheet = Image.new("RGB", (per_clip * thumb, max(1, len(chosen)) * thumb), "white")
-    for row, sample_id in enumerate(chosen):
-        track = faces[faces["sample_id"] == sample_id].sort_values("frame")
-        picks = track.iloc[np.linspace(0, len(track) - 1, per_clip).astype(int)]
-        frames, _ = read_frames(video[sample_id], picks["time"].to_numpy())
-        for col, (frame, rec) in enumerate(zip(frames, picks.itertuples(), strict=True)):
-            image = Image.fromarray(frame)
-            draw = ImageDraw.Draw(image)
-            if rec.detected:
-                draw.rectangle([rec.x1, rec.y1, rec.x2, rec.y2], outline=(0, 255, 0), width=2)
-            draw.rectangle([rec.tx1, rec.ty1, rec.tx2, rec.ty2], outline=(255, 0, 0), width=2)
-            image.thumbnail((thumb, thumb))
-            sheet.paste(image, (col * thumb, row * thumb))
-        ImageDraw.Draw(sheet).text((2, row * thumb + 2), sample_id, fill=(255, 255, 0))
-    with atomic_path(out) as tmp:
-        sheet.save(tmp, format="PNG")
+
+    def rows():  # one clip's frames decoded at a time
+        for sample_id in chosen:
+            track = faces[faces["sample_id"] == sample_id].sort_values("frame")
+            picks = track.iloc[np.linspace(0, len(track) - 1, per_clip).astype(int)]
+            frames, _ = read_frames(video[sample_id], picks["time"].to_numpy())
+            boxes = [
+                ((r.x1, r.y1, r.x2, r.y2) if r.detected else None, (r.tx1, r.ty1, r.tx2, r.ty2))
+                for r in picks.itertuples()
+            ]
+            yield sample_id, [(f, *b) for f, b in zip(frames, boxes, strict=True)]
+
+    figures.contact_sheet(rows(), len(chosen), per_clip, out, thumb)

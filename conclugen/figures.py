@@ -1,12 +1,12 @@
-"""The report's figures: confusion matrices as the paper's Figures 2-3, and a 2-D embedding of
-each pretrained method's representations (pretraining loss curves are drawn by
-:mod:`conclugen.pretrain`, face-crop previews by :mod:`conclugen.faces`)."""
+"""Every figure of the pipeline, drawn from arrays: one run's confusion matrix, the paper's
+Figures 2-3 (confusion matrices summed over seeds), a 2-D embedding of a method's
+representations, the pretraining loss curves and the face-track contact sheet. The stages read
+their files and compute what is drawn; this module imports none of them."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -44,25 +44,41 @@ def draw_confusion(ax, m: np.ndarray, x_names, y_names, title, fontsize=None, ro
     ax.set(xlabel="predicted", ylabel="true", title=title)
 
 
-def summed_confusion(metrics_paths: list[str | os.PathLike]) -> tuple[np.ndarray, list[str]]:
-    """The test confusion matrices of several runs (seeds) summed, and the class names."""
-    records = [json.loads(Path(p).read_text()) for p in metrics_paths]
-    total = sum(np.asarray(r["confusion"]) for r in records)
-    return total, records[0]["per_class"]["names"]
+def run_confusion_figure(
+    confusion: np.ndarray, names: list[str], title: str, path: str | os.PathLike
+) -> None:
+    """One run's confusion matrix, class names on the axes; multi-label (``[L, 2, 2]``): one
+    2x2 per label side by side."""
+    plt = pyplot()
+    if confusion.ndim == 3:
+        fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.6), squeeze=False)
+        panels = [
+            (ax, m, ["0", "1"], name) for ax, m, name in zip(axes[0], confusion, names, strict=True)
+        ]
+    else:
+        size = 1.5 + 0.6 * len(names)
+        fig, ax = plt.subplots(figsize=(size, size))
+        panels = [(ax, confusion, names, None)]
+    for ax, m, ticks, name in panels:
+        draw_confusion(ax, m, ticks, ticks, name, rotation=45 if name is None else 0)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
-def confusion_figure(panels: dict[str, list], path: str | os.PathLike, title: str) -> None:
-    """One confusion matrix per panel (``title -> metrics.json paths``, summed over seeds), rows
-    true and columns predicted, coloured by the row's share (the recall per class), in a grid of
-    two columns as the paper's Figures 2-3."""
+def confusion_figure(
+    panels: dict[str, tuple[np.ndarray, list[str]]], path: str | os.PathLike, title: str
+) -> None:
+    """One confusion matrix per panel (``title -> (matrix, class names)``), rows true and columns
+    predicted, coloured by the row's share (the recall per class), in a grid of two columns as
+    the paper's Figures 2-3."""
     plt = pyplot()
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.8 * rows), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
-    for ax, (name, paths) in zip(axes.flat, panels.items(), strict=False):
-        m, names = summed_confusion(paths)
+    for ax, (name, (m, names)) in zip(axes.flat, panels.items(), strict=False):
         if m.ndim == 3:  # multi-label: each label's [[TN, FP], [FN, TP]] side by side
             m = np.concatenate(list(m), 1)
             names = [f"{n}:{v}" for n in names for v in (0, 1)]
@@ -82,26 +98,9 @@ def pca_2d(x: torch.Tensor) -> torch.Tensor:
 
 
 def embedding_figure(
-    model_path: str | os.PathLike,
-    features_path: str | os.PathLike,
-    manifest_path: str | os.PathLike,
-    dataset: str,
-    path: str | os.PathLike,
-    title: str,
+    rep: torch.Tensor, target: torch.Tensor, classes: list[str], path: str | os.PathLike, title: str
 ) -> None:
-    """PCA of a pretrained model's concatenated modality representations (the linear probe's
-    input) on every labelled sample of ``dataset``, coloured by class (single-label datasets)."""
-    from conclugen.downstream import HPARAMS, TASKS, build_classifier, load_task
-
-    if TASKS[dataset]["multilabel"]:
-        raise ValueError(f"{dataset} is multi-label; choose a single-label dataset")
-    task = load_task(features_path, manifest_path, dataset)
-    feats, target, classes = task.feats, task.target, task.classes
-    model = build_classifier("linear", model_path, feats.dims, len(classes), HPARAMS).eval()
-    mods = list(model.heads)
-    with torch.no_grad():
-        x = {m: feats.features[m].float() for m in mods}
-        rep = model.represent(x, {m: feats.present[m] for m in mods})
+    """PCA of representations ``rep`` [N, D], each point coloured by its class id ``target``."""
     xy = pca_2d(rep).numpy()
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -112,3 +111,48 @@ def embedding_figure(
     ax.legend(fontsize=7, markerscale=1.5)
     fig.tight_layout()
     save_png(fig, path)
+
+
+def loss_figure(
+    epochs, total, terms: dict[str, np.ndarray], ylabel: str, path: str | os.PathLike
+) -> None:
+    """Loss curves over ``epochs`` on a log scale: ``total`` bold, each of ``terms`` thin."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, total, label="total", lw=2)
+    for name, values in terms.items():
+        ax.plot(epochs, values, label=name, lw=1)
+    ax.set(xlabel="epoch", ylabel=ylabel, yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+Box = tuple[float, float, float, float]
+
+
+def contact_sheet(
+    rows: Iterable[tuple[str, list[tuple[np.ndarray, Box | None, Box]]]],
+    n_rows: int,
+    per_row: int,
+    path: str | os.PathLike,
+    thumb: int = 160,
+) -> None:
+    """A PNG grid of ``n_rows`` rows of ``per_row`` thumbnails: each row a ``(label, frames)``,
+    each frame ``(image, detection, track)`` with the detection box (if any) drawn in green and
+    the track box in red. ``rows`` may be a generator: one row's frames are held at a time."""
+    from PIL import Image, ImageDraw
+
+    sheet = Image.new("RGB", (per_row * thumb, max(1, n_rows) * thumb), "white")
+    for row, (label, frames) in enumerate(rows):
+        for col, (frame, detection, track) in enumerate(frames):
+            image = Image.fromarray(frame)
+            draw = ImageDraw.Draw(image)
+            if detection is not None:
+                draw.rectangle(list(detection), outline=(0, 255, 0), width=2)
+            draw.rectangle(list(track), outline=(255, 0, 0), width=2)
+            image.thumbnail((thumb, thumb))
+            sheet.paste(image, (col * thumb, row * thumb))
+        ImageDraw.Draw(sheet).text((2, row * thumb + 2), label, fill=(255, 255, 0))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from conclugen import figures
 from conclugen import losses as L
 from conclugen.featstore import MODALITIES, FeatureSet, read_features
 from conclugen.io import atomic_path
@@ -303,22 +304,10 @@ def _write_history(history: list[dict], out_dir: Path) -> None:
 
 
 def _plot_history(history: list[dict], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     frame = pd.DataFrame(history)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for col in ["total", *TERMS]:
-        if col in frame and frame[col].notna().any():
-            ax.plot(frame["epoch"], frame[col], label=col, lw=2 if col == "total" else 1)
-    ax.set(xlabel="epoch", ylabel="loss (terms unweighted, total weighted)", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_dir / "loss.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    terms = {t: frame[t] for t in TERMS if t in frame and frame[t].notna().any()}
+    ylabel = "loss (terms unweighted, total weighted)"
+    figures.loss_figure(frame["epoch"], frame["total"], terms, ylabel, out_dir / "loss.png")
 
 
 def load_training_data(features_path, method: dict, hp: dict) -> tuple[FeatureSet, FeatureSet]:

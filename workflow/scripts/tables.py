@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from conclugen import tables
+from conclugen.downstream import run_dir
 from conclugen.io import atomic_path
 from conclugen.logs import logged
 
@@ -28,7 +29,7 @@ with logged(snakemake.log[0]) as log:
     for cell in snakemake.input.runs:
         cell = Path(cell)
         if cell.name == "conclugen":
-            predictions = pd.read_parquet(cell / "linear" / "seed0" / "predictions.parquet")
+            predictions = pd.read_parquet(run_dir(cell, "linear", 0) / "predictions.parquet")
             chance[cell.parent.name] = tables.majority_accuracy(predictions)
     summary = tables.headline(runs, chance, synthetic=synthetic)
     with atomic_path(snakemake.output.headline) as tmp:
