@@ -132,6 +132,18 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
                 "pretrain.methods: instancecont needs features.views.count >= 2 and "
                 f"{pre['dataset']} in features.views.datasets"
             )
+    views = config.get("features", {}).get("views", {})
+    augment = config.get("features", {}).get("augment", {})
+    ranges = {f"views.{k}": views.get(k) for k in ("crop_scale", "crop_ratio", "blur_sigma")}
+    ranges |= {
+        f"augment.video.{k}": augment.get("video", {}).get(k) for k in ("crop_scale", "crop_ratio")
+    }
+    ranges["augment.audio.max_width"] = augment.get("audio", {}).get("max_width")
+    for key, value in ranges.items():
+        if value and value[0] > value[1]:
+            problems.append(f"features.{key}: {value} is not [low, high]")
+    if views.get("jitter_strength", [0] * 4)[3] > 0.5:
+        problems.append("features.views.jitter_strength: the hue strength is at most 0.5")
     down = config.get("downstream", {})
     evaluated = down.get("methods")
     pretrained = set(pre.get("methods") or [])

@@ -30,12 +30,19 @@ without it (each member alone), so its batch-mates keep their features. Errors t
 clip's (:func:`conclugen.ledger.is_fatal`: out of memory, a broken device, missing files) fail
 the job.
 
-Augmented views (Instance-Cont): for datasets in ``views.datasets`` each clip also yields K
-features of augmented copies: random resized crop (taken inside the face box), horizontal flip,
-colour jitter, grayscale and Gaussian blur (:func:`view_params`; how these differ from the
-authors' views: docs/fidelity.md), with parameters drawn once per clip (temporally consistent)
-from a generator seeded by (seed, sample id, view), so the 2D and 3D jobs augment the same view
-identically and a rerun reproduces it.
+Augmented views (Instance-Cont): for datasets in ``views.datasets`` the jobs of the roles in
+``views.roles`` (3D only by default, as the authors) also yield K features of augmented clips:
+random resized crop (taken inside the face box), horizontal flip, colour jitter, grayscale and
+Gaussian blur (:class:`ViewRecipe`, the authors' SimCLR values by default), with parameters
+drawn once per clip (temporally consistent) from a generator seeded by (seed, sample id, view),
+so the 2D and 3D jobs augment the same view identically and a rerun reproduces it.
+
+Downstream augmentation (:class:`Augment`, the authors' augmented downstream data): for
+datasets in ``augment.datasets`` every clip of the train split also yields K augmented copies
+per role, each drawn from (seed, sample id, copy, modality): video, a random resized crop and
+flip by the views' machinery (2D and 3D alike); audio, the spectrogram with frequency and time
+masks (:func:`spectrogram_masks`) through the audio backbone, pooled like the plain clip; text,
+words swapped (:func:`swap_words`) through the text encoder. Clips of other splits get none.
 
 Speed: clips are decoded, cropped and augmented by DataLoader workers; the main process gathers
 the inputs of several clips into batches of ``batch_size`` model inputs (frames, windows,
@@ -46,8 +53,9 @@ or a CPU with AMX; config ``features.precision``): bf16 features differ from fp3
 ~0.3-0.7 % (relative L2), below what float16 storage keeps of a feature's small components.
 
 Per-shard stores (:func:`write_shard`) hold ``sample_id``, ``split``, ``feature [N, D]``,
-``present [N]`` (False where the clip has no such modality: no or silent audio track, no text)
-and ``views [N, K, D]``; :func:`merge_shards` joins them into ``features.zarr``
+``present [N]`` (False where the clip has no such modality: no or silent audio track, no text),
+``views [N, K, D]`` and ``augmented [N, K', D]`` (zeros where the clip is not a train one or
+lacks the modality); :func:`merge_shards` joins them into ``features.zarr``
 (:mod:`conclugen.featstore` layout, video = 2D || 3D).
 """
 
@@ -56,7 +64,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -122,39 +130,163 @@ def face_boxes(faces: pd.DataFrame | None) -> dict[str, np.ndarray]:
 # Cropping and augmentation (one call per clip and view, never per frame)
 
 
+def _frozen(value):
+    """A setting as a dataclass field holds it: a list (YAML's ranges) as a tuple."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """How an augmented clip is drawn (config ``features.views``); the defaults are the authors'
+    SimCLR views: random resized crop, horizontal flip, colour jitter, grayscale, Gaussian
+    blur, each applied with its probability."""
+
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # crop area, fraction of the face box
+    crop_ratio: tuple[float, float] = (0.5, 2.0)  # crop aspect ratio, drawn log-uniformly
+    flip: float = 0.5
+    jitter: float = 0.8
+    jitter_strength: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)  # b, c, s, hue
+    grayscale: float = 0.2
+    blur: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> ViewRecipe:
+        """The recipe of a settings dict holding (at least) its fields (lists become tuples)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: _frozen(v) for k, v in settings.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Downstream augmentation (config ``features.augment``): ``count`` copies per train clip
+    and modality. Video: random resized crop and flip (no colour operations); audio:
+    ``freq_masks`` frequency and ``time_masks`` time masks on the spectrogram, each of width
+    below a maximum drawn in ``max_width`` of the axis; text: ``swaps`` swaps of a random word
+    with a neighbour. The defaults are the authors' augmented downstream data."""
+
+    count: int = 0
+    seed: int = 0
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    crop_ratio: tuple[float, float] = (0.8, 1.2)
+    flip: float = 0.5
+    freq_masks: int = 1
+    time_masks: int = 1
+    max_width: tuple[float, float] = (0.15, 0.35)
+    swaps: int = 1
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> Augment:
+        """From ``{count, seed, video: {...}, audio: {...}, text: {...}}`` (parts may be left
+        out: a job gets its own modality's)."""
+        parts = [settings.get(m, {}) for m in featstore.MODALITIES]
+        given = {k: _frozen(v) for part in parts for k, v in part.items()}
+        return cls(count=settings["count"], seed=settings["seed"], **given)
+
+    @property
+    def video(self) -> ViewRecipe:
+        return ViewRecipe(self.crop_scale, self.crop_ratio, self.flip, jitter=0.0,
+                          grayscale=0.0, blur=0.0)  # fmt: skip
+
+
+NO_AUGMENT = Augment()
+
+
+def clip_rng(seed: int, sample_id: str, *keys: int) -> np.random.Generator:
+    """The generator of one clip's draw: (seed, sample id, keys) fix it on every machine."""
+    return np.random.default_rng([seed, stable_hash(sample_id), *keys])
+
+
+def copy_rng(augment: Augment, sample_id: str, copy: int, modality: str) -> np.random.Generator:
+    """The generator of one downstream copy of one modality of a clip."""
+    return clip_rng(augment.seed, sample_id, copy, featstore.MODALITIES.index(modality))
+
+
 @dataclass(frozen=True)
 class ViewParams:
     """One augmented view's parameters, shared by all frames of a clip."""
 
     crop: tuple[float, float, float, float]  # x0, y0, w, h as fractions of the face box
     flip: bool
-    jitter: tuple[float, float, float, float] | None  # brightness, contrast, saturation, hue
+    jitter: tuple[tuple[str, float], ...] | None  # (adjustment, factor) in the order applied
     gray: bool
     blur_sigma: float | None
 
 
-def view_params(sample_id: str, view: int, seed: int) -> ViewParams:
-    """Draw the augmentation of ``view`` of a clip (random resized crop scale 0.8-1 ratio
-    0.8-1.2, flip p 0.5, colour jitter 0.8/0.8/0.8/0.2 p 0.8, grayscale p 0.2, blur sigma 0.1-2
-    p 0.5), deterministically from its seed. The crop ranges are not the authors' SimCLR ones
-    (docs/fidelity.md)."""
-    rng = np.random.default_rng([seed, stable_hash(sample_id), view])
+def draw_view(rng: np.random.Generator, recipe: ViewRecipe) -> ViewParams:
+    """One view's parameters as torchvision draws them: RandomResizedCrop (10 tries, then the
+    whole box: its fallback for a square), flip, ColorJitter (factors in [max(0, 1 - s),
+    1 + s], hue in [-h, h], the four in a random order), grayscale, blur sigma uniform."""
     crop = (0.0, 0.0, 1.0, 1.0)
+    (a_lo, a_hi), (r_lo, r_hi) = recipe.crop_scale, recipe.crop_ratio
     for _ in range(10):
-        area = rng.uniform(0.8, 1.0)
-        ratio = np.exp(rng.uniform(np.log(0.8), np.log(1.2)))
+        area = rng.uniform(a_lo, a_hi)
+        ratio = np.exp(rng.uniform(np.log(r_lo), np.log(r_hi)))
         w, h = np.sqrt(area * ratio), np.sqrt(area / ratio)
         if w <= 1 and h <= 1:
             crop = (rng.uniform(0, 1 - w), rng.uniform(0, 1 - h), w, h)
             break
-    flip = bool(rng.random() < 0.5)
+    flip = bool(rng.random() < recipe.flip)
     jitter = None
-    if rng.random() < 0.8:
-        b, c, s = rng.uniform(0.2, 1.8, size=3)
-        jitter = (float(b), float(c), float(s), float(rng.uniform(-0.2, 0.2)))
-    gray = bool(rng.random() < 0.2)
-    blur = float(rng.uniform(0.1, 2.0)) if rng.random() < 0.5 else None
+    if rng.random() < recipe.jitter:
+        *strengths, hue = recipe.jitter_strength
+        factors = [rng.uniform(max(0.0, 1 - s), 1 + s) for s in strengths]
+        factors.append(rng.uniform(-hue, hue))
+        names = ("brightness", "contrast", "saturation", "hue")
+        jitter = tuple((names[i], float(factors[i])) for i in rng.permutation(4))
+    gray = bool(rng.random() < recipe.grayscale)
+    blur = float(rng.uniform(*recipe.blur_sigma)) if rng.random() < recipe.blur else None
     return ViewParams(tuple(float(v) for v in crop), flip, jitter, gray, blur)
+
+
+def view_params(sample_id: str, view: int, seed: int, recipe: ViewRecipe = ViewRecipe()):
+    """The Instance-Cont view ``view`` of a clip (:func:`draw_view`), drawn from (seed, sample
+    id, view): the 2D and 3D jobs draw the same view, a rerun the same again."""
+    return draw_view(clip_rng(seed, sample_id, view), recipe)
+
+
+def copy_params(sample_id: str, copy: int, augment: Augment) -> ViewParams:
+    """The video of downstream copy ``copy`` of a clip (crop and flip), shared by 2D and 3D."""
+    return draw_view(copy_rng(augment, sample_id, copy, "video"), augment.video)
+
+
+def spectrogram_masks(shape: tuple[int, int], rng: np.random.Generator, augment: Augment):
+    """The masks of one audio copy as ``(axis, start, width)`` (axis 0: mel bins, 1: frames),
+    each as the authors drew it: a maximum m uniform over the integers of [int(lo * size),
+    int(hi * size)), then torchaudio's ``mask_along_axis``: width uniform in [0, m), start
+    uniform in [0, size - width)."""
+    lo, hi = augment.max_width
+    masks = []
+    for axis, n in ((0, augment.freq_masks), (1, augment.time_masks)):
+        size = shape[axis]
+        for _ in range(n):
+            most = int(rng.integers(int(lo * size), max(int(hi * size), int(lo * size) + 1)))
+            value = rng.random() * most
+            start = int(rng.random() * (size - value))
+            masks.append((axis, start, int(value)))
+    return masks
+
+
+def masked(spec: torch.Tensor, masks) -> torch.Tensor:
+    """A copy of ``spec`` [F, T] with the masked bins and frames set to 0."""
+    out = spec.clone()
+    for axis, start, width in masks:
+        out.narrow(axis, start, width).zero_()
+    return out
+
+
+def swap_words(text: str, rng: np.random.Generator, swaps: int) -> str:
+    """``text`` with ``swaps`` times a word (drawn uniformly) swapped with its left or right
+    neighbour (drawn; an edge word has one), as nlpaug's ``RandomWordAug(action="swap")``;
+    texts of fewer than two words stay as they are. Words are split on whitespace."""
+    words = text.split()
+    if len(words) < 2:
+        return text
+    for _ in range(swaps):
+        i = int(rng.integers(len(words)))
+        j = i + 1 if i == 0 else i - 1 if i == len(words) - 1 else i + int(rng.choice([-1, 1]))
+        words[i], words[j] = words[j], words[i]
+    return " ".join(words)
 
 
 def clamp_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -218,12 +350,8 @@ def crop_frames(
             / 255
         )
         if p is not None:
-            if p.jitter is not None:
-                bright, contrast, saturation, hue = p.jitter
-                crop = F.adjust_brightness(crop, bright)
-                crop = F.adjust_contrast(crop, contrast)
-                crop = F.adjust_saturation(crop, saturation)
-                crop = F.adjust_hue(crop, hue)
+            for name, factor in p.jitter or ():
+                crop = getattr(F, f"adjust_{name}")(crop, factor)
             if p.gray:
                 crop = F.rgb_to_grayscale(crop, num_output_channels=3)
             if p.blur_sigma is not None:
@@ -284,7 +412,7 @@ class ClipInputs:
     """What a worker prepared for one chunk of a clip: model inputs, or why there are none."""
 
     sample_id: str
-    inputs: torch.Tensor | None  # video: [V, n, ...] (n may be 0); audio: [F, T] spectrogram
+    inputs: torch.Tensor | None  # video: [V, n, ...] (n may be 0); audio: [(V,) F, T]
     present: bool = True  # False: the clip lacks this modality (not an error)
     error: str | None = None  # the clip is unusable (ledger)
     last: bool = True  # the clip's last chunk
@@ -302,22 +430,25 @@ class VideoClips(torch.utils.data.Dataset):
     does not change them.
     An exception raised while preparing a chunk (other than :func:`is_fatal` ones) is its clip's
     error.
+
+    A chunk's inputs hold the plain crop, then ``views`` Instance-Cont views (``recipe``), then,
+    for a clip of the train split, ``augment.count`` downstream copies (:func:`copy_params`).
     """
 
     read = staticmethod(read_frames)  # (path, times) -> (frames, found)
 
     def __init__(self, clips: pd.DataFrame, role: str, boxes: dict[str, np.ndarray],
                  crop_size: int, views: int = 0, view_seed: int = 0,
-                 chunk_frames: int = CHUNK_FRAMES):  # fmt: skip
+                 chunk_frames: int = CHUNK_FRAMES, recipe: ViewRecipe = ViewRecipe(),
+                 augment: Augment = NO_AUGMENT):  # fmt: skip
         if role not in VIDEO_ROLES:
             raise ValueError(f"not a video role: {role}")
         if chunk_frames <= 0 or (role == "video3d" and chunk_frames % WINDOW):
             raise ValueError(f"chunk_frames {chunk_frames}: video3d needs a multiple of {WINDOW}")
-        self.clips = clips[["sample_id", "video", "start", "end", "width", "height"]].to_dict(
-            "records"
-        )
+        columns = ["sample_id", "split", "video", "start", "end", "width", "height"]
+        self.clips = clips[columns].to_dict("records")
         self.role, self.boxes, self.size = role, boxes, crop_size
-        self.views, self.view_seed = views, view_seed
+        self.views, self.view_seed, self.recipe, self.augment = views, view_seed, recipe, augment
         self.items = []  # (clip, first and end sampled frame of the chunk)
         for i, clip in enumerate(self.clips):
             n = len(self.grid(clip)[1])
@@ -355,7 +486,10 @@ class VideoClips(torch.utils.data.Dataset):
         frames, found = self.read(clip["video"], times[index[a:b]])
         # A clip always has its first frame; frames past the video's real end are dropped.
         keep = found | (np.arange(a, b) == 0)
-        params = [view_params(clip["sample_id"], k, self.view_seed) for k in range(self.views)]
+        sample_id = clip["sample_id"]
+        params = [view_params(sample_id, k, self.view_seed, self.recipe) for k in range(self.views)]
+        if clip["split"] == "train":
+            params += [copy_params(sample_id, k, self.augment) for k in range(self.augment.count)]
         crops = crop_frames(frames[keep], boxes[a:b][keep], self.size, params, pool_boxes=boxes)
         return crops if self.role == "video2d" else windows(crops)
 
@@ -395,13 +529,15 @@ def spectrogram(audio: np.ndarray, filters: torch.Tensor, chunk: int = 4096) -> 
 
 
 class AudioClips(torch.utils.data.Dataset):
-    """Decodes one clip's audio per item into its mel spectrogram. No audio track (or one too
-    short to frame) is an absent modality; another exception (other than :func:`is_fatal` ones)
-    while preparing it is the clip's error."""
+    """Decodes one clip's audio per item into its mel spectrogram [F, T]; a clip of the train
+    split gets ``augment.count`` masked copies too: [1 + K, F, T], the plain one first. No audio
+    track (or one too short to frame) is an absent modality; another exception (other than
+    :func:`is_fatal` ones) while preparing it is the clip's error."""
 
-    def __init__(self, clips: pd.DataFrame):
+    def __init__(self, clips: pd.DataFrame, augment: Augment = NO_AUGMENT):
         self.clips = clips.to_dict("records")
         self.filters = mel_filters()
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -425,7 +561,14 @@ class AudioClips(torch.utils.data.Dataset):
             return ClipInputs(clip["sample_id"], None, present=False)
         if len(audio) <= N_FFT // 2:  # too short to frame (reflect padding needs more)
             return ClipInputs(clip["sample_id"], None, present=False)
-        return ClipInputs(clip["sample_id"], spectrogram(audio, self.filters))
+        spec = spectrogram(audio, self.filters)
+        if clip["split"] != "train" or not self.augment.count:
+            return ClipInputs(clip["sample_id"], spec)
+        rngs = [
+            copy_rng(self.augment, clip["sample_id"], k, "audio") for k in range(self.augment.count)
+        ]
+        copies = [masked(spec, spectrogram_masks(spec.shape, rng, self.augment)) for rng in rngs]
+        return ClipInputs(clip["sample_id"], torch.stack([spec, *copies]))
 
 
 def decoded(dataset, workers: int) -> Iterator[ClipInputs]:
@@ -620,9 +763,11 @@ class AudioRunner:
         return hook
 
     def pieces(self, spec: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
-        """``spec`` [F, T] as model inputs: ``(input [F, L], first, end)``, where output steps
-        ``first:end`` of the input are the ones that count."""
-        t = spec.shape[1]
+        """``spec`` [F, T] (or [V, F, T]: variants of one clip, masked copies) as model inputs:
+        ``(input [V, F, L], first, end)``, where output steps ``first:end`` of the input are the
+        ones that count."""
+        spec = spec if spec.dim() == 3 else spec[None]
+        t = spec.shape[2]
         if self.context is None or t <= self.window:
             return [(spec, 0, int(self.model.output_steps(t)))]
         s, steps = self.stride, int(self.model.output_steps(t))
@@ -631,42 +776,46 @@ class AudioRunner:
         for a in range(0, steps, w):
             b = min(a + w, steps)
             lo = max(0, a - c)  # in output steps, so the piece starts on the clip's stride grid
-            out.append((spec[:, lo * s : min(t, (b + c) * s)], a - lo, b - lo))
+            out.append((spec[..., lo * s : min(t, (b + c) * s)], a - lo, b - lo))
         return out
 
     @torch.inference_mode()
     def sums(self, pieces: list[tuple[torch.Tensor, int, int]]) -> list[tuple[torch.Tensor, int]]:
-        """One forward pass over ``pieces`` padded to the longest: per piece the sum [D] of its
-        counted outputs over rows and steps, and how many positions that sum holds."""
-        longest = max(p[0].shape[1] for p in pieces)
-        batch = torch.zeros(len(pieces), pieces[0][0].shape[0], longest)
-        for i, (x, _, _) in enumerate(pieces):
+        """One forward pass over ``pieces`` (:meth:`pieces`) padded to the longest: per piece the
+        sums [V, D] of its variants' counted outputs over rows and steps, and how many positions
+        each sum holds."""
+        rows = [(x, first, end) for p, first, end in pieces for x in p]
+        longest = max(x.shape[1] for x, _, _ in rows)
+        batch = torch.zeros(len(rows), rows[0][0].shape[0], longest)
+        for i, (x, _, _) in enumerate(rows):
             batch[i, :, : x.shape[1]] = x
-        self.lengths = torch.tensor([p[0].shape[1] for p in pieces], device=self.device)
+        self.lengths = torch.tensor([x.shape[1] for x, _, _ in rows], device=self.device)
         out = self.model(batch.to(self.device, self.model.input_dtype)).float()  # [B, D, H', T']
-        first = torch.tensor([p[1] for p in pieces], device=self.device)
-        end = torch.tensor([p[2] for p in pieces], device=self.device)
+        first = torch.tensor([r[1] for r in rows], device=self.device)
+        end = torch.tensor([r[2] for r in rows], device=self.device)
         steps = torch.arange(out.shape[3], device=self.device)[None]
         mask = (steps >= first[:, None]) & (steps < end[:, None])  # [B, T']
         total = (out * mask[:, None, None]).sum((2, 3)).cpu()
-        counts = ((end - first) * out.shape[2]).tolist()
-        return list(zip(total, counts, strict=True))
+        variants = [len(p) for p, _, _ in pieces]
+        counts = [(end - first) * out.shape[2] for _, first, end in pieces]
+        return list(zip(total.split(variants), counts, strict=True))
 
     def __call__(self, specs: list[torch.Tensor]) -> torch.Tensor:
-        """The mean feature [B, D] of each spectrogram, all their pieces in one forward pass."""
+        """The mean feature [B, D] of each spectrogram [F, T], all their pieces in one pass."""
         owners = [(i, p) for i, s in enumerate(specs) for p in self.pieces(s)]
         sums = torch.zeros(len(specs), self.dim)
         counts = torch.zeros(len(specs))
         for (i, _), (total, count) in zip(owners, self.sums([p for _, p in owners]), strict=True):
-            sums[i] += total
+            sums[i] += total[0]
             counts[i] += count
         return sums / counts[:, None]
 
 
 def run_audio(runner, clips: Iterable[ClipInputs], batch_size: int) -> Iterator[Result]:
-    """One vector per clip, the mean over all its output positions; ``batch_size`` pieces
-    (:meth:`AudioRunner.pieces`) per forward pass, gathered across clips. A piece whose input
-    makes the model raise (:func:`_each_or_alone`) fails its clip with that message."""
+    """One vector per clip and variant (the plain spectrogram, then its masked copies), the mean
+    over all its output positions; ``batch_size`` model inputs (:meth:`AudioRunner.pieces`, one
+    per variant) per forward pass, gathered across clips. A piece whose input makes the model
+    raise (:func:`_each_or_alone`) fails its clip with that message."""
     pools = _Pools()
     pending: list[tuple[str, tuple]] = []
 
@@ -677,17 +826,20 @@ def run_audio(runner, clips: Iterable[ClipInputs], batch_size: int) -> Iterator[
                 if isinstance(out, Exception):
                     pools.decide(Result(sample_id, None, error=f"backbone: {describe(out)}"))
                 else:
-                    pools.add(sample_id, out[0][None], out[1])
+                    pools.add(sample_id, *out)
             pending.clear()
         return pools.ready()
 
+    rows = 0
     for clip in clips:
         if clip.inputs is None:
             pools.decide(Result(clip.sample_id, None, present=clip.present, error=clip.error))
         else:
             for piece in runner.pieces(clip.inputs):
                 pending.append((clip.sample_id, piece))
-                if len(pending) >= batch_size:
+                rows += len(piece[0])
+                if rows >= batch_size:
+                    rows = 0
                     yield from flush()
         pools.finished.append(clip.sample_id)
     yield from flush()
@@ -734,6 +886,7 @@ class ShardFeatures:
     feature: torch.Tensor  # [N, D] float32
     present: torch.Tensor  # [N] bool
     views: torch.Tensor | None  # [N, K, D]
+    augmented: torch.Tensor | None = None  # [N, K', D]: zeros for clips not in the train split
 
 
 def extract_shard(
@@ -753,6 +906,8 @@ def extract_shard(
     precision: str = "fp32",
     chunk_frames: int = CHUNK_FRAMES,
     audio_window: int | None = AUDIO_WINDOW,
+    recipe: ViewRecipe = ViewRecipe(),
+    augment: Augment = NO_AUGMENT,
 ) -> ShardFeatures:
     """Features of ``clips`` (:func:`shard_clips`) for ``role`` with a loaded backbone.
 
@@ -765,10 +920,15 @@ def extract_shard(
     (``bf16`` or ``fp32``) is the vision and audio backbones'; the text encoder always runs in
     fp32 (it is a small share of the time). ``chunk_frames`` (video) and ``audio_window``
     (spectrogram frames; None: whole clips) bound the memory a long clip takes.
+
+    ``recipe`` is the views' augmentation; ``augment`` the downstream copies, which every clip
+    of the train split gets (``augmented``; zeros for the other clips and for absent
+    modalities). A copy that fails fails its clip.
     """
     views = views if role in VIDEO_ROLES else 0
     if role in VIDEO_ROLES:
-        data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed, chunk_frames)
+        data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed, chunk_frames,
+                          recipe, augment)  # fmt: skip
         runner = VideoRunner(model, mean, std, device, role == "video3d", precision)
         results = run_video(runner, decoded(data, workers), batch_size)
     elif role == "audio":
@@ -776,11 +936,9 @@ def extract_shard(
         by_length = clips.assign(length=clips["end"] - clips["start"])
         by_length = by_length.sort_values(["length", "sample_id"], kind="stable")
         runner = AudioRunner(model, device, precision, audio_window)
-        results = run_audio(runner, decoded(AudioClips(by_length), workers), batch_size)
+        results = run_audio(runner, decoded(AudioClips(by_length, augment), workers), batch_size)
     elif role == "text":
-        results = run_text(model, list(clips["text"]), batch_size, device)
-        ids = clips["sample_id"].to_numpy()
-        results = [Result(ids[int(r.sample_id)], r.feature, r.present, r.error) for r in results]
+        results = text_results(model, clips, batch_size, device, augment)
     else:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     dim = model.feature_dim
@@ -791,20 +949,50 @@ def extract_shard(
             continue
         kept.append(r.sample_id)
         present.append(r.present and r.feature is not None)
-        feats.append(r.feature if r.feature is not None else torch.zeros(1 + views, dim))
+        rows = torch.zeros(1 + views + augment.count, dim)  # no copies: not train, or absent
+        if r.feature is not None:
+            rows[: len(r.feature)] = r.feature
+        feats.append(rows)
     if role == "audio":  # back to the clips' order
         rank = {sample_id: i for i, sample_id in enumerate(clips["sample_id"])}
         order = sorted(range(len(kept)), key=lambda i: rank[kept[i]])
         kept, feats, present = ([x[i] for i in order] for x in (kept, feats, present))
-    stacked = torch.stack(feats) if feats else torch.zeros(0, 1 + views, dim)
+    stacked = torch.stack(feats) if feats else torch.zeros(0, 1 + views + augment.count, dim)
     split = clips.set_index("sample_id").loc[kept, "split"].to_numpy() if kept else np.array([])
     return ShardFeatures(
         sample_id=np.array(kept, dtype=str),
         split=np.asarray(split, dtype=str),
         feature=stacked[:, 0],
         present=torch.tensor(present, dtype=torch.bool),
-        views=stacked[:, 1:] if views else None,
+        views=stacked[:, 1 : 1 + views] if views else None,
+        augmented=stacked[:, 1 + views :] if augment.count else None,
     )
+
+
+def text_results(encoder, clips: pd.DataFrame, batch_size: int, device: str,
+                 augment: Augment = NO_AUGMENT) -> list[Result]:  # fmt: skip
+    """:func:`run_text` over the clips' texts and, for train clips with a text, its
+    ``augment.count`` word-swapped copies (:func:`swap_words`): one result per clip, its
+    feature [1 + copies, D]; a copy that fails fails its clip."""
+    texts = list(clips["text"])
+    copies: dict[int, range] = {}
+    for i, (sample_id, split, text) in enumerate(
+        zip(clips["sample_id"], clips["split"], list(texts), strict=True)
+    ):
+        if augment.count and split == "train" and isinstance(text, str) and text.strip():
+            copies[i] = range(len(texts), len(texts) + augment.count)
+            texts += [
+                swap_words(text.strip(), copy_rng(augment, sample_id, k, "text"), augment.swaps)
+                for k in range(augment.count)
+            ]
+    encoded = run_text(encoder, texts, batch_size, device)
+    results = []
+    for i, sample_id in enumerate(clips["sample_id"]):
+        own = [encoded[i], *(encoded[j] for j in copies.get(i, ()))]
+        error = next((r.error for r in own if r.error is not None), None)
+        feature = None if error or own[0].feature is None else torch.cat([r.feature for r in own])
+        results.append(Result(sample_id, feature, own[0].present, error))
+    return results
 
 
 def write_shard(path: str | os.PathLike, shard: ShardFeatures, dtype: str, attrs: dict) -> None:
@@ -817,7 +1005,10 @@ def write_shard(path: str | os.PathLike, shard: ShardFeatures, dtype: str, attrs
         featstore.write_array(group, "present", shard.present, bool)
         if shard.views is not None:
             featstore.write_array(group, "views", shard.views, dtype)
-        group.attrs.update(attrs, dim=int(shard.feature.shape[1]))
+        if shard.augmented is not None:
+            featstore.write_array(group, "augmented", shard.augmented, dtype)
+        copies = 0 if shard.augmented is None else int(shard.augmented.shape[1])
+        group.attrs.update(attrs, dim=int(shard.feature.shape[1]), augmented=copies)
         group.attrs["complete"] = True
 
 
@@ -841,6 +1032,11 @@ def merge_shards(
     ``shards``: role -> shard store paths (same shard order for every role). A sample is kept
     when both video roles have it; audio and text rows follow it (absent when missing). Rows are
     copied shard by shard, so a dataset larger than memory streams through.
+
+    Views: those of the video roles whose shards have them (attr ``view_roles``), concatenated
+    in role order; ``view_columns`` [a, b] are the columns of ``video`` they correspond to.
+    Augmented copies: ``{m}_augmented`` for every modality (video = 2D || 3D) when every role
+    has them (attr ``augmented``: K, the fewest any shard has); zeros where a role lacks a row.
     """
     missing = set(VIDEO_ROLES) - set(shards)
     if missing:
@@ -852,7 +1048,12 @@ def merge_shards(
     mods = ["video"] + [m for m in ("audio", "text") if m in groups]
     dims = {r: int(groups[r][0].attrs["dim"]) for r in groups}
     dims["video"] = dims["video2d"] + dims["video3d"]
-    n_views = min(int(g.attrs.get("views", 0)) for r in VIDEO_ROLES for g in groups[r])
+    views_of = {r: min(int(g.attrs.get("views", 0)) for g in groups[r]) for r in VIDEO_ROLES}
+    view_roles = [r for r in VIDEO_ROLES if views_of[r]]
+    n_views = min((views_of[r] for r in view_roles), default=0)
+    first = dims["video2d"] if view_roles == ["video3d"] else 0
+    view_columns = [first, first + sum(dims[r] for r in view_roles)]
+    n_aug = min(int(g.attrs.get("augmented", 0)) for gs in groups.values() for g in gs)
 
     per_shard = []  # (kept ids, split, {role: row index into that role's shard})
     for k in range(counts.pop()):
@@ -874,8 +1075,11 @@ def merge_shards(
             arrays[m] = featstore.create_array(group, m, (n, dims[m]), dtype)
             arrays[f"{m}_present"] = featstore.create_array(group, f"{m}_present", (n,), bool)
         if n_views:
-            shape = (n, n_views, dims["video"])
+            shape = (n, n_views, view_columns[1] - view_columns[0])
             arrays["video_views"] = featstore.create_array(group, "video_views", shape, dtype)
+        for m in mods if n_aug else ():
+            name = f"{m}_augmented"
+            arrays[name] = featstore.create_array(group, name, (n, n_aug, dims[m]), dtype)
         offset = 0
         for k, (kept, split, rows) in enumerate(per_shard):
             block = slice(offset, offset + len(kept))
@@ -884,8 +1088,11 @@ def merge_shards(
             arrays["video"][block] = np.concatenate(video, 1).astype(dtype)
             arrays["video_present"][block] = np.ones(len(kept), bool)
             if n_views:
-                views = [groups[r][k]["views"][:][rows[r], :n_views] for r in VIDEO_ROLES]
+                views = [groups[r][k]["views"][:][rows[r], :n_views] for r in view_roles]
                 arrays["video_views"][block] = np.concatenate(views, 2).astype(dtype)
+            if n_aug:
+                copies = [groups[r][k]["augmented"][:][rows[r], :n_aug] for r in VIDEO_ROLES]
+                arrays["video_augmented"][block] = np.concatenate(copies, 2).astype(dtype)
             for m in mods[1:]:
                 r = rows[m]
                 found = r >= 0
@@ -894,11 +1101,17 @@ def merge_shards(
                 feats[found] = groups[m][k]["feature"][:][r[found]]
                 present[found] = groups[m][k]["present"][:][r[found]]
                 arrays[m][block], arrays[f"{m}_present"][block] = feats, present
+                if n_aug:
+                    copies = np.zeros((len(kept), n_aug, dims[m]), dtype)
+                    copies[found] = groups[m][k]["augmented"][:][r[found], :n_aug]
+                    arrays[f"{m}_augmented"][block] = copies
             offset += len(kept)
         group.attrs.update(
             modalities=mods,
             dims={m: dims[m] for m in mods},
             views=n_views,
+            **({"view_roles": view_roles, "view_columns": view_columns} if n_views else {}),
+            augmented=n_aug,
             backbones={
                 r: {k: v for k, v in groups[r][0].attrs.items() if k != "complete"} for r in groups
             },

@@ -120,19 +120,27 @@ def features_input(wildcards):
 
 
 def feature_settings(wildcards):
-    """The settings one feature job depends on: its backbone's, and the views of its dataset."""
+    """The settings one feature job depends on: its backbone's, the views of its dataset and
+    role (features.views), and its modality's downstream copies (features.augment)."""
     cfg = config["features"]
-    views = cfg["views"]
+    views, augment = cfg["views"], cfg["augment"]
+    role = wildcards.backbone
+    with_views = wildcards.dataset in views["datasets"] and role in views["roles"]
+    copies = augment["count"] if wildcards.dataset in augment["datasets"] else 0
+    modality = "video" if role in ("video2d", "video3d") else role
+    which = ("datasets", "roles", "count", "seed")  # which jobs get views; the rest: how
+    recipe = {k: v for k, v in views.items() if k not in which}
     return {
         **{k: cfg[k] for k in ("device", "precision", "dtype", "crop_size", "workers")},
-        **cfg[wildcards.backbone],
-        "views": (
-            views["count"]
-            if wildcards.dataset in views["datasets"]
-            and wildcards.backbone in ("video2d", "video3d")
-            else 0
-        ),
+        **cfg[role],
+        "views": views["count"] if with_views else 0,
         "view_seed": views["seed"],
+        "view_recipe": recipe if with_views else {},
+        "augment": (
+            {"count": copies, "seed": augment["seed"], modality: augment[modality]}
+            if copies
+            else {"count": 0, "seed": augment["seed"]}
+        ),
     }
 
 

@@ -5,6 +5,7 @@ whole clips), per-clip isolation of errors inside a batch, shard stores and thei
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,17 +16,25 @@ import zarr
 from conclugen import featstore
 from conclugen.features import (
     N_FFT,
+    AudioClips,
     AudioRunner,
+    Augment,
     ClipInputs,
     ShardFeatures,
     VideoClips,
+    ViewRecipe,
+    clip_rng,
+    copy_params,
     crop_frames,
     extract_shard,
+    masked,
     mel_filters,
     merge_shards,
     open_shard,
     run_audio,
     spectrogram,
+    spectrogram_masks,
+    swap_words,
     view_params,
     windows,
     write_shard,
@@ -602,3 +611,199 @@ def test_featstore_keeps_augmented_copies_and_view_columns(tmp_path):
     with pytest.raises(ValueError, match="view_columns"):
         featstore.write_features(tmp_path / "x.zarr", fs.sample_id, fs.split, fs.features,
                                  views=views_3d, view_columns=(0, 12))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The views' recipe and the downstream copies
+
+
+def test_view_parameters_span_the_authors_simclr_ranges():
+    drawn = [view_params(f"clip{i}", k, 0) for i in range(400) for k in range(10)]
+    area = np.array([p.crop[2] * p.crop[3] for p in drawn])
+    ratio = np.array([p.crop[2] / p.crop[3] for p in drawn])
+    assert 0.3 - 1e-9 <= area.min() < 0.32 and area.max() > 0.98
+    assert ratio.min() < 0.55 and ratio.max() > 1.8 and (0.5 - 1e-9 <= ratio).all()
+    assert all(0 <= p.crop[0] and p.crop[0] + p.crop[2] <= 1 + 1e-9 for p in drawn)
+    rate = lambda flags: np.mean(list(flags))  # noqa: E731
+    assert abs(rate(p.flip for p in drawn) - 0.5) < 0.03
+    assert abs(rate(p.jitter is not None for p in drawn) - 0.8) < 0.03
+    assert abs(rate(p.gray for p in drawn) - 0.2) < 0.03
+    assert abs(rate(p.blur_sigma is not None for p in drawn) - 0.5) < 0.03
+    jitters = [dict(p.jitter) for p in drawn if p.jitter]
+    for name, (low, high) in {"brightness": (0.2, 1.8), "hue": (-0.2, 0.2)}.items():
+        values = np.array([j[name] for j in jitters])
+        assert low <= values.min() < low + 0.05 and high - 0.05 < values.max() <= high
+    assert len({tuple(n for n, _ in p.jitter) for p in drawn if p.jitter}) == 24  # random order
+    sigmas = np.array([p.blur_sigma for p in drawn if p.blur_sigma is not None])
+    assert 0.1 <= sigmas.min() < 0.15 and 1.95 < sigmas.max() <= 2.0
+    # The downstream video copies: crop 0.8-1 / 0.8-1.2 and flip, no colour operations.
+    copies = [copy_params(f"clip{i}", k, Augment(count=10)) for i in range(300) for k in range(10)]
+    area = np.array([p.crop[2] * p.crop[3] for p in copies])
+    assert 0.8 - 1e-9 <= area.min() < 0.82 and area.max() > 0.98
+    assert not any(p.jitter or p.gray or p.blur_sigma for p in copies)
+    assert abs(rate(p.flip for p in copies) - 0.5) < 0.03
+    # Another recipe is another draw.
+    narrow = ViewRecipe(crop_scale=(0.9, 1.0), jitter=0.0)
+    assert all(p.jitter is None for p in (view_params("c", k, 0, narrow) for k in range(50)))
+
+
+def test_the_schema_defaults_are_the_recipes_defaults():
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    features = schema["properties"]["features"]["properties"]
+    views = {k: v["default"] for k, v in features["views"]["properties"].items()}
+    assert ViewRecipe.from_settings(views) == ViewRecipe()
+    augment = {k: v["default"] for k, v in features["augment"]["properties"].items()}
+    for m in ("video", "audio", "text"):
+        augment[m] = {
+            k: v["default"] for k, v in features["augment"]["properties"][m]["properties"].items()
+        }
+    assert Augment.from_settings(augment) == Augment(count=10)
+
+
+def test_only_train_clips_get_downstream_video_copies(videos):
+    clips = clips_table(videos, ["still", "ramp40", "ramp10"], {"still": 20, "ramp40": 40,
+                                                                "ramp10": 10})  # fmt: skip
+    clips["split"] = ["train", "test", "train"]
+    augment = Augment(count=3, seed=4)
+    v2d = VideoClips(clips, "video2d", {}, 32, views=2, augment=augment)[0].inputs
+    v3d = VideoClips(clips, "video3d", {}, 32, views=2, augment=augment)[0].inputs
+    assert v2d.shape[0] == v3d.shape[0] == 1 + 2 + 3  # plain, views, copies
+    frames3d = v3d.transpose(2, 3).flatten(1, 2)
+    assert torch.equal(v2d[:, 0], frames3d[:, 0])  # 2D and 3D crop every copy alike
+    firsts = [v2d[k, 0] for k in range(6)]
+    assert all(not torch.equal(firsts[i], firsts[j]) for i in range(6) for j in range(i))
+    assert VideoClips(clips, "video2d", {}, 32, augment=augment)[1].inputs.shape[0] == 1  # test
+    ledger = FailureLedger("features")
+    kw = {"crop_size": 32, **IDENTITY, "workers": 0, "views": 2, "augment": augment}
+    shard = extract_shard("video2d", clips, MeanColour2D(), ledger, **kw)
+    again = extract_shard("video2d", clips, MeanColour2D(), ledger, **kw)
+    assert shard.augmented.shape == (3, 3, 3) and shard.views.shape == (3, 2, 3)
+    assert shard.augmented[1].abs().sum() == 0  # the test clip: none
+    still = shard.augmented[0]
+    assert (still != shard.feature[0]).any(1).all()  # every copy differs from the plain clip
+    assert torch.equal(shard.augmented, again.augmented) and torch.equal(shard.views, again.views)
+    other = extract_shard("video2d", clips, MeanColour2D(), ledger,
+                          **(kw | {"augment": Augment(count=3, seed=5)}))  # fmt: skip
+    assert not torch.equal(other.augmented[0], still) and torch.equal(other.views, shard.views)
+
+
+def test_audio_masks_follow_the_authors_ranges():
+    spec = torch.rand(128, 500, generator=torch.Generator().manual_seed(0)) + 0.1
+    augment = Augment(count=1)
+    widths = {0: [], 1: []}
+    for i in range(500):
+        masks = spectrogram_masks(spec.shape, clip_rng(0, f"a{i}", 0), augment)
+        assert [axis for axis, _, _ in masks] == [0, 1]
+        out = masked(spec, masks)
+        for axis, start, width in masks:
+            size = spec.shape[axis]
+            widths[axis].append(width)
+            assert 0 <= start and start + width <= size
+            assert out.narrow(axis, start, width).abs().sum() == 0
+        keep = torch.ones_like(spec, dtype=torch.bool)
+        for axis, start, width in masks:
+            keep.narrow(axis, start, width).fill_(False)
+        assert torch.equal(out[keep], spec[keep])  # nothing else changes
+    # Width < m <= int(0.35 * axis) - 1; the widest masks come near that.
+    for axis, size in ((0, 128), (1, 500)):
+        most = int(0.35 * size) - 1
+        assert max(widths[axis]) < most and max(widths[axis]) > 0.9 * most
+        assert min(widths[axis]) == 0
+
+
+def test_only_train_clips_get_masked_audio_copies(monkeypatch):
+    audio = np.random.default_rng(3).standard_normal(16000).astype(np.float32)
+    monkeypatch.setattr("conclugen.features.read_audio", lambda *a: audio)
+    clips = pd.DataFrame({"sample_id": ["a", "b"], "split": ["train", "val"],
+                          "video": ["a.mp4", "b.mp4"], "audio": [None, None],
+                          "start": [0.0, 0.0], "end": [1.0, 1.0], "has_audio": [True, True],
+                          "audio_peak": [0.5, 0.5]})  # fmt: skip
+    augment = Augment(count=2, seed=1)
+    data = AudioClips(clips, augment)
+    train, val = data[0].inputs, data[1].inputs
+    assert train.shape == (3, 128, 101) and val.shape == (128, 101)
+    assert torch.equal(train[0], val)
+    assert (train[1:] == 0).any() and not torch.equal(train[1], train[2])
+    assert torch.equal(AudioClips(clips, augment)[0].inputs, train)  # a rerun: the same masks
+    shard = extract_shard("audio", clips, StepMap(), FailureLedger("features"), workers=0,
+                          augment=augment)  # fmt: skip
+    assert shard.augmented.shape == (2, 2, 2) and shard.augmented[1].abs().sum() == 0
+    # Copies pool like the plain clip: StepMap's feature of a copy is its masked mean.
+    runner = AudioRunner(StepMap(), "cpu")
+    want = torch.stack([runner([x])[0] for x in train[1:]])
+    assert torch.allclose(shard.augmented[0], want, atol=1e-6)
+    assert (shard.augmented[0] < shard.feature[0]).all()
+
+
+def test_a_word_swap_swaps_one_adjacent_pair():
+    text = "one two three four five six"
+    seen = set()
+    for i in range(200):
+        out = swap_words(text, clip_rng(0, f"t{i}", 0), 1).split()
+        moved = [k for k, (a, b) in enumerate(zip(out, text.split(), strict=True)) if a != b]
+        assert len(moved) == 2 and moved[1] == moved[0] + 1
+        assert sorted(out) == sorted(text.split())
+        seen.add(moved[0])
+    assert seen == set(range(5))  # every pair, the edges included
+    assert swap_words("alone", clip_rng(0, "x", 0), 1) == "alone"
+    assert swap_words("a b", clip_rng(0, "x", 0), 1) == "b a"
+
+
+class OrderEncoder(FakeEncoder):
+    """A text encoder that sees word order: feature = [sum of position x word length, 1]."""
+
+    def encode(self, texts, device):
+        return torch.tensor([[sum(i * len(w) for i, w in enumerate(t.split())), 1.0]
+                             for t in texts])  # fmt: skip
+
+
+def test_only_train_clips_get_word_swapped_text_copies(videos):
+    clips = clips_table(videos, ["ramp40", "still", "ramp10"], {"ramp40": 40, "still": 20,
+                                                                "ramp10": 10})  # fmt: skip
+    clips["text"] = ["a bb cccc " + "d" * 8 + " " + "e" * 16, "a bb ccc", None]
+    clips["split"] = ["train", "val", "train"]
+    augment = Augment(count=4, seed=2)
+    shard, ledger = extract("text", clips, OrderEncoder(), batch_size=3, augment=augment)
+    assert not ledger.rows and shard.augmented.shape == (3, 4, 2)
+    assert shard.feature[0, 0] == 98  # 0*1 + 1*2 + 2*4 + 3*8 + 4*16; a swap changes it
+    assert (shard.augmented[0, :, 0] != 98).all() and len(
+        set(shard.augmented[0, :, 0].tolist())
+    ) > 1
+    assert shard.augmented[1:].abs().sum() == 0  # val; train without text (absent)
+    again, _ = extract("text", clips, OrderEncoder(), batch_size=2, augment=augment)
+    assert torch.equal(again.augmented, shard.augmented)
+    # A copy that makes the tokenizer raise fails its clip.
+    clips["text"] = ["fine words", "a bb", "odd \x00"]
+    clips["split"] = "train"
+    shard, ledger = extract("text", clips, FakeEncoder(), batch_size=8, augment=augment)
+    assert shard.sample_id.tolist() == ["ramp40", "still"] and ledger.rows[0][0] == "ramp10"
+
+
+def test_merge_writes_augmented_copies_and_the_views_columns(tmp_path):
+    paths = {r: [] for r in ("video2d", "video3d", "audio", "text")}
+    dims = {"video2d": 4, "video3d": 2, "audio": 3, "text": 5}
+    for role, dim in dims.items():
+        ids = ["a", "b", "c"] if role != "text" else ["a", "c"]
+        shard = shard_of(ids, dim, 1, views=2 if role == "video3d" else 0)
+        shard.split = np.array([{"a": "train", "b": "test", "c": "train"}[i] for i in ids])
+        shard.augmented = (
+            shard.feature[:, None].repeat(1, 2, 1) + torch.tensor([10.0, 20.0])[:, None]
+        )
+        shard.augmented[shard.split != "train"] = 0
+        path = tmp_path / role / "0.zarr"
+        write_shard(path, shard, "float32", {"role": role, "views": 2 if role == "video3d" else 0})
+        paths[role].append(path)
+    out = tmp_path / "features.zarr"
+    merge_shards(paths, out, "float32")
+    fs = featstore.read_features(out, augmented=True)
+    assert fs.attrs["augmented"] == 2 and fs.attrs["view_roles"] == ["video3d"]
+    assert fs.attrs["view_columns"] == [4, 6] and fs.views.shape == (3, 2, 2)
+    assert torch.equal(fs.views[:, 0], fs.features["video"][:, 4:6] + 0.5)
+    assert {m: tuple(x.shape) for m, x in fs.augmented.items()} == {
+        "video": (3, 2, 6), "audio": (3, 2, 3), "text": (3, 2, 5)
+    }  # fmt: skip
+    assert torch.equal(fs.augmented["video"][0, 1], fs.features["video"][0] + 20)
+    assert fs.augmented["video"][1].abs().sum() == 0  # b is a test clip
+    assert torch.equal(fs.augmented["text"][2, 0], fs.features["text"][2] + 10)  # c: text row 1

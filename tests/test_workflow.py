@@ -252,7 +252,7 @@ def usable_clips(workdir, dataset) -> set[str]:
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_features_store_holds_every_usable_clip(demo_run, dataset):
     workdir, _, _ = demo_run
-    fs = read_features(workdir / "results" / dataset / "features.zarr")
+    fs = read_features(workdir / "results" / dataset / "features.zarr", augmented=True)
     assert set(fs.sample_id) == usable_clips(workdir, dataset)
     # The demo's backbones: ResNet-18 (512) || 3D ResNet-18 (512), narrow DAVEnet, MiniLM.
     assert fs.dims == {"video": 1024, "audio": 256, "text": 384}
@@ -273,11 +273,21 @@ def test_features_store_holds_every_usable_clip(demo_run, dataset):
     has_text = texts.loc[fs.sample_id].fillna("").str.strip().str.len().to_numpy() > 0
     assert fs.present["text"].numpy().tolist() == has_text.tolist()
     assert has_text.mean() >= 0.6
-    if dataset == "voxceleb2":  # the pretraining set: two augmented views per clip
-        assert fs.views is not None and fs.views.shape == (len(fs), 2, 1024)
+    if dataset == "voxceleb2":  # the pretraining set: two augmented views of the 3D features
+        assert fs.views is not None and fs.views.shape == (len(fs), 2, 512)
+        assert fs.attrs["view_roles"] == ["video3d"] and fs.attrs["view_columns"] == [512, 1024]
         assert not torch.equal(fs.views[:, 0], fs.views[:, 1])
-    else:
-        assert fs.views is None
+        assert fs.augmented is None and fs.attrs["augmented"] == 0
+    else:  # a labelled set: two augmented copies of every train clip and modality
+        assert fs.views is None and fs.attrs["augmented"] == 2
+        train = torch.from_numpy(fs.split == "train")
+        for m, copies in fs.augmented.items():
+            assert copies.shape == (len(fs), 2, fs.dims[m])
+            assert copies[~train | ~fs.present[m]].abs().sum() == 0
+            kept = train & fs.present[m]
+            assert kept.any() and (copies[kept].abs().sum(2) > 0).all()
+            assert not torch.equal(copies[kept, 0], copies[kept, 1])
+            assert not torch.equal(copies[kept, 0], fs.features[m][kept])
 
 
 def test_killed_features_job_reruns_to_the_same_output(demo_run):

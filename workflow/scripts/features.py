@@ -11,7 +11,14 @@ import torch
 
 from conclugen import backbones
 from conclugen.data.manifest import read_manifest
-from conclugen.features import extract_shard, face_boxes, shard_clips, write_shard
+from conclugen.features import (
+    Augment,
+    ViewRecipe,
+    extract_shard,
+    face_boxes,
+    shard_clips,
+    write_shard,
+)
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
 from conclugen.torchutil import claim_gpu, resolve_device, resolve_precision
@@ -60,6 +67,8 @@ with logged(snakemake.log[0]) as log:
         views=cfg["views"],
         view_seed=cfg["view_seed"],
         precision=precision,
+        recipe=ViewRecipe.from_settings(cfg["view_recipe"]),
+        augment=Augment.from_settings(cfg["augment"]),
     )
     ledger.write(snakemake.output.failures)
     ledger.check(len(clips), snakemake.params.max_failure_fraction)
@@ -68,7 +77,7 @@ with logged(snakemake.log[0]) as log:
              "precision": precision}  # fmt: skip
     write_shard(snakemake.output.store, shard, cfg["dtype"], attrs)
     log.info(
-        "%d clips, %d with this modality, %d dropped (%s)",
+        "%d clips, %d with this modality, %d dropped (%s); %d views, %d augmented copies",
         len(shard.sample_id), int(shard.present.sum()), len(ledger.dropped),
-        snakemake.output.failures,
+        snakemake.output.failures, views, cfg["augment"]["count"],
     )  # fmt: skip
