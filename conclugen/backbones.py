@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conclugen.weights import load_checkpoint, text_model
+from conclugen.weights import load_checkpoint, load_text_model
 
 HEADS = ("fc.", "last_linear.")
 
@@ -469,12 +469,7 @@ class TextEncoder(Frozen):
 def load_text_encoder(spec: str) -> TextEncoder:
     """A frozen text encoder from a Hugging Face name, a local folder or ``package:`` folder
     (offline, a name missing from the cache raises :class:`conclugen.weights.MissingWeights`)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    source = text_model(spec)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModel.from_pretrained(source)
-    return _freeze(TextEncoder(tokenizer, model))
+    return _freeze(TextEncoder(*load_text_model(spec)))
 
 
 # --------------------------------------------------------------------------------------------

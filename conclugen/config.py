@@ -25,6 +25,15 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from conclugen.weights import (
+    FETCH_COMMAND,
+    Weight,
+    cache_problem,
+    is_local_weights,
+    offline,
+    weight_problem,
+)
+
 
 class ConfigError(ValueError):
     """The config does not satisfy the schema or names a path that does not exist."""
@@ -56,8 +65,6 @@ def _describe(error) -> str:
         extra = sorted(set(error.instance) - set(allowed))
         names = ", ".join(f"{where}.{k}" if error.absolute_path else k for k in extra)
         return f"unknown key {names} (allowed here: {', '.join(allowed)})"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
     return f"{where}: {error.message}"
 
 
@@ -79,13 +86,6 @@ def produced_by_workflow(path: str, config: dict[str, Any]) -> bool:
         return False
     root = os.path.normpath(look["root"])
     return os.path.normpath(path).startswith(root + os.sep)
-
-
-def is_local_weights(spec: str) -> bool:
-    """Whether a weights spec names a local file (not a URL, package folder or registry name)."""
-    if "://" in spec or spec.startswith("package:"):
-        return False
-    return os.sep in spec or spec.endswith((".pth", ".pt", ".bin", ".tar"))
 
 
 def is_glob(path: str) -> bool:
@@ -169,8 +169,6 @@ def check_config(
     (:func:`conclugen.weights.spec_problems`): raise ConfigError. Then return the
     :func:`missing_inputs` lines. With ``checkout``, a relative ``exclusions`` path becomes that
     folder's (it ships with the checkout; module docstring)."""
-    from conclugen.weights import spec_problems
-
     validate(config, schema_path)
     problems = inconsistencies(config)
     if problems:
@@ -189,8 +187,6 @@ def missing_inputs(config: dict[str, Any]) -> list[str]:
     """``key: problem`` lines for every input the jobs would read that is not there: missing
     paths and, offline, hub weights not in their caches
     (:func:`conclugen.weights.uncached_weights`)."""
-    from conclugen.weights import uncached_weights
-
     return missing_paths(config) + uncached_weights(config)
 
 
@@ -270,3 +266,45 @@ def _shown(path: str | os.PathLike) -> str:
 
 def enabled_datasets(config: dict[str, Any]) -> list[str]:
     return [name for name, ds in config["datasets"].items() if ds.get("enabled", True)]
+
+
+def configured_weights(config: dict[str, Any]) -> list[Weight]:
+    """Every weight the config's jobs load, less those the workflow writes itself (demo)."""
+    out = [
+        Weight(f"features.{role}.weights", config["features"][role]["weights"], "checkpoint")
+        for role in ("video2d", "video3d", "audio")
+    ]
+    out.append(Weight("features.text.model", config["features"]["text"]["model"], "text"))
+    sub = config["subtitles"]
+    if set(sub["datasets"]) & set(enabled_datasets(config)):
+        out.append(Weight("subtitles.model", sub["model"], sub["backend"]))
+    return [w for w in out if not produced_by_workflow(w.spec, config)]
+
+
+def spec_problems(config: dict[str, Any]) -> list[str]:
+    """``key: problem`` lines for the configured weights that cannot work: names, local paths'
+    kinds and formats (:func:`conclugen.weights.weight_problem`). Missing local files are
+    :func:`missing_paths`'s; an empty cache is :func:`uncached_weights`'."""
+    problems = []
+    for weight in configured_weights(config):
+        problem = weight_problem(weight)
+        if problem:
+            problems.append(f"{weight.key}: {problem}")
+    return problems
+
+
+def uncached_weights(config: dict[str, Any]) -> list[str]:
+    """Offline (:func:`conclugen.weights.offline`): ``key: problem`` lines for the hub weights
+    not in their cache, each naming the command that fills it; online, none (the jobs would
+    fetch them)."""
+    if not offline():
+        return []
+    problems = []
+    for weight in configured_weights(config):
+        try:
+            problem = cache_problem(weight)
+        except ValueError:
+            continue  # a bad name: spec_problems reports it
+        if problem:
+            problems.append(f"{weight.key}: {problem}; fill it with {FETCH_COMMAND}")
+    return problems

@@ -33,12 +33,11 @@ openai-whisper name that is not cached then raises :class:`MissingWeights`, whos
 the weight and :data:`FETCH_COMMAND`. ``file://`` URLs and local files contact no hub and are read
 as always.
 
-Before any job, :func:`spec_problems` (called by :func:`conclugen.config.load_checked`) refuses
-weights that cannot work: an unknown torchvision weights name or Whisper model name, a local
-path of the wrong kind (a folder for a checkpoint, a file or a folder without ``model.bin`` for a
-CTranslate2 model, an empty or non-PyTorch file), an invalid hub name, and, when offline, a hub
-weight that is not in its cache. :func:`configured_weights` lists what a config uses; weights
-the workflow writes itself (the demo's look-alikes) are left out of both.
+Before any job, :func:`conclugen.config.check_config` refuses, through :func:`weight_problem`
+and :func:`cache_problem` on each weight a config names, weights that cannot work: an unknown
+torchvision weights name or Whisper model name, a local path of the wrong kind (a folder for a
+checkpoint, a file or a folder without ``model.bin`` for a CTranslate2 model, an empty or
+non-PyTorch file), an invalid hub name, and, when offline, a hub weight that is not in its cache.
 """
 
 from __future__ import annotations
@@ -94,6 +93,13 @@ def resolve_model(spec: str) -> str:
 
     module, _, folder = spec[len("package:") :].partition("/")
     return str(files(module) / folder)
+
+
+def is_local_weights(spec: str) -> bool:
+    """Whether a weights spec names a local file (not a URL, package folder or registry name)."""
+    if "://" in spec or spec.startswith("package:"):
+        return False
+    return os.sep in spec or spec.endswith((".pth", ".pt", ".bin", ".tar"))
 
 
 def checkpoint_url(spec: str) -> str | None:
@@ -230,6 +236,15 @@ def text_model(spec: str) -> str:
     return source
 
 
+def load_text_model(spec: str):
+    """(tokenizer, model) from :func:`text_model`'s source by ``from_pretrained``, which
+    downloads what a hub name lacks in the cache (online)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = text_model(spec)
+    return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source)
+
+
 def whisper_repo(name: str) -> str:
     """The hub repository of a faster-whisper model name (``large-v3`` ->
     ``Systran/faster-whisper-large-v3``); an ``owner/name`` repository is its own."""
@@ -273,28 +288,13 @@ def whisper_model(backend: str, spec: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# What a config uses, and the checks before any job
+# The checks before any job (conclugen.config runs them on what a config names)
 
 
 class Weight(NamedTuple):
     key: str  # the config key, e.g. features.video2d.weights
     spec: str
     kind: str  # checkpoint, text, faster-whisper or openai-whisper
-
-
-def configured_weights(config: dict[str, Any]) -> list[Weight]:
-    """Every weight the config's jobs load, less those the workflow writes itself (demo)."""
-    from conclugen.config import enabled_datasets, produced_by_workflow
-
-    out = [
-        Weight(f"features.{role}.weights", config["features"][role]["weights"], "checkpoint")
-        for role in ("video2d", "video3d", "audio")
-    ]
-    out.append(Weight("features.text.model", config["features"]["text"]["model"], "text"))
-    sub = config["subtitles"]
-    if set(sub["datasets"]) & set(enabled_datasets(config)):
-        out.append(Weight("subtitles.model", sub["model"], sub["backend"]))
-    return [w for w in out if not produced_by_workflow(w.spec, config)]
 
 
 def _is_checkpoint_file(path: Path) -> str | None:
@@ -341,8 +341,6 @@ def _torchvision_problem(spec: str) -> str | None:
 
 
 def _checkpoint_problem(spec: str) -> str | None:
-    from conclugen.config import is_local_weights
-
     if spec.startswith(("http://", "https://")):
         if not os.path.basename(urlparse(spec).path):
             return f"{spec} names no file"
@@ -403,7 +401,16 @@ def _model_problem(weight: Weight) -> str | None:
     return None
 
 
-def _cache_problem(weight: Weight) -> str | None:
+def weight_problem(weight: Weight) -> str | None:
+    """Why ``weight`` cannot work: its name, its local path's kind or format (module
+    docstring); ``None`` if it can. A missing local file and an empty cache are not its
+    problems (:func:`conclugen.config.missing_paths`, :func:`cache_problem`)."""
+    if weight.kind == "checkpoint":
+        return _checkpoint_problem(weight.spec)
+    return _model_problem(weight)
+
+
+def cache_problem(weight: Weight) -> str | None:
     """Offline: why ``weight`` cannot be read from its cache (``None``: it is there, or local)."""
     spec, kind = weight.spec, weight.kind
     if kind == "checkpoint":
@@ -423,35 +430,6 @@ def _cache_problem(weight: Weight) -> str | None:
         return None if found else f"{spec} is not in the cache ({_hub_folder(repo)})"
     path = openai_whisper_file(spec)
     return None if path.is_file() else f"{spec} is not in the cache ({path})"
-
-
-def spec_problems(config: dict[str, Any]) -> list[str]:
-    """``key: problem`` lines for the configured weights that cannot work: names, local paths'
-    kinds and formats (module docstring). Missing local files are
-    :func:`conclugen.config.missing_paths`'s; an empty cache is :func:`uncached_weights`'."""
-    problems = []
-    for weight in configured_weights(config):
-        check = _checkpoint_problem if weight.kind == "checkpoint" else None
-        problem = check(weight.spec) if check else _model_problem(weight)
-        if problem:
-            problems.append(f"{weight.key}: {problem}")
-    return problems
-
-
-def uncached_weights(config: dict[str, Any]) -> list[str]:
-    """Offline (:func:`offline`): ``key: problem`` lines for the hub weights not in their cache,
-    each naming the command that fills it; online, none (the jobs would fetch them)."""
-    if not offline():
-        return []
-    problems = []
-    for weight in configured_weights(config):
-        try:
-            problem = _cache_problem(weight)
-        except ValueError:
-            continue  # a bad name: spec_problems reports it
-        if problem:
-            problems.append(f"{weight.key}: {problem}; fill it with {FETCH_COMMAND}")
-    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,11 +469,9 @@ def _local_model(spec: str) -> Path | None:
 
 
 def _fill_text(spec: str) -> tuple[str, Path]:
-    from conclugen.backbones import load_text_encoder
-
     local = _local_model(spec)
     status = "local" if local else "cached" if _hub_text_cached(spec) else "fetched"
-    load_text_encoder(spec)  # downloads what is missing into the HF cache, then loads it
+    load_text_model(spec)  # downloads what is missing into the HF cache, then loads it
     return status, local or _hub_file(spec, "config.json").parent
 
 

@@ -1,4 +1,4 @@
-from conclugen.weights import configured_weights
+from conclugen.config import configured_weights
 
 
 rule weights:

@@ -23,7 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conclugen.config import ConfigError, load_checked, validate
+from conclugen.config import (
+    ConfigError,
+    configured_weights,
+    load_checked,
+    spec_problems,
+    uncached_weights,
+    validate,
+)
 from conclugen.featstore import read_features
 from conclugen.lookalike_weights import (
     write_hara_resnet3d,
@@ -31,7 +38,7 @@ from conclugen.lookalike_weights import (
     write_resdavenet,
     write_torchvision_resnet,
 )
-from conclugen.weights import configured_weights, resolve_model, spec_problems, uncached_weights
+from conclugen.weights import resolve_model
 from tests.conftest import ROOT, TINY_SIZES, run_snakemake
 
 SCHEMA = ROOT / "config" / "schema.yaml"
