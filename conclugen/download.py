@@ -34,7 +34,6 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 import tarfile
 import time
 import zipfile
@@ -46,7 +45,7 @@ from urllib.error import HTTPError
 from urllib.parse import unquote, urlparse
 from urllib.request import Request, url2pathname, urlopen
 
-from conclugen.io import atomic_path
+from conclugen.io import atomic_path, remove_stale_temporaries
 from conclugen.progress import progress
 
 log = logging.getLogger("conclugen")
@@ -392,7 +391,8 @@ def prepare_source(source: dict, raw_dir, work_dir) -> Path:
     replaced part included) and ``raw_dir`` is replaced whole.
     """
     raw_dir, work_dir = Path(raw_dir), Path(work_dir)
-    _remove_stale_temporaries(raw_dir)
+    for tmp in remove_stale_temporaries(raw_dir):  # before fetching: they can be huge
+        log.info("removed %s left by a killed run", tmp)
     entries = source["archives"]
     folders = [e for e in entries if "path" in e and os.path.isdir(os.path.expanduser(e["path"]))]
     if folders:
@@ -480,26 +480,3 @@ def _put_as_is(parts: list[Path], dst: Path) -> None:
             pass
     with JoinedParts(parts) as src, open(dst, "wb") as out:
         _copy(src, out, 0, src.size, dst.name)
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``atomic_path`` temporaries of ``path`` left by killed processes (can be huge)."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            log.info("removing %s left by a killed run", tmp)
-            if tmp.is_dir() and not tmp.is_symlink():
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -6,6 +6,7 @@ name only when the writer succeeded; a rename within one file system is atomic.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,19 +27,28 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporaries of ``path`` left by killed writers (their process is gone): a killed job's
-    half-written store can be large, and the rerun replaces it anyway."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a process of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` left by killed writers (their process is gone) and
+    return them: a killed job's half-written store can be large, and the rerun replaces it."""
+    path = Path(path)
+    stale = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             _remove(tmp)
-        except PermissionError:
-            pass  # alive, owned by someone else
+            stale.append(tmp)
+    return stale
 
 
 @contextmanager
@@ -52,7 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     _remove(tmp)
-    _remove_stale_temporaries(path)
+    remove_stale_temporaries(path)
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():

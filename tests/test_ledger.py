@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from conclugen.io import atomic_path
+from conclugen.io import atomic_path, remove_stale_temporaries
 from conclugen.ledger import FailureLedger, TooManyFailures, merge_ledgers, read_ledger
 from conclugen.shards import shard_of
 
@@ -88,6 +88,20 @@ def test_atomic_path_removes_temporaries_of_killed_writers(tmp_path):
     with atomic_path(target) as tmp:
         tmp.mkdir()
     assert target.is_dir() and not stale.exists() and alive.exists()
+
+
+def test_stale_temporaries_of_a_name_with_glob_characters(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    stale = tmp_path / f".raw[1].tmp-{dead}"
+    stale.write_text("half")
+    other = tmp_path / f".raw1.tmp-{dead}"  # what an unescaped "raw[1]" would match
+    other.write_text("another target's")
+    assert remove_stale_temporaries(tmp_path / "raw[1]") == [stale]
+    assert not stale.exists() and other.exists()
 
 
 def test_is_fatal_tells_the_jobs_errors_from_a_samples():
