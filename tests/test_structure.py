@@ -81,3 +81,20 @@ def test_the_package_has_no_import_cycle():
 
 def test_figures_imports_no_stage():
     assert package_imports()["conclugen.figures"] <= {"conclugen.io"}
+
+
+def test_the_method_list_has_one_source():
+    """pretrain.METHODS; the schema's method lists and the tables' labels follow it."""
+    import yaml
+
+    from conclugen.pretrain import METHODS
+    from conclugen.tables import METHOD_LABELS
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())["properties"]
+    pretrain, downstream = schema["pretrain"]["properties"], schema["downstream"]["properties"]
+    methods = list(METHODS)
+    assert pretrain["methods"]["items"]["enum"] == methods
+    assert pretrain["methods"]["default"] == methods
+    assert downstream["methods"]["items"]["enum"] == methods
+    # and the one vision-only read-out Table 4 prints (tables.collect_runs names it)
+    assert set(METHOD_LABELS) == {*methods, "conclugen_vision"}
