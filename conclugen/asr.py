@@ -42,7 +42,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from conclugen.ledger import is_fatal
-from conclugen.weights import resolve_model  # noqa: F401  (moved; callers import it from here)
 
 SAMPLE_RATE = 16000
 WINDOW_S = 30

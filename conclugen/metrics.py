@@ -9,7 +9,10 @@ torchmetrics or scikit-learn:
 - every per-class (per-label) value is weighted by the class's support in the targets, TP + FN;
   a class absent from the targets weighs 0, and if no class has support the average is 0;
 - a ratio with a zero denominator is 0, never NaN (``zero_division=0``): a class that is never
-  predicted has precision 0, a class absent from the targets has recall 0.
+  predicted has precision 0, a class absent from the targets has recall 0;
+- single-label, the per-class accuracy TP_c / (TP_c + FN_c) is the recall, and weighted by the
+  support both are plain accuracy sum_c TP_c / N (the support cancels the denominator), which is
+  why Acc. == Recall in every row of the paper's CAER table (Tab. 5).
 
 Inputs may be numpy arrays, lists or torch tensors (converted on the host).
 """
@@ -96,34 +99,6 @@ def per_class_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
         "recall": _safe_divide(tp, support),
         "f1": _safe_divide(2 * tp, support + predicted),
     }
-
-
-def weighted_accuracy(targets, predictions, num_classes: int | None = None) -> float:
-    """Multi-class accuracy with torchmetrics ``average='weighted'``: the per-class accuracy
-    TP_c / (TP_c + FN_c) weighted by support_c, which equals plain accuracy sum_c TP_c / N."""
-    return weighted_recall(targets, predictions, num_classes)
-
-
-def weighted_precision(targets, predictions, num_classes: int | None = None) -> float:
-    """sum_c support_c * TP_c / (TP_c + FP_c) / sum_c support_c (a never-predicted class: 0)."""
-    pc = per_class_metrics(confusion_matrix(targets, predictions, num_classes))
-    return _weighted_mean(pc["precision"], pc["support"])
-
-
-def weighted_recall(targets, predictions, num_classes: int | None = None) -> float:
-    """sum_c support_c * TP_c / (TP_c + FN_c) / sum_c support_c = sum_c TP_c / N.
-
-    For single-label data weighted recall *is* plain accuracy (the support cancels the recall's
-    denominator), which is why Acc. == Recall in every row of the paper's CAER table (Tab. 5).
-    """
-    pc = per_class_metrics(confusion_matrix(targets, predictions, num_classes))
-    return _weighted_mean(pc["recall"], pc["support"])
-
-
-def weighted_f1(targets, predictions, num_classes: int | None = None) -> float:
-    """sum_c support_c * F1_c / sum_c support_c with F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)."""
-    pc = per_class_metrics(confusion_matrix(targets, predictions, num_classes))
-    return _weighted_mean(pc["f1"], pc["support"])
 
 
 # --- multi-label -------------------------------------------------------------------------------
@@ -217,7 +192,7 @@ def classification_metrics(
     else:
         confusion = confusion_matrix(targets, predictions, num_classes)
         per_class = per_class_metrics(confusion)
-        accuracy = per_class["recall"]  # per-class accuracy TP/(TP+FN) is the recall
+        accuracy = per_class["recall"]  # per-class accuracy TP/(TP+FN) (module docstring)
     summary = {"accuracy": _weighted_mean(accuracy, per_class["support"])}
     summary |= {k: _weighted_mean(per_class[k], per_class["support"]) for k in METRICS[1:]}
     if class_names is not None and len(class_names) != len(confusion):

@@ -64,7 +64,6 @@ a subset gives the same data. Media bytes are not guaranteed identical across FF
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
@@ -75,7 +74,6 @@ import multiprocessing
 import random
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -1244,34 +1242,3 @@ def generate(
                 Path(root) / name, name, seed, bad_fraction, resolved[name], (low, high), map_
             )
             log.info("lookalike %s: written in %.1f s", name, time.monotonic() - started)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, help="folder to write {dataset}/ into")
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bad-fraction", type=float, default=0.08)
-    parser.add_argument(
-        "--sizes",
-        type=json.loads,
-        default=None,
-        help="""JSON overlay of DEFAULT_SIZES, e.g. '{"caer": {"train": 2}}'""",
-    )
-    parser.add_argument("--clip-seconds", type=float, nargs=2, default=(2.0, 3.5))
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    generate(
-        args.root,
-        args.datasets,
-        args.seed,
-        args.bad_fraction,
-        args.sizes,
-        tuple(args.clip_seconds),
-        args.workers,
-    )
-
-
-if __name__ == "__main__":
-    main()
