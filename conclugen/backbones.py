@@ -27,11 +27,10 @@ hard-coded: block type (a ``conv3`` in ``layer1.0`` means Bottleneck), blocks pe
 largest block index), widths (``conv1`` output channels), the 3D stem's temporal kernel, the
 shortcut type (``downsample`` keys or none), ResDAVEnet's ``feat_dim`` and conv width. The same
 code therefore loads the real files and the tiny random look-alikes of the tests
-(:mod:`conclugen.lookalike_weights`). Loading is strict after the rules of
-``notes/checkpoint-formats.md`` §6: a missing ``*.num_batches_tracked`` is accepted (2017-era
-files have none), classifier heads (``fc.*``, ``last_linear.*``) are optional and dropped (their
-class count is kept in ``pretrained_classes``: 1000 ImageNet, 400/700 Kinetics), and any other
-missing or unexpected key or shape mismatch raises ``ValueError`` naming the spec.
+(:mod:`conclugen.lookalike_weights`). Loading is strict: a missing ``*.num_batches_tracked`` is
+accepted (2017-era files have none), classifier heads (``fc.*``, ``last_linear.*``) are optional
+and dropped (their class count is kept in ``pretrained_classes``: 1000 ImageNet, 400/700 Kinetics),
+and any other missing or unexpected key or shape mismatch raises ``ValueError`` naming the spec.
 
 Frozen means frozen: ``train()`` keeps these modules in eval mode, so BatchNorm running statistics
 never move, whatever the caller's training loop does.

@@ -2,8 +2,7 @@
 
 A protocol is a classifier over the representation heads F_m of :mod:`conclugen.model`:
 Dropout(0.5) + Linear on the concatenation of the modalities' representations, in the order
-video, audio, text (authors' ``ClassificationHead`` with ``downstream_fusion_mode='concat'``,
-notes/authors-code.md §6):
+video, audio, text (authors' ``ClassificationHead`` with ``downstream_fusion_mode='concat'``):
 
 - ``supervised``: the same heads, trained from scratch on the labels (the paper's baseline);
 - ``linear``: heads loaded from a pretrained ``model.pt`` and frozen, only the Linear trains;

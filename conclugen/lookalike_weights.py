@@ -1,10 +1,9 @@
 """Random checkpoints in the exact on-disk formats of the real public files.
 
 Nothing on this machine can download the real weights, so the tests and the embedded demo write
-seeded random models that look like them byte-for-byte in structure
-(``notes/checkpoint-formats.md``): the same container, key names, prefixes, serialization and
-head sizes; only the widths may be narrower. The loaders in :mod:`conclugen.backbones` read them
-through the same code path as the real files.
+seeded random models that look like them byte-for-byte in structure: the same container, key names,
+prefixes, serialization and head sizes; only the widths may be narrower. The loaders in
+:mod:`conclugen.backbones` read them through the same code path as the real files.
 
 - :func:`write_torchvision_resnet`: a torchvision release file (raw state dict, ``fc`` 1000);
 - :func:`write_hara_resnet3d`: a 3D ResNet as pretorched-x (raw, ``fc`` 400), Hara 2017
@@ -126,7 +125,7 @@ def write_hara_resnet3d(
     n_classes: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """A 3D ResNet (Hara et al.) checkpoint in one of the three public packagings (notes §1.3).
+    """A 3D ResNet (Hara et al.) checkpoint in one of the three public packagings.
 
     - ``pretorched``: raw state dict as pretorched-x serves it, ``fc`` 400, 626 keys for R3D-101;
     - ``hara2017``: ``{'epoch', 'arch': 'resnet-<depth>', 'state_dict', 'optimizer'}``, keys
@@ -183,7 +182,7 @@ def write_resdavenet(
 
 
 # --------------------------------------------------------------------------------------------
-# Hugging Face text models (notes §4): hub folders of the original uploads, tiny dimensions
+# Hugging Face text models: hub folders of the original uploads, tiny dimensions
 
 WORDS = (
     "the a an and or but not no is are was were be been am i you he she it we they me my your "
@@ -322,7 +321,7 @@ def write_hf_text(directory: str | Path, kind: str = "distilbert", seed: int = 0
     (``kind="roberta"``): ``config.json`` with the real model type, architecture, labels and
     special-token ids but 32-wide, 2-layer dimensions; ``pytorch_model.bin`` (the
     ``*ForSequenceClassification`` state dict); the original slow-tokenizer files, from which
-    ``AutoTokenizer`` builds its fast tokenizer offline (notes §4.3)."""
+    ``AutoTokenizer`` builds its fast tokenizer offline."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     writers = {"distilbert": _distilbert_files, "roberta": _roberta_files}

@@ -1,9 +1,9 @@
 """The pretraining model: representation heads, shared projection head, cluster head, decoders.
 
-Follows the authors' ``ConCluModel`` (notes/authors-code.md §5). Backbones are frozen and their
-features precomputed, so the model only sees feature vectors: per modality a representation head
-F (Sec. 3.1) to ``rep_dim`` (4096 in the paper), ONE projection head J shared by all modalities,
-a one-layer cluster head G, and one decoder Q per modality (Sec. 3.4).
+Follows the authors' ``ConCluModel``. Backbones are frozen and their features precomputed, so the
+model only sees feature vectors: per modality a representation head F (Sec. 3.1) to ``rep_dim``
+(4096 in the paper), ONE projection head J shared by all modalities, a one-layer cluster head G,
+and one decoder Q per modality (Sec. 3.4).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ A cell is NaN where the paper prints no number (all of Table 4 in our copy) or w
   is 50.75), and Table 3's ConCluGen (60.4) is near Table 2's linear 60.0, far from the finetuned
   66.48 (the paper's two linear MOSEI numbers disagree by 0.4). The appendix gives one set of
   downstream hyperparameters per dataset "that worked well for all methods", and the authors'
-  released downstream configs freeze the representation heads (notes/authors-code.md).
+  released downstream configs freeze the representation heads.
   ConCluGen/(vision) (method ``conclugen_vision``) is the linear evaluation of ConCluGen's video
   representation alone. A method we ran that the paper's table lacks (ConCluGen/(vision) on
   MELD: our copy of Table 4 does not print it, though the paper's text discusses it) gets empty

