@@ -355,10 +355,30 @@ def crop_frames(
             if p.gray:
                 crop = F.rgb_to_grayscale(crop, num_output_channels=3)
             if p.blur_sigma is not None:
-                k = int(0.1 * size) // 2 * 2 + 1
-                crop = F.gaussian_blur(crop, [k, k], [p.blur_sigma, p.blur_sigma])
+                crop = gaussian_blur(crop, int(0.1 * size) // 2 * 2 + 1, p.blur_sigma)
         out.append((crop.clamp(0, 1) * 255).round().to(torch.uint8))
     return torch.stack(out)
+
+
+def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """torchvision's ``gaussian_blur`` of [..., H, W] float images (odd square ``kernel``,
+    reflect padding), as one matrix product per axis: the 1-D kernel with the reflection folded
+    in. The same result to float rounding, several times faster on a CPU than its depthwise
+    convolution (docs/benchmarks.md)."""
+    half = kernel // 2
+    t = torch.arange(-half, half + 1, dtype=x.dtype)
+    w = torch.exp(-0.5 * (t / sigma) ** 2)
+    w = w / w.sum()
+
+    def blur_matrix(n: int) -> torch.Tensor:  # [n, n]: row j blurs output position j
+        source = torch.arange(n)[:, None] + t.long()[None, :]
+        source = source.abs()  # reflect at 0 (no repeated edge), then at n - 1
+        source = torch.where(source >= n, 2 * (n - 1) - source, source)
+        m = torch.zeros(n, n, dtype=x.dtype)
+        return m.scatter_add_(1, source, w.expand(n, kernel).contiguous())
+
+    height, width = x.shape[-2:]
+    return blur_matrix(height) @ (x @ blur_matrix(width).T)
 
 
 def windows(clip: torch.Tensor, length: int = WINDOW) -> torch.Tensor:

@@ -807,3 +807,14 @@ def test_merge_writes_augmented_copies_and_the_views_columns(tmp_path):
     assert torch.equal(fs.augmented["video"][0, 1], fs.features["video"][0] + 20)
     assert fs.augmented["video"][1].abs().sum() == 0  # b is a test clip
     assert torch.equal(fs.augmented["text"][2, 0], fs.features["text"][2] + 10)  # c: text row 1
+
+
+@pytest.mark.parametrize("kernel,sigma", [(19, 0.1), (19, 1.7), (9, 2.0), (3, 0.8)])
+def test_gaussian_blur_equals_torchvisions(kernel, sigma):
+    from torchvision.transforms.v2 import functional as F
+
+    from conclugen.features import gaussian_blur
+
+    x = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(kernel))
+    expected = F.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+    assert torch.allclose(gaussian_blur(x, kernel, sigma), expected, atol=1e-5)
