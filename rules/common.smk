@@ -128,7 +128,8 @@ def feature_settings(wildcards):
     with_views = wildcards.dataset in views["datasets"] and role in views["roles"]
     copies = augment["count"] if wildcards.dataset in augment["datasets"] else 0
     modality = "video" if role in ("video2d", "video3d") else role
-    which = ("datasets", "roles", "count", "seed")  # which jobs get views; the rest: how
+    # Which jobs get views; the rest of the settings say how they are drawn.
+    which = ("datasets", "roles", "count", "seed")
     recipe = {k: v for k, v in views.items() if k not in which}
     return {
         **{k: cfg[k] for k in ("device", "precision", "dtype", "crop_size", "workers")},
