@@ -130,6 +130,26 @@ def test_inconsistent_pretraining_is_refused(change, message):
         load_checked(config, SCHEMA)
 
 
+@pytest.mark.parametrize(
+    "section, change, message",
+    [
+        (
+            "views",
+            {"crop_scale": [1.0, 0.3]},
+            r"views.crop_scale: \[1.0, 0.3\] is not \[low, high\]",
+        ),
+        ("views", {"jitter_strength": [0.8, 0.8, 0.8, 0.7]}, "hue strength is at most 0.5"),
+        ("augment", {"audio": {"max_width": [0.35, 0.15]}}, "augment.audio.max_width"),
+        ("augment", {"video": {"crop_ratio": [1.2, 0.8]}}, "augment.video.crop_ratio"),
+    ],
+)
+def test_augmentation_ranges_are_low_then_high(section, change, message):
+    config = demo_config()
+    config["features"][section] = {**config["features"].get(section, {}), **change}
+    with pytest.raises(ConfigError, match=message):
+        load_checked(config, SCHEMA)
+
+
 def test_downstream_hparams_in_the_schema_are_the_code_s():
     from conclugen.downstream import HPARAMS, TASKS
 
