@@ -167,6 +167,47 @@ class Classifier(nn.Module):
         return self.classify(self.represent(x, present))
 
 
+def save_classifier(model: Classifier, path: str | os.PathLike) -> None:
+    """``path`` (safetensors, atomic): the classifier's weights, with what rebuilds it
+    (:func:`classifier_spec`) as the file's ``classifier`` metadata (:func:`load_classifier`)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"classifier": json.dumps(classifier_spec(model))})
+
+
+def classifier_spec(model: Classifier) -> dict:
+    """The architecture of a :class:`Classifier`: per modality the head's input width (its
+    first Linear) and feature columns, the representation width, outputs and dropout."""
+    in_dims = {
+        m: next(x for x in head.modules() if isinstance(x, nn.Linear)).in_features
+        for m, head in model.heads.items()
+    }
+    return dict(
+        in_dims=in_dims,
+        input_columns={m: list(c) for m, c in model.input_columns.items()},
+        rep_dim=model.fc.in_features // len(model.heads),
+        num_outputs=model.fc.out_features,
+        dropout=model.dropout.p,
+    )
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """The :class:`Classifier` of a file written by :func:`save_classifier`, in eval mode."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        spec = json.loads(f.metadata()["classifier"])
+    heads = {m: representation_head(m, d, spec["rep_dim"]) for m, d in spec["in_dims"].items()}
+    model = Classifier(
+        heads, spec["rep_dim"], spec["num_outputs"], spec["dropout"], spec["input_columns"]
+    )
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
 def build_classifier(
     protocol: str, pretrained, dims: dict[str, int], num_outputs: int, hp: dict
 ) -> Classifier:
@@ -435,12 +476,14 @@ def _predictions(feats: FeatureSet, target, scores, multilabel, classes) -> pd.D
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike) -> None:
-    """``metrics.json`` (with the per-epoch history), ``predictions.parquet`` and
-    ``confusion.png`` of the test split, each written atomically."""
+    """``metrics.json`` (with the per-epoch history), ``predictions.parquet``,
+    ``confusion.png`` of the test split and the best-epoch ``classifier.safetensors``
+    (:func:`save_classifier`), each written atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = dict(evaluation.metrics, history=evaluation.history.to_dict("records"))
     write_parquet(evaluation.predictions, out_dir / "predictions.parquet")
+    save_classifier(evaluation.model, out_dir / "classifier.safetensors")
     _plot_confusion(evaluation.metrics, out_dir / "confusion.png")
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
