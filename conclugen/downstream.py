@@ -40,11 +40,14 @@ CUDA. Choices where the paper is silent, with reasons:
   different test set (Instance-Cont sees no audio or text), so the tables would not compare.
 - ``max_epochs=300`` (20 + 40 + 80 + 160: four whole restart cycles); the authors left it unset
   (Lightning's 1000) and relied on early stopping.
+- Label efficiency (``train_fraction``, default 1: every train label): a run trains on the
+  :func:`label_subset` of the train split that its seed draws; validation and test stay whole.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -93,6 +96,7 @@ HPARAMS: dict = dict(
     class_weights="balanced",  # or "none" (see the module docstring)
     augment=True,  # train on the store's augmented copies where it has them (features.augment)
     rep_dim=4096,  # supervised only; pretrained heads keep their own
+    train_fraction=1.0,  # share of the train labels (label_subset); validation and test whole
 )
 
 
@@ -105,6 +109,8 @@ def resolve_hparams(hparams: dict | None) -> dict:
     hp.update(hparams or {})
     if hp["class_weights"] not in ("balanced", "none"):
         raise ValueError(f"class_weights must be 'balanced' or 'none', not {hp['class_weights']!r}")
+    if not 0 < hp["train_fraction"] <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], not {hp['train_fraction']}")
     return hp
 
 
@@ -279,6 +285,37 @@ def draw_copies(
     return out
 
 
+def label_subset(sample_ids, target, fraction: float, seed: int) -> np.ndarray:
+    """Which of these train samples (bool [N]) a run on ``fraction`` of the train labels keeps.
+
+    Stratified: each stratum keeps round(fraction * its size) samples, the first ones in a
+    seeded order, and every class keeps at least its first sample (single-label: the class's
+    first; multi-label: the first positive of each label with any). Strata: single-label, the
+    class; multi-label (``target`` {0,1} [N, L]), the set of positive labels (its exact
+    combination of emotions, the empty set included). The seeded order ranks a hash of the seed
+    and the sample id, so the subset is a function of the ids, labels, seed and fraction only:
+    the same for every method and any row order, nested across fractions (a smaller fraction's
+    subset lies inside a larger one's), and the whole split at 1.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], not {fraction}")
+    ids = np.asarray(sample_ids).astype(str)
+    target = np.asarray(target).astype(np.int64)
+    rank = [hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=8).hexdigest() for i in ids]
+    order = np.lexsort((ids, np.asarray(rank)))  # the seeded order (ties: by id)
+    multilabel = target.ndim == 2
+    stratum = target @ (1 << np.arange(target.shape[1])) if multilabel else target
+    keep = np.zeros(len(ids), dtype=bool)
+    for s in np.unique(stratum):
+        members = order[stratum[order] == s]
+        keep[members[: int(fraction * len(members) + 0.5)]] = True
+    classes = target.T.astype(bool) if multilabel else [target == c for c in np.unique(target)]
+    for positive in classes:
+        if positive.any():
+            keep[order[positive[order]][0]] = True
+    return keep
+
+
 def loss_weights(target: torch.Tensor, multilabel: bool, num_outputs: int) -> torch.Tensor:
     """Train-split weights: pos_weight_l = #neg_l / #pos_l (multi-label; 1 for a label without
     positives) or the 'balanced' class weights N / (C n_c) (0 for a class absent from train)."""
@@ -301,8 +338,9 @@ def evaluate(
     """Train ``protocol`` on the train split of ``task`` (:func:`load_task`), stop early on the
     validation loss, and evaluate the best-validation-epoch state on the test split.
 
-    ``seed`` drives the initialisation, dropout and batch order; the same seed on the same
-    device gives the same result. See the module docstring for the choices made.
+    ``seed`` drives the initialisation, dropout, batch order and, with ``train_fraction`` below
+    1, the train subset (:func:`label_subset`); the same seed on the same device gives the
+    same result. See the module docstring for the choices made.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
@@ -323,7 +361,12 @@ def evaluate(
     x = {m: feats.features[m].to(device) for m in mods}  # resident for the whole run
     present = {m: feats.present[m].to(device) for m in mods}
     target = task.target.to(device)
-    index = {s: torch.from_numpy(np.flatnonzero(feats.split == s)).to(device) for s in SPLITS}
+    index = {s: np.flatnonzero(feats.split == s) for s in SPLITS}
+    if hp["train_fraction"] < 1:
+        train = index["train"]
+        keep = label_subset(feats.sample_id[train], task.target[train], hp["train_fraction"], seed)
+        index["train"] = train[keep]
+    index = {s: torch.from_numpy(i).to(device) for s, i in index.items()}
     # Augmented copies of the train split (zeros elsewhere, never read there).
     copies = {}
     if hp["augment"] and feats.augmented:

@@ -10,7 +10,14 @@ import torch
 
 from conclugen.data.caer import CLASSES as CAER
 from conclugen.data.mosei import CLASSES as MOSEI
-from conclugen.downstream import draw_copies, evaluate, load_task, loss_weights, write_evaluation
+from conclugen.downstream import (
+    draw_copies,
+    evaluate,
+    label_subset,
+    load_task,
+    loss_weights,
+    write_evaluation,
+)
 from conclugen.featstore import read_features, synthetic_features, write_features
 from conclugen.io import write_parquet
 from conclugen.metrics import classification_metrics
@@ -303,3 +310,66 @@ def test_training_draws_augmented_copies_and_evaluation_never_does(tmp, pretrain
             probs = torch.softmax(model(x, present), 1).numpy()
         scores = on.predictions[[c for c in on.predictions if c.startswith("score_")]].to_numpy()
         assert np.allclose(scores, probs, atol=1e-5)
+
+
+FRACTIONS = (0.01, 0.1, 0.5, 1.0)
+
+
+def test_label_subsets_are_stratified_nested_and_drawn_per_seed():
+    counts = [300, 120, 40, 9, 1, 60, 500]  # imbalanced; class 4 has a single clip
+    target = np.repeat(np.arange(7), counts)
+    ids = np.array([f"clip{i:04d}" for i in range(len(target))])
+    subsets = {f: label_subset(ids, target, f, seed=0) for f in FRACTIONS}
+    for f, keep in subsets.items():  # round(f * n_c) of class c, at least one
+        assert np.bincount(target[keep], minlength=7).tolist() == [
+            max(1, int(f * n + 0.5)) for n in counts
+        ]
+    for small, large in zip(FRACTIONS, FRACTIONS[1:], strict=False):
+        assert not (subsets[small] & ~subsets[large]).any()  # nested
+    assert subsets[1.0].all()
+    # A function of ids, labels, seed and fraction only: row order does not matter ...
+    perm = np.random.default_rng(0).permutation(len(ids))
+    again = label_subset(ids[perm], target[perm], 0.1, seed=0)
+    assert set(ids[perm][again]) == set(ids[subsets[0.1]])
+    # ... and the seed does
+    other = label_subset(ids, target, 0.1, seed=1)
+    assert other.sum() == subsets[0.1].sum() and (other != subsets[0.1]).any()
+    with pytest.raises(ValueError, match="fraction"):
+        label_subset(ids, target, 0.0, seed=0)
+
+
+def test_multilabel_subsets_stratify_on_the_label_set_and_keep_every_label():
+    rng = np.random.default_rng(3)
+    target = (rng.random((2000, 6)) < [0.5, 0.3, 0.2, 0.1, 0.05, 0.003]).astype(np.float32)
+    ids = np.array([f"seg{i:05d}" for i in range(len(target))])
+    key = target.astype(int) @ (1 << np.arange(6))
+    previous = np.zeros(len(ids), dtype=bool)
+    for f in FRACTIONS:
+        keep = label_subset(ids, target, f, seed=5)
+        assert not (previous & ~keep).any()  # nested
+        previous = keep
+        assert (target[keep].sum(0) > 0).all()  # every emotion keeps a positive clip
+        extra = 0
+        for k in np.unique(key):
+            n, kept = (key == k).sum(), (keep & (key == k)).sum()
+            assert kept >= int(f * n + 0.5)
+            extra += kept - int(f * n + 0.5)
+        assert extra <= 6  # beyond the strata's shares: one first positive per label at most
+
+
+def test_a_label_fraction_trains_on_its_subset_and_evaluates_on_everything(signal, pretrained):
+    task = load_task(*signal[:2], "caer")
+    train = np.flatnonzero(task.feats.split == "train")
+    for seed in (0, 1):
+        keep = label_subset(task.feats.sample_id[train], task.target[train], 0.1, seed)
+        for protocol, model in (("supervised", None), ("linear", pretrained[0])):
+            ev = evaluate(task, protocol, model, dict(TINY, train_fraction=0.1), seed, "cpu")
+            assert ev.metrics["n_train"] == keep.sum() < len(train) // 5
+            assert ev.metrics["hparams"]["train_fraction"] == 0.1
+            whole = (task.feats.split == "val").sum(), (task.feats.split == "test").sum()
+            assert (ev.metrics["n_val"], ev.metrics["n_test"]) == whole
+            counts = np.bincount(task.target[train][keep], minlength=7)
+            weights = loss_weights(torch.from_numpy(np.repeat(np.arange(7), counts)), False, 7)
+            assert ev.metrics["loss_weights"] == pytest.approx(weights.tolist())
+    with pytest.raises(ValueError, match="train_fraction"):
+        evaluate(task, "supervised", None, dict(TINY, train_fraction=1.5), 0, "cpu")
