@@ -84,6 +84,7 @@ include: "rules/subtitles.smk"
 include: "rules/features.smk"
 include: "rules/pretrain.smk"
 include: "rules/downstream.smk"
+include: "rules/export.smk"
 include: "rules/tables.smk"
 
 
@@ -103,3 +104,4 @@ rule all:
         expand("results/pretrain/{method}/model.pt", method=PRETRAIN["methods"]),
         "results/tables/tables.html",
         report_figures(),
+        EXPORTS,
