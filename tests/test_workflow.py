@@ -1,4 +1,5 @@
-"""The real workflow on tiny look-alikes: lookalike -> download -> manifest -> probe -> failures.
+"""The real workflow on tiny look-alikes: the whole demo (rule ``all``), every stage from the
+look-alike archives and weights to the tables and figures.
 
 One Snakemake run (module fixture) feeds every assertion; the ground truth written by the
 generator says which clips are bad and how, so the ledger can be checked sample by sample.
@@ -21,6 +22,7 @@ import zarr
 
 from conclugen.data.manifest import read_manifest
 from conclugen.featstore import read_features
+from conclugen.io import read_parquet_metadata
 from conclugen.ledger import read_ledger
 from tests.conftest import ROOT, SNAKEMAKE, run_snakemake, tiny_config
 
@@ -191,8 +193,11 @@ def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
 
 def test_manifest_metadata_is_json(demo_run):
     workdir, _, _ = demo_run
-    _, meta = read_manifest(workdir / "results" / "caer" / "manifest.parquet")
-    assert meta["dataset"] == "caer" and json.dumps(meta["classes"])
+    path = workdir / "results" / "caer" / "manifest.parquet"
+    _, meta = read_manifest(path)
+    classes = list(EXPRESSION_OF["caer"])
+    assert meta == {"dataset": "caer", "task": "single_label", "classes": classes}
+    assert json.loads(read_parquet_metadata(path)["classes"]) == classes  # stored as JSON text
 
 
 def test_subtitles_transcribe_caer(demo_run):
