@@ -16,6 +16,8 @@ from conclugen.downstream import (
     label_subset,
     load_task,
     loss_weights,
+    run_dir,
+    summed_confusion,
     write_evaluation,
 )
 from conclugen.featstore import read_features, synthetic_features, write_features
@@ -373,3 +375,17 @@ def test_a_label_fraction_trains_on_its_subset_and_evaluates_on_everything(signa
             assert ev.metrics["loss_weights"] == pytest.approx(weights.tolist())
     with pytest.raises(ValueError, match="train_fraction"):
         evaluate(task, "supervised", None, dict(TINY, train_fraction=1.5), 0, "cpu")
+
+
+def test_summed_confusion_sums_the_protocols_seeds_runs_csv_lists(tmp_path):
+    cells = [("linear", 0, [[1, 0], [2, 3]]), ("linear", 1, [[4, 1], [0, 5]]),
+             ("finetune", 0, [[9, 9], [9, 9]])]  # fmt: skip
+    for protocol, seed, m in cells:
+        run_dir(tmp_path, protocol, seed).mkdir(parents=True)
+        record = dict(confusion=m, per_class=dict(names=["a", "b"]))
+        (run_dir(tmp_path, protocol, seed) / "metrics.json").write_text(json.dumps(record))
+    runs = pd.DataFrame([dict(protocol=p, seed=s) for p, s, _ in cells])
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    assert run_dir(tmp_path, "linear", 1) == tmp_path / "linear" / "seed1"
+    total, names = summed_confusion(tmp_path, "linear")
+    assert total.tolist() == [[5, 1], [2, 8]] and names == ["a", "b"]
