@@ -1,6 +1,7 @@
 """Every figure of the pipeline, drawn from arrays: one run's confusion matrix, the paper's
 Figures 2-3 (confusion matrices summed over seeds), a 2-D embedding of a method's
-representations, the pretraining loss curves and the face-track contact sheet. The stages read
+representations, the label-efficiency curves, the pretraining loss curves and the face-track
+contact sheet. The stages read
 their files and compute what is drawn; this module imports none of them."""
 
 from __future__ import annotations
@@ -109,6 +110,29 @@ def embedding_figure(
         ax.scatter(xy[sel, 0], xy[sel, 1], s=14, label=name)
     ax.set(xlabel="PC 1", ylabel="PC 2", title=title)
     ax.legend(fontsize=7, markerscale=1.5)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def label_efficiency_figure(
+    panels: dict[str, dict[str, tuple]], path: str | os.PathLike, title: str, ylabel: str
+) -> None:
+    """One panel per dataset (``title -> {series: (labels %, mean, std)}``), side by side: each
+    series' mean against the share of train labels on a log x-axis (ticks at the shares, in
+    percent), its std over seeds as error bars (none where it is NaN: a single seed)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels.items(), strict=True):
+        for label, (x, mean, std) in series.items():
+            yerr = np.nan_to_num(np.asarray(std, dtype=float))
+            ax.errorbar(x, mean, yerr=yerr, marker="o", capsize=3, label=label)
+        ticks = sorted({float(v) for x, _, _ in series.values() for v in x})
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g} %" for t in ticks])
+        ax.minorticks_off()
+        ax.set(xlabel="train labels", ylabel=ylabel, title=name)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     save_png(fig, path)
 

@@ -29,6 +29,11 @@ Numeric columns: for each value key ``k`` (a metric, or a dataset in Table 2) ``
 ``k_std``, ``k_paper``, ``k_diff``, and the number of seeds (``n_seeds``, Table 2
 ``{dataset}_n_seeds``). :func:`write_table` renders them as markdown, CSV and LaTeX.
 
+The label-efficiency table (:func:`label_efficiency_table`, no paper numbers: the paper claims
+the saving but never measures it) holds weighted F1 and accuracy (``k``, ``k_std``) per dataset,
+method/protocol and share of the train labels (``labels``, in percent), with the mean number of
+train clips (``n_train``) and of seeds.
+
 Synthetic data: tables built with ``synthetic=True`` (the workflow passes config
 ``lookalike.enabled``) carry :data:`SYNTHETIC` in every rendering, so demo numbers and their
 differences from the paper never read as a result: the first line of the markdown and of the
@@ -86,6 +91,9 @@ HEADERS = {
     "modalities": "Mod.",
     "group": "Group",
     "n_seeds": "Seeds",
+    "dataset": "Dataset",
+    "labels": "Labels (%)",
+    "n_train": "Train clips",
 }
 NOTE = "Ours: mean ± std over seeds, in percent; Δ = ours − paper (percentage points)."
 SYNTHETIC = (
@@ -103,18 +111,21 @@ def load_paper_results(path: str | os.PathLike) -> dict:
         return yaml.safe_load(f)
 
 
-def _check_runs(runs: pd.DataFrame | None) -> pd.DataFrame:
+def _check_runs(
+    runs: pd.DataFrame | None, columns=RUN_COLUMNS, keys=("dataset", "method", "protocol", "seed")
+) -> pd.DataFrame:
+    """``runs`` with ``columns``, metrics in [0, 1] and one row per ``keys``; None: no runs."""
     if runs is None:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in RUN_COLUMNS})
-    missing = [c for c in RUN_COLUMNS if c not in runs.columns]
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in columns})
+    missing = [c for c in columns if c not in runs.columns]
     if missing:
         raise ValueError(f"runs lack columns {missing}")
     values = runs[list(METRICS)].to_numpy(dtype=float)
     if ((values < 0) | (values > 1)).any():
         raise ValueError("run metrics must be fractions in [0, 1], not percentages")
-    dup = runs.duplicated(["dataset", "method", "protocol", "seed"])
+    dup = runs.duplicated(list(keys))
     if dup.any():
-        raise ValueError(f"duplicate runs:\n{runs[dup][list(RUN_COLUMNS[:4])]}")
+        raise ValueError(f"duplicate runs:\n{runs[dup][list(keys)]}")
     return runs
 
 
@@ -225,6 +236,46 @@ def study_table(runs: pd.DataFrame | None, paper: dict, name: str) -> pd.DataFra
     return _framed(out, f"Table {name[-1]}. {spec['caption']} Linear evaluation.")
 
 
+# Label efficiency: the protocols it runs, in row order, and how a row names them.
+LABEL_EFFICIENCY_PROTOCOLS = {"supervised": "", "linear": "linear eval.", "finetune": "finetuned"}
+LABEL_EFFICIENCY_METRICS = ("f1", "accuracy")
+LABEL_EFFICIENCY_CAPTION = (
+    "Label efficiency: weighted F1 and accuracy on the test split, in percent, mean ± std over "
+    "seeds, with a share of each train split's labels (drawn per seed, stratified by class, "
+    "nested across shares, the same clips for every method; validation and test whole)."
+)
+
+
+def label_efficiency_table(runs: pd.DataFrame | None, synthetic: bool = False) -> pd.DataFrame:
+    """One row per (dataset, method, protocol, label fraction) of ``runs`` (one row per run:
+    :data:`RUN_COLUMNS`, ``fraction`` of the train labels, ``n_train`` clips): columns
+    ``dataset``, ``method`` (as printed), ``id`` (method/protocol), ``labels`` (the fraction in
+    percent), ``n_train`` (mean over seeds), per metric of :data:`LABEL_EFFICIENCY_METRICS` the
+    mean and sample std over seeds in percent, and ``n_seeds``. Rows by dataset (the paper's
+    order), method (the supervised baseline, then :data:`METHOD_LABELS`' order), protocol and
+    fraction; ``synthetic`` is kept in ``attrs`` for the writers."""
+    columns = (*RUN_COLUMNS, "fraction", "n_train")
+    runs = _check_runs(runs, columns, ("dataset", "method", "protocol", "fraction", "seed"))
+    methods, protocols = ["supervised", *METHOD_LABELS], list(LABEL_EFFICIENCY_PROTOCOLS)
+    rows = []
+    for (d, m, p, f), group in runs.groupby(["dataset", "method", "protocol", "fraction"]):
+        label = LABEL_EFFICIENCY_PROTOCOLS[p]
+        name = "Supervised baseline" if m == "supervised" else f"{METHOD_LABELS[m]} ({label})"
+        cells = {"dataset": d, "method": name, "id": f"{m}/{p}", "labels": 100 * f}
+        cells["n_train"] = round(float(group["n_train"].mean()), 1)
+        for k in LABEL_EFFICIENCY_METRICS:
+            mean, std = group[k].mean() * 100, group[k].std(ddof=1) * 100
+            cells |= {k: round(mean, 6) + 0.0, f"{k}_std": round(std, 6) + 0.0}
+        cells["n_seeds"] = len(group)
+        order = (list(DATASETS).index(d), methods.index(m), protocols.index(p), f)
+        rows.append((order, cells))
+    keys = ["dataset", "method", "id", "labels", "n_train"]
+    keys += [f"{k}{s}" for k in LABEL_EFFICIENCY_METRICS for s in ("", "_std")] + ["n_seeds"]
+    frame = pd.DataFrame([cells for _, cells in sorted(rows, key=lambda r: r[0])], columns=keys)
+    frame.attrs |= {"caption": LABEL_EFFICIENCY_CAPTION, "synthetic": synthetic}
+    return frame
+
+
 def build_tables(
     runs: pd.DataFrame | None, paper: dict, synthetic: bool = False
 ) -> dict[str, pd.DataFrame]:
@@ -241,7 +292,7 @@ def build_tables(
 
 
 def _value_keys(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if f"{c}_paper" in frame.columns]
+    return [c for c in frame.columns if f"{c}_std" in frame.columns]
 
 
 def _number(x, fmt: str, decimals: int | None = None) -> str:
@@ -254,7 +305,9 @@ def _number(x, fmt: str, decimals: int | None = None) -> str:
 def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The text a reader sees: per value key ``ours`` as "mean ± std" (2 decimals; no ± for a
     single seed), ``paper`` as YAML read it (``%g``: 66.70 shows as 66.7), ``Δ`` signed (2
-    decimals); empty strings for missing numbers and for 0 seeds. The ``id`` column is left out."""
+    decimals); a table without paper numbers has one "mean ± std" column per key, headed
+    "{key} (%)". Other numbers as ``%g``; empty strings for missing numbers and for 0 seeds.
+    The ``id`` column is left out."""
     keys = _value_keys(frame)
     derived = {f"{k}{s}" for k in keys for s in ("", "_std", "_paper", "_diff")}
     cols = {}
@@ -267,19 +320,26 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
                 _number(m, ".2f", 2) + ("" if pd.isna(s) or pd.isna(m) else f" ± {s:.2f}")
                 for m, s in zip(frame[c], frame[f"{c}_std"], strict=True)
             ]
+            if f"{c}_paper" not in frame.columns:
+                cols[f"{head} (%)"] = ours
+                continue
             cols[f"{head} ours"] = ours
             cols[f"{head} paper"] = [_number(x, "g") for x in frame[f"{c}_paper"]]
             cols[f"{head} Δ"] = [_number(x, "+.2f", 2) for x in frame[f"{c}_diff"]]
         elif c.endswith("n_seeds"):
             head = "Seeds" if c == "n_seeds" else f"{HEADERS.get(c[: -len('_n_seeds')])} seeds"
             cols[head] = [str(int(x)) if x else "" for x in frame[c]]  # 0: no run
+        elif pd.api.types.is_float_dtype(frame[c]):
+            cols[HEADERS.get(c, c)] = [_number(x, "g") for x in frame[c]]
         else:
             cols[HEADERS.get(c, c)] = ["" if pd.isna(x) else str(x) for x in frame[c]]
     return pd.DataFrame(cols)
 
 
 def _numeric_header(head: str) -> bool:
-    return head.endswith((" ours", " paper", " Δ")) or head.lower().endswith("seeds")
+    return head.endswith((" ours", " paper", " Δ", " (%)")) or head.lower().endswith(
+        ("seeds", "clips")
+    )
 
 
 def to_markdown(frame: pd.DataFrame, caption: str | None = None) -> str:
@@ -388,6 +448,15 @@ def to_html(tables: dict[str, pd.DataFrame], paper: dict) -> str:
         caption = frame.attrs.get("caption") or paper.get(name, {}).get("caption", "")
         parts.append(f"<h2>Table {name.removeprefix('table')}</h2><p>{caption}</p>")
         parts.append(display_frame(frame).to_html(index=False, border=0))
+    return "<html><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+
+
+def table_page(frame: pd.DataFrame, title: str) -> str:
+    """One table as an HTML page (for the report): :data:`SYNTHETIC` first when the table is
+    synthetic, then ``title``, the caption and the table."""
+    parts = [f"<p><strong>{SYNTHETIC}</strong></p>"] if _synthetic(frame) else []
+    parts += [f"<h2>{title}</h2>", f"<p>{frame.attrs.get('caption', '')}</p>"]
+    parts.append(display_frame(frame).to_html(index=False, border=0))
     return "<html><body>\n" + "\n".join(parts) + "\n</body></html>\n"
 
 

@@ -309,7 +309,9 @@ def test_synthetic_csv_stays_parseable_with_a_data_column(runs, tmp_path):
     assert tables.csv_frame(runs, synthetic=False) is runs
 
 
-@pytest.mark.parametrize("name", ["workflow.rst", "tables.rst", "confusion.rst", "embedding.rst"])
+@pytest.mark.parametrize(
+    "name", ["workflow.rst", "tables.rst", "confusion.rst", "embedding.rst", "label_efficiency.rst"]
+)
 def test_report_text_marks_the_demo_only(name):
     """The report's front page and result captions, rendered as Snakemake renders them (Jinja
     with its settings, then docutils), say "synthetic" exactly when the look-alikes are on."""
@@ -331,3 +333,71 @@ def test_report_text_marks_the_demo_only(name):
     }
     assert "<strong>Synthetic look-alike data</strong>" in html[True]
     assert "ynthetic" not in html[False]
+
+
+def _efficiency_runs() -> pd.DataFrame:
+    """CAER and MOSEI at 10 % and 100 % of the labels: supervised and ConCluGen linear and
+    finetuned, two seeds (F1 of seed s: base + s / 100)."""
+    rows = []
+    cells = [("supervised", "supervised"), ("conclugen", "linear"), ("conclugen", "finetune")]
+    for d in ("mosei", "caer"):
+        for (m, p), base in zip(cells, (0.2, 0.3, 0.4), strict=True):
+            for f, n in ((1.0, 40), (0.1, 7)):
+                for s in (0, 1):
+                    f1 = base + f / 4 + s / 100
+                    run = _run(d, m, p, s, accuracy=f1 + 0.05, f1=f1)
+                    rows.append(run | dict(fraction=f, n_train=n))
+    return pd.DataFrame(rows)
+
+
+def test_label_efficiency_table_means_stds_and_order(tmp_path):
+    table = tables.label_efficiency_table(_efficiency_runs(), synthetic=True)
+    assert len(table) == 2 * 3 * 2
+    assert table["dataset"].tolist() == ["mosei"] * 6 + ["caer"] * 6  # the paper's order
+    assert table["id"].tolist()[:6] == [
+        *["supervised/supervised"] * 2, *["conclugen/linear"] * 2, *["conclugen/finetune"] * 2
+    ]  # fmt: skip
+    assert table["labels"].tolist()[:2] == [10.0, 100.0]
+    row = table.set_index(["dataset", "id", "labels"]).loc[("caer", "conclugen/linear", 10.0)]
+    assert row["method"] == "ConCluGen (linear eval.)" and row["n_train"] == 7
+    assert row["f1"] == pytest.approx(100 * (0.3 + 0.1 / 4 + 0.005))
+    assert row["f1_std"] == pytest.approx(100 * 0.01 / math.sqrt(2))
+    assert row["accuracy"] == pytest.approx(row["f1"] + 5) and row["n_seeds"] == 2
+    md, csv, tex = tables.write_table(table, tmp_path / "label_efficiency")
+    back = pd.read_csv(csv)
+    assert (back["data"] == "synthetic look-alike data").all()
+    assert back.columns[1:].tolist() == table.columns.tolist()
+    text = md.read_text()
+    assert text.startswith("**Synthetic look-alike data")
+    assert "| Dataset | Method | Labels (%) | Train clips | F1 (%) |" in text
+    assert "| caer | ConCluGen (linear eval.) | 10 | 7 | 33.00 ± 0.71 | 38.00 ± 0.71 | 2 |" in text
+    assert "|---|---|---:|---:|---:|---:|---:|" in text
+    assert r"\begin{tabular}{llrrrrr}" in tex.read_text()
+    page = tables.table_page(table, "Label efficiency")
+    assert page.index("Synthetic") < page.index("<h2>Label efficiency</h2>") < page.index("<table")
+    plain = tables.label_efficiency_table(_efficiency_runs())
+    assert "ynthetic" not in tables.to_markdown(plain) + tables.table_page(plain, "x")
+    with pytest.raises(ValueError, match="duplicate"):
+        tables.label_efficiency_table(pd.concat([_efficiency_runs()] * 2))
+
+
+def test_label_efficiency_figure_has_a_log_axis_per_dataset(tmp_path, monkeypatch):
+    from conclugen import figures
+
+    table = tables.label_efficiency_table(_efficiency_runs())
+    panels = {
+        d: {m: (g["labels"], g["f1"], g["f1_std"]) for m, g in group.groupby("method")}
+        for d, group in table.groupby("dataset")
+    }
+    saved, save = {}, figures.save_png
+    monkeypatch.setattr(
+        figures, "save_png", lambda fig, path: saved.update(fig=fig) or save(fig, path)
+    )
+    figures.label_efficiency_figure(panels, tmp_path / "le.png", "t", "weighted F1 (%)")
+    axes = saved["fig"].axes
+    assert [ax.get_title() for ax in axes] == ["caer", "mosei"]
+    assert all(ax.get_xscale() == "log" for ax in axes)
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["10 %", "100 %"]
+    assert len(axes[0].get_legend().get_texts()) == 3
+    image = figures.pyplot().imread(tmp_path / "le.png")
+    assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]
