@@ -1,0 +1,104 @@
+"""``conclugen predict`` on a look-alike clip, a rotated phone clip and a file that is no video,
+with the demo's backbones (random, in their real formats), Whisper tiny.en and MiniLM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from conclugen.data.caer import CLASSES as CAER
+from conclugen.data.lookalike import generate
+from conclugen.export import export_model
+from conclugen.lookalike_weights import write_demo_weights
+from conclugen.media import probe
+from conclugen.predict import timeline_windows
+from tests.hostile_media import face_clip, ffmpeg
+from tests.test_export import pipeline_settings, trained_cell
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """An exported CAER model over the demo backbones, and the three files to predict."""
+    tmp = tmp_path_factory.mktemp("predict")
+    weights = write_demo_weights(tmp / "weights")
+    _, _, run = trained_cell(tmp)
+    export_model(run, tmp / "model", pipeline_settings(weights), "supervised")
+    generate(tmp / "look", ["caer"], seed=5, bad_fraction=0.0,
+             sizes={"caer": {"train": 1, "validation": 1, "test": 1}}, workers=2)  # fmt: skip
+    with zipfile.ZipFile(tmp / "look" / "caer" / "CAER.zip") as z:  # a held-out (test) clip
+        name = next(n for n in z.namelist() if n.endswith(".avi") and "/test/" in n)
+        z.extract(name, tmp / "clips")
+    lookalike = tmp / "clips" / name
+    # A phone clip: portrait video stored turned a quarter clockwise, which its display matrix
+    # (rotate=90) turns back upright; 48 kHz stereo AAC.
+    portrait = face_clip(tmp / "portrait.mp4", size="240x320", fmt="mp4", seconds=9.0,
+                         audio="sine=frequency=440:sample_rate=48000",
+                         extra=("-ac", "2", "-ar", "48000"))  # fmt: skip
+    sideways = tmp / "sideways.mp4"
+    ffmpeg("-i", str(portrait), "-vf", "transpose=1", "-c:a", "copy", "-c:v", "libx264",
+           "-preset", "ultrafast", str(sideways))  # fmt: skip
+    phone = tmp / "phone.mp4"
+    ffmpeg("-i", str(sideways), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(phone))
+    text = tmp / "notes.mp4"
+    text.write_text("This is not a video, just a text file.\n")
+    return tmp, lookalike, phone, text
+
+
+def predict(tmp, *args):
+    cmd = [sys.executable, "-m", "conclugen.predict", "predict", "--model", str(tmp / "model"),
+           "--device", "cpu", *map(str, args)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=600)
+
+
+def test_predict_scores_videos_and_reports_a_file_that_is_no_video(setup):
+    tmp, lookalike, phone, text = setup
+    info = probe(phone)
+    assert (info.width, info.height) == (240, 320)  # the rotation is honoured
+    proc = predict(tmp, "--json", text, lookalike, phone)
+    assert proc.returncode == 1, proc.stderr
+    assert f"{text}: not a usable video" in proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["video"] for r in results] == [str(text), str(lookalike), str(phone)]
+    assert "error" in results[0] and "probabilities" not in results[0]
+    for r in results[1:]:
+        probs = r["probabilities"]
+        assert list(probs) == sorted(probs, key=probs.get, reverse=True)
+        assert set(probs) == set(CAER) and abs(sum(probs.values()) - 1) < 1e-4
+        assert r["predicted"] == next(iter(probs)) and r["windows"] == 1
+    assert "video 3/3" in proc.stderr  # the progress line
+
+
+def test_predict_prints_probabilities_per_video(setup):
+    tmp, lookalike, _, _ = setup
+    proc = predict(tmp, lookalike)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(lookalike) and len(lines) == 1 + len(CAER)
+    probs = [float(line.split()[-1]) for line in lines[1:]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 0.01
+
+
+def test_timeline_writes_csv_and_png(setup, tmp_path):
+    tmp, _, phone, _ = setup
+    proc = predict(tmp, "--timeline", "--json", "--out", tmp_path, phone)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)
+    table = pd.read_csv(result["timeline_csv"])
+    assert list(table.columns) == ["start", "end", *CAER]
+    assert len(table) == result["windows"] == len(timeline_windows(probe(phone).duration)) == 2
+    assert np.allclose(table[list(CAER)].sum(axis=1), 1, atol=1e-4)
+    image = matplotlib.image.imread(result["timeline_png"])
+    assert image.shape[0] > 300 and image.std() > 0.05
+
+
+def test_timeline_windows_cover_the_video():
+    assert timeline_windows(1.0) == [(0.0, 1.0)]
+    spans = timeline_windows(10.0)
+    assert len(spans) == 2 and spans[0] == (0.0, 5.0) and spans[-1][1] == 10.0
