@@ -157,6 +157,12 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
         extra = set(down.get(key, [])) - evaluated
         if extra:
             problems.append(f"downstream.{key}: {sorted(extra)} are not evaluated methods")
+    unknown = set(down.get("label_efficiency", {}).get("methods", [])) - pretrained - {"supervised"}
+    if unknown:
+        problems.append(
+            f"downstream.label_efficiency.methods: {sorted(unknown)} are not pretrained "
+            "(pretrain.methods)"
+        )
     return problems
 
 

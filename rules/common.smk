@@ -25,6 +25,7 @@ wildcard_constraints:
     shard=r"\d+",
     backbone="video2d|video3d|audio|text",
     method="|".join([*config["pretrain"]["methods"], "supervised"]),
+    fraction=r"[0-9.e-]+",
 
 
 def growing_runtime(minutes):
@@ -206,6 +207,45 @@ def downstream_runs():
     )
 
 
+LABEL_EFFICIENCY = DOWNSTREAM["label_efficiency"]
+LABEL_EFFICIENCY_DATASETS = [
+    d for d in LABEL_EFFICIENCY["datasets"] if d in EVAL_DATASETS
+]
+
+
+def label_efficiency_protocols(method):
+    """The protocols a label-efficiency job runs: the baseline, or linear and finetune."""
+    return ["supervised"] if method == "supervised" else ["linear", "finetune"]
+
+
+def label_efficiency_settings(wildcards):
+    """The (dataset, method)'s downstream_settings with the label-efficiency protocols and the
+    job's own share of the train labels, so that adding a fraction leaves the others alone.
+    """
+    settings = downstream_settings(wildcards)
+    return {
+        **settings,
+        "protocols": label_efficiency_protocols(wildcards.method),
+        "hparams": {**settings["hparams"], "train_fraction": float(wildcards.fraction)},
+    }
+
+
+def label_efficiency_cells():
+    """Every label-efficiency cell's directory (each holds runs.csv) -> its share of the train
+    labels. Fraction 1 of a method whose downstream job runs these protocols is that job's
+    directory: a whole train split makes the same runs."""
+    cells = {}
+    for d in LABEL_EFFICIENCY_DATASETS:
+        for m in LABEL_EFFICIENCY["methods"]:
+            for f in LABEL_EFFICIENCY["fractions"]:
+                reuse = f == 1 and m in EVAL_METHODS
+                if reuse and set(label_efficiency_protocols(m)) <= set(protocols(m)):
+                    cells[f"results/downstream/{d}/{m}"] = 1.0
+                else:
+                    cells[f"results/label_efficiency/{d}/{m}/{f:g}"] = float(f)
+    return cells
+
+
 # The paper's Figures 2-3: these four methods' confusion matrices on MELD and CAER.
 CONFUSION_METHODS = [
     m for m in ("conclugen", "conclu", "multicont", "instancecont") if m in EVAL_METHODS
@@ -216,11 +256,15 @@ EMBEDDING_DATASETS = [d for d in ("caer", "meld") if d in EVAL_DATASETS][:1]
 
 
 def report_figures():
-    """The figures rule all asks for (the report holds them)."""
-    return expand(
+    """The figures rule all asks for (the report holds them; the label-efficiency figure
+    brings its table)."""
+    figures = expand(
         "results/figures/confusion_{dataset}.png", dataset=CONFUSION_DATASETS
     ) + expand(
         "results/figures/embedding_{dataset}_{method}.png",
         dataset=EMBEDDING_DATASETS,
         method=[m for m in EVAL_METHODS if m != "supervised"],
     )
+    if label_efficiency_cells():
+        figures.append("results/figures/label_efficiency.png")
+    return figures

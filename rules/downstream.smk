@@ -21,3 +21,27 @@ rule downstream:
         settings=downstream_settings,
     script:
         "../workflow/scripts/downstream.py"
+
+
+rule label_efficiency:
+    """The label-efficiency protocols of one (dataset, method) on a share of the train labels
+    (conclugen.downstream.label_subset), every seed; runs.csv last."""
+    input:
+        unpack(downstream_input),
+    output:
+        directory("results/label_efficiency/{dataset}/{method}/{fraction}"),
+    log:
+        "results/logs/label_efficiency/{dataset}/{method}/{fraction}.log",
+    benchmark:
+        "results/benchmarks/label_efficiency/{dataset}/{method}/{fraction}.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: DOWNSTREAM["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=growing_runtime(4 * 60),
+        gpu=gpus(DOWNSTREAM),
+    params:
+        settings=label_efficiency_settings,
+    script:
+        "../workflow/scripts/downstream.py"

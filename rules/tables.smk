@@ -86,3 +86,37 @@ rule embedding_figure:
         runtime=growing_runtime(10),
     script:
         "../workflow/scripts/figures.py"
+
+
+rule label_efficiency_summary:
+    """Label efficiency: weighted F1 and accuracy against the share of train labels, as a
+    table and a figure."""
+    input:
+        cells=list(label_efficiency_cells()),
+    output:
+        expand("results/tables/label_efficiency.{ext}", ext=["md", "csv", "tex"]),
+        html=report(
+            "results/tables/label_efficiency.html",
+            caption="../workflow/report/label_efficiency.rst",
+            category="Label efficiency",
+        ),
+        figure=report(
+            "results/figures/label_efficiency.png",
+            caption="../workflow/report/label_efficiency.rst",
+            category="Label efficiency",
+        ),
+    log:
+        "results/logs/label_efficiency_summary.log",
+    benchmark:
+        "results/benchmarks/label_efficiency_summary.tsv"
+    conda:
+        "../envs/models.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=growing_runtime(10),
+    params:
+        fractions=label_efficiency_cells(),
+        # demo: the table and figure say "synthetic look-alike data"; toggling it rewrites them
+        synthetic=LOOKALIKE["enabled"],
+    script:
+        "../workflow/scripts/label_efficiency.py"

@@ -155,8 +155,10 @@ def test_downstream_hparams_in_the_schema_are_the_code_s():
 
     schema = yaml.safe_load(SCHEMA.read_text())
     down = schema["properties"]["downstream"]["properties"]
-    # lr and weight decay are per dataset (downstream.tasks), everything else is shared
-    assert set(down["hparams"]["properties"]) == set(HPARAMS) - {"lr", "weight_decay"}
+    # lr and weight decay are per dataset (downstream.tasks), the share of train labels per
+    # label-efficiency job (downstream.label_efficiency.fractions), everything else is shared
+    per_job = {"lr", "weight_decay", "train_fraction"}
+    assert set(down["hparams"]["properties"]) == set(HPARAMS) - per_job
     assert set(down["tasks"]["properties"]) == set(TASKS)
     task = schema["$defs"]["task"]["properties"]
     assert set(task) == {"lr", "weight_decay"}
@@ -170,6 +172,10 @@ def test_downstream_hparams_in_the_schema_are_the_code_s():
             r"downstream.methods: \['conclu'\] are not pretrained",
         ),
         ({"finetune": ["generative"]}, r"downstream.finetune: \['generative'\] are not evaluated"),
+        (
+            {"label_efficiency": {"methods": ["supervised", "conclu"]}},
+            r"downstream.label_efficiency.methods: \['conclu'\] are not pretrained",
+        ),
     ],
 )
 def test_inconsistent_downstream_is_refused(change, message):

@@ -1,4 +1,5 @@
-"""Rule downstream: every protocol and seed of one (dataset, method) cell."""
+"""Rules downstream and label_efficiency: every protocol and seed of one (dataset, method)
+cell; label_efficiency's on its share of the train labels (hparam ``train_fraction``)."""
 
 import torch
 
