@@ -29,9 +29,18 @@ demo: setup
 	@cat results/tables/headline.md
 	@echo "Held-out cross-modal retrieval of the pretrained methods (results/tables/retrieval.md):"
 	@cat results/tables/retrieval.md
+	@echo "A held-out look-alike clip (CAER's test split) through the exported ConCluGen model" \
+		"(results/export/caer/conclugen; conclugen predict, README \"Use a trained model\"):"
+	@$(BIN)/conclugen predict --model results/export/caer/conclugen "$$($(BIN)/python -c \
+		'import pandas as pd; from conclugen.data.manifest import read_manifest; \
+		m = read_manifest("results/caer/manifest.parquet")[0].set_index("sample_id"); \
+		p = pd.read_parquet( \
+		"results/downstream/caer/conclugen/finetune/seed0/predictions.parquet"); \
+		print(m.loc[p.sample_id[p.split == "test"].iloc[0], "video"])')"
 	@echo "Tables 1-5: results/tables/table{1..5}.{md,csv,tex}; report: results/report.html;" \
 		"pretrained models: results/pretrain/<method>/; downstream runs:" \
-		"results/downstream/<dataset>/<method>/; logs: results/logs/."
+		"results/downstream/<dataset>/<method>/; exported models: results/export/;" \
+		"logs: results/logs/."
 
 # Every configured weight into the caches the jobs read (rules/weights.smk), on a machine with
 # internet: `make weights`, or `make weights CONFIG='config/config.yaml my_paths.yaml'`.
@@ -55,5 +64,5 @@ lint: setup
 
 clean-demo:
 	rm -rf results/lookalike results/voxceleb2 results/caer results/meld results/mosei \
-		results/pretrain results/downstream results/tables results/figures results/report.html \
-		results/logs results/benchmarks .snakemake
+		results/pretrain results/downstream results/export results/tables results/figures \
+		results/report.html results/logs results/benchmarks .snakemake
