@@ -268,3 +268,36 @@ def report_figures():
     if label_efficiency_cells():
         figures.append("results/figures/label_efficiency.png")
     return figures
+
+
+# Exported models (rules/export.smk): ConCluGen's on every evaluated dataset, in rule all.
+EXPORTS = expand(
+    "results/export/{dataset}/{method}",
+    dataset=EVAL_DATASETS,
+    method=[m for m in EVAL_METHODS if m == "conclugen"],
+)
+
+
+def export_protocol(method):
+    """The run an export takes: seed 0 of finetune where the method has it (config
+    downstream.finetune), else of linear evaluation (the supervised baseline: its own).
+    """
+    if method == "supervised":
+        return "supervised"
+    return "finetune" if "finetune" in protocols(method) else "linear"
+
+
+def export_settings(wildcards):
+    """What an export records (features, faces, subtitles as resolved) and digests: those and
+    the dataset's, pretraining's and its downstream job's settings."""
+    d = wildcards.dataset
+    return {
+        "features": config["features"],
+        "faces": job_settings("faces"),
+        "subtitles": job_settings("subtitles"),
+        "cropped": d in FACE_DATASETS,
+        "has_text": d not in config["subtitles"]["datasets"],
+        "dataset": config["datasets"][d],
+        "pretrain": PRETRAIN if wildcards.method != "supervised" else None,
+        "downstream": downstream_settings(wildcards),
+    }
