@@ -187,7 +187,8 @@ def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
             and parts[0] != "total"
         ):
             jobs[parts[0]] = int(parts[1])
-    assert jobs == {"downstream": 3, "tables": 1, "confusion_figure": 1, "all": 1}, planned
+    want = {"downstream": 3, "export": 1, "tables": 1, "confusion_figure": 1, "all": 1}
+    assert jobs == want, planned
     assert "output: results/downstream/mosei" not in planned
 
 
@@ -398,3 +399,67 @@ def test_tables_have_every_paper_row(demo_run):
     assert "| multicont_wo_audio | video->audio |" not in retrieval  # no audio head
     for name in ("confusion_caer.png", "embedding_caer_conclugen.png"):
         assert (workdir / "results" / "figures" / name).stat().st_size > 0
+
+
+def exported(workdir, dataset):
+    """The export rule all asks for, and the downstream run it took (finetune, seed 0)."""
+    return (
+        workdir / "results" / "export" / dataset / "conclugen",
+        workdir / "results" / "downstream" / dataset / "conclugen" / "finetune" / "seed0",
+    )
+
+
+@pytest.mark.parametrize("dataset", ["caer", "mosei"])
+def test_an_exported_model_alone_reproduces_the_pipeline_predictions(demo_run, dataset, tmp_path):
+    """Copied alone elsewhere and loaded in a fresh process (from an empty folder, the package
+    only), the export gives the scores of the run's predictions.parquet on the demo features."""
+    import shutil
+    import sys
+
+    workdir, _, _ = demo_run
+    export, run = exported(workdir, dataset)
+    config = json.loads((export / "config.json").read_text())
+    assert config["protocol"] == "finetune" and config["dataset"] == dataset
+    assert config["task"] == ("multi_label" if dataset == "mosei" else "single_label")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert config["metrics"]["test"]["f1"] == metrics["f1"]
+    alone = tmp_path / "colleague" / "model"
+    shutil.copytree(export, alone)
+    fs = read_features(workdir / "results" / dataset / "features.zarr", dtype=None)
+    torch.save({"x": fs.features, "present": fs.present}, tmp_path / "inputs.pt")
+    script = (
+        "import sys, torch\n"
+        "from conclugen.export import load\n"
+        "data = torch.load(sys.argv[2])\n"
+        "torch.save(load(sys.argv[1]).probabilities(data['x'], data['present']), sys.argv[3])\n"
+    )
+    (tmp_path / "empty").mkdir()
+    args = [str(alone), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
+    subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path / "empty", check=True,
+                   timeout=300)  # fmt: skip
+    predictions = pd.read_parquet(run / "predictions.parquet").set_index("sample_id")
+    scores = predictions.loc[fs.sample_id, [f"score_{c}" for c in config["classes"]]]
+    assert np.allclose(torch.load(tmp_path / "out.pt").numpy(), scores.to_numpy(), atol=1e-5)
+
+
+def test_conclugen_predict_scores_a_held_out_clip(demo_run):
+    """What `make demo` ends with: a CAER test clip through the exported model."""
+    import sys
+
+    workdir, _, _ = demo_run
+    export, run = exported(workdir, "caer")
+    manifest = read_manifest(workdir / "results" / "caer" / "manifest.parquet")[0]
+    predictions = pd.read_parquet(run / "predictions.parquet")
+    sample = predictions[predictions["split"] == "test"].iloc[0]
+    video = manifest.set_index("sample_id").loc[sample["sample_id"], "video"]
+    cmd = [sys.executable, "-m", "conclugen.predict", "predict", "--json", "--model",
+           str(export.relative_to(workdir)), video]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)
+    assert list(result["probabilities"]) and set(result["probabilities"]) == set(
+        EXPRESSION_OF["caer"]
+    )
+    # The same clip's scores in the pipeline: the same stages, up to the face track's frames
+    # (one clip alone) and float rounding; the ranking's top class agrees.
+    assert result["predicted"] == sample["predicted_name"]
