@@ -121,7 +121,8 @@ def label_efficiency_figure(
     series' mean against the share of train labels on a log x-axis (ticks at the shares, in
     percent), its std over seeds as error bars (none where it is NaN: a single seed)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    width = max(6, 5 * len(panels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.5), squeeze=False)
     for ax, (name, series) in zip(axes[0], panels.items(), strict=True):
         for label, (x, mean, std) in series.items():
             yerr = np.nan_to_num(np.asarray(std, dtype=float))

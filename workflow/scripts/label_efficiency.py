@@ -39,8 +39,7 @@ with logged(snakemake.log[0]) as log:
         }
         for d, group in table.groupby("dataset", sort=False)
     }
-    title = "Label efficiency: test split, mean ± std over seeds"
-    if synthetic:
-        title += f" ({tables.SYNTHETIC_SHORT})"
+    title = "Label efficiency" + (f" ({tables.SYNTHETIC_SHORT})" if synthetic else "")
+    title += "\ntest split, mean ± std over seeds"
     figures.label_efficiency_figure(panels, snakemake.output.figure, title, "weighted F1 (%)")
     log.info("%d runs, label efficiency:\n%s", len(runs), tables.to_markdown(table))
