@@ -168,11 +168,12 @@ def test_a_moved_checkout_reruns_nothing_after_the_demo(demo_run, tmp_path):
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
 
 
-# Before the kill-and-rerun tests below, which leave later stages out of date.
-def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
+def planned_jobs(demo_run, tmp_path, change) -> tuple[dict[str, int], str]:
+    """Job counts per rule of a dry run of ``all`` on the demo's results with the config
+    changed by ``change(config)``, and the dry run's log."""
     workdir, cfg, _ = demo_run
     config = yaml.safe_load(cfg.read_text())
-    config["downstream"]["tasks"] = {"caer": {"lr": 0.003}}
+    change(config)
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     proc = run_snakemake(["--configfile", str(changed), "--cores", "2", "all", "-n"], workdir)
@@ -187,9 +188,60 @@ def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
             and parts[0] != "total"
         ):
             jobs[parts[0]] = int(parts[1])
-    want = {"downstream": 3, "export": 1, "tables": 1, "confusion_figure": 1, "all": 1}
-    assert jobs == want, planned
+    return jobs, planned
+
+
+# Before the kill-and-rerun tests below, which leave later stages out of date.
+def test_changing_one_learning_rate_reruns_only_its_dataset(demo_run, tmp_path):
+    def change(config):
+        config["downstream"]["tasks"] = {"caer": {"lr": 0.003}}
+
+    jobs, planned = planned_jobs(demo_run, tmp_path, change)
+    assert jobs == {"downstream": 3, "export": 1, "label_efficiency": 2,
+                    "label_efficiency_summary": 1, "tables": 1, "confusion_figure": 1,
+                    "all": 1}, planned  # fmt: skip
     assert "output: results/downstream/mosei" not in planned
+
+
+def test_adding_a_label_fraction_runs_only_its_jobs(demo_run, tmp_path):
+    def change(config):
+        config["downstream"]["label_efficiency"]["fractions"] = [0.05, 0.1, 1.0]
+
+    jobs, planned = planned_jobs(demo_run, tmp_path, change)
+    assert jobs == {"label_efficiency": 2, "label_efficiency_summary": 1, "all": 1}, planned
+    assert "output: results/label_efficiency/caer/supervised/0.05" in planned
+
+
+def test_label_efficiency_table_and_figure(demo_run):
+    workdir, _, _ = demo_run
+    results = workdir / "results"
+    table = pd.read_csv(results / "tables" / "label_efficiency.csv")
+    assert (table["data"] == "synthetic look-alike data").all()
+    ids = ["supervised/supervised", "conclugen/linear", "conclugen/finetune"]
+    assert table["id"].tolist() == [i for i in ids for _ in (10, 100)]
+    assert table["labels"].tolist() == [10, 100] * 3 and (table["n_seeds"] == 2).all()
+    assert table["f1"].between(0, 100).all() and table["accuracy"].between(0, 100).all()
+    small = table[table["labels"] == 10]
+    assert (small["n_train"] < table.loc[table["labels"] == 100, "n_train"].to_numpy()).all()
+    # 10 %: the same train clips for every method, one per class here (2 train clips a class)
+    whole = pd.read_parquet(
+        results / "downstream/caer/supervised/supervised/seed0/predictions.parquet"
+    )
+    classes = whole.loc[whole["split"] == "train", "target"].nunique()
+    for seed in (0, 1):
+        runs = [("supervised", "supervised"), ("conclugen", "linear"), ("conclugen", "finetune")]
+        records = [
+            json.loads((results / f"label_efficiency/caer/{m}/0.1/{p}/seed{seed}/metrics.json")
+                       .read_text())
+            for m, p in runs
+        ]  # fmt: skip
+        assert {r["n_train"] for r in records} == {classes}
+        assert all(r["loss_weights"] == records[0]["loss_weights"] for r in records)
+        assert all(r["hparams"]["train_fraction"] == 0.1 for r in records)
+    md = (results / "tables" / "label_efficiency.md").read_text()
+    assert md.startswith("**Synthetic look-alike data")
+    assert "\\begin{tabular}" in (results / "tables" / "label_efficiency.tex").read_text()
+    assert (results / "figures" / "label_efficiency.png").stat().st_size > 0
 
 
 def test_manifest_metadata_is_json(demo_run):
