@@ -256,6 +256,7 @@ def test_write_evaluation_round_trips(tmp, linear, mosei, which):
     out = tmp / f"out_{which}"
     write_evaluation(ev, out)
     assert sorted(f.name for f in out.iterdir()) == [
+        "classifier.safetensors",
         "confusion.png",
         "metrics.json",
         "predictions.parquet",
