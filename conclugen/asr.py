@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from conclugen.ledger import is_fatal
+from conclugen.weights import whisper_model
 
 SAMPLE_RATE = 16000
 WINDOW_S = 30
@@ -311,6 +312,17 @@ def load_transcriber(backend: str, model: str | os.PathLike, device: str = "cpu"
     if backend == "openai-whisper":
         return OpenAIWhisper(str(model), device=device, **options)
     raise ValueError(f"unknown ASR backend {backend!r} (faster-whisper, openai-whisper)")
+
+
+def configured_transcriber(cfg: dict, device: str, threads: int):
+    """The transcriber a ``subtitles`` config section names, read offline (a model name is its
+    cached copy, or :class:`conclugen.weights.MissingWeights` naming it); ``threads`` are
+    faster-whisper's CPU threads."""
+    options = {"beam_size": cfg["beam_size"]}
+    if cfg["backend"] == "faster-whisper":
+        options |= {"compute_type": cfg["compute_type"], "threads": threads}
+    model = whisper_model(cfg["backend"], cfg["model"])
+    return load_transcriber(cfg["backend"], model, device, **options)
 
 
 def transcribe(transcriber, audios: list[np.ndarray], batch_size: int = 8, vad: bool = True,

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from conclugen import backbones
+from conclugen.asr import configured_transcriber, subtitles_shard
 from conclugen.export import ExportedModel, load
 from conclugen.features import FPS, ROLES, VIDEO_ROLES, extract_shard
 from conclugen.ledger import FailureLedger
@@ -97,7 +98,9 @@ class Predictor:
 
             self.mtcnn = load_mtcnn(self.device, self.config["faces"]["min_face_size"])
         say("loading Whisper")
-        self.transcriber = _transcriber(self.config["subtitles"], self.device)
+        self.transcriber = configured_transcriber(
+            self.config["subtitles"], self.device, torch.get_num_threads()
+        )
 
     def __call__(self, path: str | os.PathLike, timeline: bool = False) -> Prediction:
         name = Path(path).name
@@ -152,8 +155,6 @@ class Predictor:
         return tracks[0].track
 
     def _subtitles(self, clips: pd.DataFrame, ledger: FailureLedger) -> pd.DataFrame:
-        from conclugen.asr import subtitles_shard
-
         cfg = self.config["subtitles"]
         table = subtitles_shard(clips, self.transcriber, ledger, cfg["batch_size"], cfg["vad"])
         return clips.assign(text=clips["sample_id"].map(table.set_index("sample_id")["text"]))
@@ -167,18 +168,6 @@ class Predictor:
             crop_size=feats["crop_size"], mean=feats[role].get("mean"),
             std=feats[role].get("std"), precision=precision,
         )  # fmt: skip
-
-
-def _transcriber(cfg: dict, device: str):
-    """The export's Whisper (settings as the subtitles jobs use them), read offline."""
-    from conclugen.asr import load_transcriber
-    from conclugen.weights import whisper_model
-
-    options = {"beam_size": cfg["beam_size"]}
-    if cfg["backend"] == "faster-whisper":
-        options |= {"compute_type": cfg["compute_type"], "threads": torch.get_num_threads()}
-    model = whisper_model(cfg["backend"], cfg["model"])
-    return load_transcriber(cfg["backend"], model, resolve_device(device), **options)
 
 
 def _reason(ledger: FailureLedger) -> str:

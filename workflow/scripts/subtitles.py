@@ -2,25 +2,19 @@
 
 import pandas as pd
 
-from conclugen.asr import load_transcriber, subtitles_shard
+from conclugen.asr import configured_transcriber, subtitles_shard
 from conclugen.data.manifest import read_manifest
 from conclugen.io import write_parquet
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
 from conclugen.torchutil import claim_gpu, resolve_device
-from conclugen.weights import whisper_model
 
 with logged(snakemake.log[0]) as log:
     claim_gpu(snakemake.resources.gpu)  # before anything initialises CUDA
     cfg = snakemake.params.subtitles
     manifest, _ = read_manifest(snakemake.input.manifest, shard=int(snakemake.wildcards.shard))
     clips = manifest.merge(pd.read_parquet(snakemake.input.probe), on="sample_id")
-    options = {"beam_size": cfg["beam_size"]}
-    if cfg["backend"] == "faster-whisper":
-        options |= {"compute_type": cfg["compute_type"], "threads": snakemake.threads}
-    # offline (every job): a model name is its cached copy, or MissingWeights naming it
-    model = whisper_model(cfg["backend"], cfg["model"])
-    transcriber = load_transcriber(cfg["backend"], model, resolve_device(cfg["device"]), **options)
+    transcriber = configured_transcriber(cfg, resolve_device(cfg["device"]), snakemake.threads)
     ledger = FailureLedger("subtitles")
     table = subtitles_shard(clips, transcriber, ledger, cfg["batch_size"], cfg["vad"])
     ledger.write(snakemake.output.failures)
