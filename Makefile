@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: setup slurm demo weights test lint clean-demo
+.PHONY: setup slurm demo weights test lint screenshot clean-demo
 
 setup: $(STAMP)
 
@@ -62,7 +62,16 @@ lint: setup
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --configfile config/demo.yaml --lint
 
+# What a reader first sees: the report's landing page (the front page), rendered by a headless
+# Chromium from Debian, as results/report/front_page.png (README "The report").
+screenshot:
+	@command -v chromium-headless-shell >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium-headless-shell; }
+	chromium-headless-shell --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,3200 \
+		--virtual-time-budget=10000 --screenshot=results/report/front_page.png \
+		"file://$(CURDIR)/results/report.html"
+
 clean-demo:
 	rm -rf results/lookalike results/voxceleb2 results/caer results/meld results/mosei \
 		results/pretrain results/downstream results/export results/tables results/figures \
-		results/report.html results/logs results/benchmarks .snakemake
+		results/report.html results/report results/logs results/benchmarks .snakemake

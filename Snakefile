@@ -103,5 +103,6 @@ rule all:
         expand("results/{dataset}/features.zarr", dataset=DATASETS),
         expand("results/pretrain/{method}/model.pt", method=PRETRAIN["methods"]),
         "results/tables/tables.html",
+        "results/report/front_page.html",
         report_figures(),
         EXPORTS,

@@ -1,8 +1,8 @@
 """Every figure of the pipeline, drawn from arrays: one run's confusion matrix, the paper's
 Figures 2-3 (confusion matrices summed over seeds), a 2-D embedding of a method's
-representations, the label-efficiency curves, the pretraining loss curves and the face-track
-contact sheet. The stages read
-their files and compute what is drawn; this module imports none of them."""
+representations, the label-efficiency curves, ours against the paper, the pretraining loss
+curves and the face-track contact sheet. The stages read their files and compute what is
+drawn; this module imports none of them."""
 
 from __future__ import annotations
 
@@ -135,6 +135,38 @@ def label_efficiency_figure(
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
+    save_png(fig, path)
+
+
+def paper_comparison_figure(
+    panels: dict[str, list[tuple[str, float, tuple]]], path: str | os.PathLike, title: str
+) -> None:
+    """Ours against the paper, one panel per title (``title -> [(cell, published, seeds)]``),
+    two panels a row: per cell our mean over seeds as a bar with the sample std as its error bar
+    and each seed as a dot, and the published number as a hatched bar beside it (none where NaN)."""
+    plt = pyplot()
+    rows = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(14, 3.6 * rows), squeeze=False)
+    for ax, (name, cells) in zip(axes.flat, panels.items(), strict=False):  # a spare axis
+        x = np.arange(len(cells))
+        for i, (_, published, seeds) in enumerate(cells):
+            if seeds:
+                std = np.std(seeds, ddof=1) if len(seeds) > 1 else 0.0
+                ax.bar(i - 0.2, np.mean(seeds), 0.4, yerr=std, capsize=3, color="tab:blue")
+                ax.plot(np.full(len(seeds), i - 0.2), seeds, "k.", markersize=4)
+            if not np.isnan(published):
+                ax.bar(i + 0.2, published, 0.4, color="0.8", hatch="//", edgecolor="0.4")
+        ax.set_xticks(x, [cell for cell, _, _ in cells], rotation=30, ha="right", fontsize=8)
+        ax.set(title=name, ylabel="%", xlim=(-0.7, len(cells) - 0.3))
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color="tab:blue"),
+        plt.Rectangle((0, 0), 1, 1, facecolor="0.8", hatch="//", edgecolor="0.4"),
+    ]
+    fig.legend(handles, ["ours (mean ± std, dots: seeds)", "paper"], loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     save_png(fig, path)
 
 

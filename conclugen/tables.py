@@ -460,40 +460,107 @@ def table_page(frame: pd.DataFrame, title: str) -> str:
     return "<html><body>\n" + "\n".join(parts) + "\n</body></html>\n"
 
 
-def headline(runs: pd.DataFrame, chance: dict[str, float], synthetic: bool = False) -> str:
-    """Markdown lines: ConCluGen's linear-evaluation accuracy per dataset against chance, here
-    the accuracy of always guessing the train split's majority (:func:`majority_accuracy`; for
-    single-label data, the test share of the train split's largest class): what the demo
-    prints. ``synthetic``: :data:`SYNTHETIC` comes first."""
+def _plain_markdown(frame: pd.DataFrame, align: list[str], synthetic: bool) -> str:
+    """``frame`` (strings) as a markdown table with the given column alignments;
+    ``synthetic``: :data:`SYNTHETIC` in bold comes first."""
     lines = [f"**{SYNTHETIC}**", ""] if synthetic else []
-    lines += ["| dataset | ConCluGen linear eval. accuracy (%) | seeds | majority guess (%) |",
-              "|---|---|---|---|"]  # fmt: skip
+    lines += ["| " + " | ".join(frame.columns) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def chance_levels(cell_dirs: list[str | os.PathLike]) -> dict[str, float]:
+    """Per dataset, :func:`majority_accuracy` of the ConCluGen cell's first linear run (every
+    run of a dataset has the same train and test split)."""
+    from conclugen.downstream import run_dir
+
+    chance = {}
+    for cell in map(Path, cell_dirs):
+        if cell.name == "conclugen":
+            predictions = pd.read_parquet(run_dir(cell, "linear", 0) / "predictions.parquet")
+            chance[cell.parent.name] = majority_accuracy(predictions)
+    return chance
+
+
+def headline_frame(runs: pd.DataFrame, chance: dict[str, float]) -> pd.DataFrame:
+    """ConCluGen's linear-evaluation accuracy per dataset (mean ± std over seeds, in percent)
+    against chance, here the accuracy of always guessing the train split's majority
+    (:func:`majority_accuracy`; for single-label data, the test share of the train split's
+    largest class). Printed strings, one row per dataset."""
     sel = runs[(runs["method"] == "conclugen") & (runs["protocol"] == "linear")]
+    rows = []
     for dataset, group in sel.groupby("dataset"):
         acc = group["accuracy"] * 100
         spread = f" ± {acc.std(ddof=1):.1f}" if len(acc) > 1 else ""
-        lines.append(
-            f"| {dataset} | {acc.mean():.1f}{spread} | {len(acc)} | "
-            f"{100 * chance.get(dataset, float('nan')):.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append(
+            [dataset, f"{acc.mean():.1f}{spread}", str(len(acc)),
+             f"{100 * chance.get(dataset, float('nan')):.1f}"]
+        )  # fmt: skip
+    columns = ["dataset", "ConCluGen linear eval. accuracy (%)", "seeds", "majority guess (%)"]
+    return pd.DataFrame(rows, columns=columns, dtype=str)
+
+
+def headline(runs: pd.DataFrame, chance: dict[str, float], synthetic: bool = False) -> str:
+    """:func:`headline_frame` as markdown: what the demo prints. ``synthetic``:
+    :data:`SYNTHETIC` comes first."""
+    return _plain_markdown(headline_frame(runs, chance), ["---"] * 4, synthetic)
+
+
+def retrieval_frame(reports: dict[str, dict]) -> pd.DataFrame:
+    """Each method's held-out cross-modal recall@1 at initialisation and after pretraining
+    (``{method: retrieval.json}``, :func:`conclugen.pretrain.pretrain`), against chance (one
+    over the held-out clips). Printed strings, one row per method and pair of modalities."""
+    rows = [
+        [method, pair, f"{r['init']:.2f}", f"{r['pretrained']:.2f}", f"{r['chance']:.3f}",
+         str(r["n"])]
+        for method, report in reports.items()
+        for pair, r in report.items()
+    ]  # fmt: skip
+    columns = ["method", "retrieval", "recall@1 at init", "recall@1 pretrained", "chance",
+               "clips"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns, dtype=str)
 
 
 def retrieval_summary(reports: dict[str, dict], synthetic: bool = False) -> str:
-    """Markdown lines: each method's held-out cross-modal recall@1 at initialisation and after
-    pretraining (``{method: retrieval.json}``, :func:`conclugen.pretrain.pretrain`), against
-    chance (one over the held-out clips): what the demo prints after the headline.
+    """:func:`retrieval_frame` as markdown: what the demo prints after the headline.
     ``synthetic``: :data:`SYNTHETIC` comes first."""
-    lines = [f"**{SYNTHETIC}**", ""] if synthetic else []
-    lines += ["| method | retrieval | recall@1 at init | recall@1 pretrained | chance | clips |",
-              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
-    for method, report in reports.items():
-        for pair, r in report.items():
-            lines.append(
-                f"| {method} | {pair} | {r['init']:.2f} | {r['pretrained']:.2f} | "
-                f"{r['chance']:.3f} | {r['n']} |"
-            )
-    return "\n".join(lines) + "\n"
+    align = ["---", "---", "---:", "---:", "---:", "---:"]
+    return _plain_markdown(retrieval_frame(reports), align, synthetic)
+
+
+def paper_comparison(runs: pd.DataFrame | None, paper: dict) -> pd.DataFrame:
+    """Every cell of Tables 2, 3 and 5 as one row: ``table`` (e.g. "Table 3"), ``row`` (as
+    printed; Table 2: "{dataset}: {label}"), ``metric``, ``paper`` (the published number, NaN
+    where none) and ``seeds`` (our per-seed values in percent, a tuple; empty without runs).
+    Rows in the tables' order; cells with neither a published number nor a run are left out."""
+    runs = _check_runs(runs)
+    values = runs.set_index(["dataset", "method", "protocol"]).sort_index()
+
+    def seeds(dataset, method, protocol, metric):
+        key = (dataset, method, protocol)
+        if key not in values.index:
+            return ()
+        return tuple(float(v) * 100 for v in values.loc[[key]].sort_values("seed")[metric])
+
+    rows = []
+    for row in paper["table2"]["rows"]:
+        method, protocol = TABLE2_RUNS[row["protocol"]]
+        for d in DATASETS:
+            label = f"{HEADERS[d]}: {row['label']}"
+            rows.append(("Table 2", label, "accuracy", row.get(d),
+                         seeds(d, method, protocol, "accuracy")))  # fmt: skip
+    for name in ("table3", "table5"):
+        frame = study_table(runs, paper, name)
+        printed = {r["method"]: r for r in paper[name]["rows"]}
+        for method, label in zip(frame["id"], frame["method"], strict=True):
+            for metric in METRICS:
+                published = printed.get(method, {}).get(metric)
+                ours = seeds(paper[name]["dataset"], method, STUDY_PROTOCOL, metric)
+                rows.append((f"Table {name[-1]}", label, metric, published, ours))
+    frame = pd.DataFrame(rows, columns=["table", "row", "metric", "paper", "seeds"])
+    frame["paper"] = pd.to_numeric(frame["paper"], errors="coerce").astype(float)
+    keep = frame["paper"].notna() | frame["seeds"].map(len).gt(0)
+    return frame[keep].reset_index(drop=True)
 
 
 def majority_accuracy(predictions: pd.DataFrame) -> float:

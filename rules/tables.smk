@@ -120,3 +120,40 @@ rule label_efficiency_summary:
         synthetic=LOOKALIKE["enabled"],
     script:
         "../workflow/scripts/label_efficiency.py"
+
+
+rule front_page:
+    """The report's landing page: the headline and retrieval tables, ours against the paper,
+    the datasets and their failures."""
+    input:
+        runs=downstream_runs(),
+        retrieval=expand(
+            "results/pretrain/{method}/retrieval.json", method=PRETRAIN["methods"]
+        ),
+        stats=expand("results/{dataset}/dataset_stats.json", dataset=DATASETS),
+    output:
+        html=report(
+            "results/report/front_page.html",
+            caption="../workflow/report/front_page.rst",
+            category="Overview",
+        ),
+        figure=report(
+            "results/figures/paper_comparison.png",
+            caption="../workflow/report/paper_comparison.rst",
+            category="Tables",
+        ),
+    log:
+        "results/logs/front_page.log",
+    benchmark:
+        "results/benchmarks/front_page.tsv"
+    conda:
+        "../envs/models.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=growing_runtime(10),
+    params:
+        paper=PAPER_RESULTS,
+        # demo: the page and the figure say "synthetic look-alike data"
+        synthetic=LOOKALIKE["enabled"],
+    script:
+        "../workflow/scripts/front_page.py"

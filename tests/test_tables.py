@@ -310,7 +310,15 @@ def test_synthetic_csv_stays_parseable_with_a_data_column(runs, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["workflow.rst", "tables.rst", "confusion.rst", "embedding.rst", "label_efficiency.rst"]
+    "name",
+    [
+        "workflow.rst",
+        "tables.rst",
+        "confusion.rst",
+        "embedding.rst",
+        "label_efficiency.rst",
+        "paper_comparison.rst",
+    ],
 )
 def test_report_text_marks_the_demo_only(name):
     """The report's front page and result captions, rendered as Snakemake renders them (Jinja
@@ -401,3 +409,39 @@ def test_label_efficiency_figure_has_a_log_axis_per_dataset(tmp_path, monkeypatc
     assert len(axes[0].get_legend().get_texts()) == 3
     image = figures.pyplot().imread(tmp_path / "le.png")
     assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]
+
+
+def test_paper_comparison_holds_every_published_cell_with_our_seeds(runs):
+    frame = tables.paper_comparison(runs, PAPER)
+    assert frame["table"].unique().tolist() == ["Table 2", "Table 3", "Table 5"]
+    t2 = frame[frame["table"] == "Table 2"]
+    assert len(t2) == 9 and set(t2["metric"]) == {"accuracy"}  # 3 protocols x 3 datasets
+    linear_caer = t2[t2["row"] == "CAER: ConCluGen (linear eval.)"].iloc[0]
+    assert linear_caer["paper"] == 37.5
+    assert linear_caer["seeds"] == pytest.approx((30.0, 35.0, 40.0))
+    assert t2[t2["row"].str.startswith("MELD: Supervised")].iloc[0]["seeds"] == ()
+    t5 = frame[(frame["table"] == "Table 5") & (frame["metric"] == "f1")]
+    in_order = sorted(PAPER["table5"]["rows"], key=lambda r: STUDY_IDS.index(r["method"]))
+    assert t5["row"].tolist() == [r["label"] for r in in_order]
+    assert t5.iloc[0]["seeds"] == pytest.approx((20.0, 25.0, 30.0))  # linear, not finetuned
+    assert (frame["paper"].notna() | frame["seeds"].map(len).gt(0)).all()
+
+
+def test_paper_comparison_figure_draws_a_panel_per_table_and_metric(runs, tmp_path, monkeypatch):
+    from conclugen import figures
+
+    frame = tables.paper_comparison(runs, PAPER)
+    panels = {
+        f"{t}: {m}": list(zip(g["row"], g["paper"], g["seeds"], strict=True))
+        for (t, m), g in frame.groupby(["table", "metric"], sort=False)
+    }
+    saved, save = {}, figures.save_png
+    monkeypatch.setattr(
+        figures, "save_png", lambda fig, path: saved.update(fig=fig) or save(fig, path)
+    )
+    figures.paper_comparison_figure(panels, tmp_path / "cmp.png", "t")
+    visible = [ax for ax in saved["fig"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == list(panels)
+    caer = visible[0]  # Table 2: bars for our runs (6 cells) and every published number (9)
+    assert len(caer.patches) == 6 + 9
+    assert figures.pyplot().imread(tmp_path / "cmp.png").ndim == 3

@@ -454,6 +454,25 @@ def test_tables_have_every_paper_row(demo_run):
         assert (workdir / "results" / "figures" / name).stat().st_size > 0
 
 
+def test_the_report_opens_on_the_front_page(demo_run):
+    """The front page holds the headline, ours against the paper (every published cell of
+    Tables 2, 3 and 5), retrieval, datasets and failures; Snakemake's report lands on it."""
+    workdir, config, _ = demo_run
+    page = (workdir / "results/report/front_page.html").read_text()
+    headline = (workdir / "results/tables/headline.md").read_text()
+    caer = next(line for line in headline.splitlines() if line.startswith("| caer |"))
+    assert f"<td>{caer.split(' | ')[1]}</td>" in page  # ConCluGen's CAER accuracy
+    for item in ("Ours against the paper", "data:image/png;base64,", "Cross-modal retrieval",
+                 "<td>voxceleb2</td>", "<h2>Failures</h2>"):  # fmt: skip
+        assert item in page, item
+    assert "Synthetic look-alike data" in page
+    log = (workdir / "results/logs/front_page.log").read_text()
+    assert "81 cells against the paper" in log  # Table 2: 9; Tables 3 and 5: 9 rows x 4 metrics
+    run_snakemake(["--configfile", str(config), "--report", "report.html"], workdir)
+    landing = (workdir / "report.html").read_text()
+    assert "conclugen-front" in landing and "Ours against the paper" in landing
+
+
 def exported(workdir, dataset):
     """The export rule all asks for, and the downstream run it took (finetune, seed 0)."""
     return (

@@ -6,10 +6,7 @@ pretrained methods' cross-modal retrieval. With ``params.synthetic`` (config
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from conclugen import tables
-from conclugen.downstream import run_dir
 from conclugen.io import atomic_path
 from conclugen.logs import logged
 
@@ -25,12 +22,7 @@ with logged(snakemake.log[0]) as log:
         tmp.write_text(tables.to_html(built, paper), encoding="utf-8")
     with atomic_path(snakemake.output.runs) as tmp:
         tables.csv_frame(runs, synthetic).to_csv(tmp, index=False)
-    chance = {}
-    for cell in snakemake.input.runs:
-        cell = Path(cell)
-        if cell.name == "conclugen":
-            predictions = pd.read_parquet(run_dir(cell, "linear", 0) / "predictions.parquet")
-            chance[cell.parent.name] = tables.majority_accuracy(predictions)
+    chance = tables.chance_levels(snakemake.input.runs)
     summary = tables.headline(runs, chance, synthetic=synthetic)
     with atomic_path(snakemake.output.headline) as tmp:
         tmp.write_text(summary)
