@@ -29,6 +29,8 @@ demo: setup
 	@cat results/tables/headline.md
 	@echo "Held-out cross-modal retrieval of the pretrained methods (results/tables/retrieval.md):"
 	@cat results/tables/retrieval.md
+	@echo "Label efficiency: weighted F1 with a share of CAER's train labels (results/tables/label_efficiency.md):"
+	@cat results/tables/label_efficiency.md
 	@echo "A held-out look-alike clip (CAER's test split) through the exported ConCluGen model" \
 		"(results/export/caer/conclugen; conclugen predict, README \"Use a trained model\"):"
 	@$(BIN)/conclugen predict --model results/export/caer/conclugen "$$($(BIN)/python -c \

@@ -96,5 +96,7 @@ def test_the_method_list_has_one_source():
     assert pretrain["methods"]["items"]["enum"] == methods
     assert pretrain["methods"]["default"] == methods
     assert downstream["methods"]["items"]["enum"] == methods
+    efficiency = downstream["label_efficiency"]["properties"]["methods"]["items"]["enum"]
+    assert efficiency == ["supervised", *methods]
     # and the one vision-only read-out Table 4 prints (tables.collect_runs names it)
     assert set(METHOD_LABELS) == {*methods, "conclugen_vision"}
