@@ -76,6 +76,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/lookalike.smk"
 include: "rules/download.smk"
 include: "rules/weights.smk"
 include: "rules/manifest.smk"
@@ -86,6 +87,7 @@ include: "rules/pretrain.smk"
 include: "rules/downstream.smk"
 include: "rules/export.smk"
 include: "rules/tables.smk"
+include: "rules/figures.smk"
 
 
 # Jobs Snakemake runs itself instead of submitting them (config `localrules`): under a cluster

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conclugen.data.lookalike import generate
+from conclugen.lookalike import generate
 
 
 def lookalike_clips(root: Path | None, n: int, workdir: Path) -> pd.DataFrame:

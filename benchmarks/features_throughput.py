@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 from clips import lookalike_clips
 
-from conclugen import backbones, lookalike_weights
+from conclugen import backbones
 from conclugen.features import (
     AudioClips,
     AudioRunner,
@@ -62,6 +62,7 @@ from conclugen.features import (
     extract_shard,
 )
 from conclugen.ledger import FailureLedger
+from conclugen.lookalike import weights as lookalike_weights
 from conclugen.media import probe
 from conclugen.torchutil import resolve_precision
 

@@ -8,7 +8,7 @@ memory (``ru_maxrss``; with ``--workers`` > 0 plus the largest decoding worker's
 20-min / 1-min. Memory that grows with the clip shows up in the ratio: a clip held whole would
 take gigabytes at 20 minutes (19,200 frames of 16 fps for the 3D role).
 
-Backbones are the embedded demo's random look-alikes (:func:`conclugen.lookalike_weights.
+Backbones are the embedded demo's random look-alikes (:func:`conclugen.lookalike.weights.
 write_demo_weights`: ResNet-18, 3D ResNet-18, narrow ResDAVEnet), or with ``--sizes tiny`` the
 tests' narrow ResNets (widths 8-32), which keep the 3D role's 1,200 windows fast on a small CPU;
 memory per chunk hardly depends on the model's width. Usage::
@@ -31,9 +31,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from conclugen import backbones, lookalike_weights
+from conclugen import backbones
 from conclugen.features import extract_shard
 from conclugen.ledger import FailureLedger
+from conclugen.lookalike import weights as lookalike_weights
 from conclugen.media import probe
 from conclugen.torchutil import resolve_precision
 

@@ -27,7 +27,7 @@ hard-coded: block type (a ``conv3`` in ``layer1.0`` means Bottleneck), blocks pe
 largest block index), widths (``conv1`` output channels), the 3D stem's temporal kernel, the
 shortcut type (``downsample`` keys or none), ResDAVEnet's ``feat_dim`` and conv width. The same
 code therefore loads the real files and the tiny random look-alikes of the tests
-(:mod:`conclugen.lookalike_weights`). Loading is strict: a missing ``*.num_batches_tracked`` is
+(:mod:`conclugen.lookalike.weights`). Loading is strict: a missing ``*.num_batches_tracked`` is
 accepted (2017-era files have none), classifier heads (``fc.*``, ``last_linear.*``) are optional
 and dropped (their class count is kept in ``pretrained_classes``: 1000 ImageNet, 400/700 Kinetics),
 and any other missing or unexpected key or shape mismatch raises ``ValueError`` naming the spec.

@@ -16,7 +16,10 @@ PAPER_RESULTS = load_paper_results(CHECKOUT / "config" / "paper_results.yaml")
 # The look-alike generator's digest (rule lookalike), so that editing it regenerates the data
 # (Snakemake's code trigger covers a rule's script, not the modules it imports).
 LOOKALIKE_GENERATOR = hashlib.sha256(
-    (CHECKOUT / "conclugen" / "data" / "lookalike.py").read_bytes()
+    b"".join(
+        (CHECKOUT / "conclugen" / "lookalike" / f"{name}.py").read_bytes()
+        for name in ("__init__", "plan", "render", "archives")
+    )
 ).hexdigest()
 
 

@@ -1,24 +1,3 @@
-rule lookalike:
-    """Demo only: a synthetic look-alike of one dataset in its real on-disk form."""
-    output:
-        f"{LOOKALIKE['root']}/{{dataset}}/truth.parquet",
-    log:
-        "results/logs/lookalike/{dataset}.log",
-    benchmark:
-        "results/benchmarks/lookalike/{dataset}.tsv"
-    conda:
-        "../envs/data.yaml"
-    threads: LOOKALIKE["workers"]
-    resources:
-        mem_mb=4000,
-        runtime=growing_runtime(60),
-    params:
-        lookalike=LOOKALIKE,
-        generator=LOOKALIKE_GENERATOR,
-    script:
-        "../workflow/scripts/lookalike.py"
-
-
 rule download:
     """Fetch (public archives) or take (licence-gated data) a dataset, verify, extract."""
     input:

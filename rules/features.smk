@@ -1,20 +1,3 @@
-rule lookalike_weights:
-    """Demo only: random backbones in the real checkpoint formats (no weights can be fetched)."""
-    output:
-        expand(f"{LOOKALIKE['root']}/weights/{{name}}", name=DEMO_WEIGHTS),
-    log:
-        "results/logs/lookalike_weights.log",
-    benchmark:
-        "results/benchmarks/lookalike_weights.tsv"
-    conda:
-        "../envs/models.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=growing_runtime(10),
-    script:
-        "../workflow/scripts/lookalike_weights.py"
-
-
 rule features:
     """One backbone's frozen features of one shard (decoding workers feed cross-clip batches)."""
     input:

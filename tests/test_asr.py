@@ -31,8 +31,8 @@ from conclugen.asr import (
     windows,
     word_error_rate,
 )
-from conclugen.data.lookalike import generate
 from conclugen.ledger import FailureLedger
+from conclugen.lookalike import generate
 from conclugen.media import SILENCE_PEAK, audio_peak, read_audio
 
 SIZES = {"caer": {"train": 1, "validation": 1, "test": 1}}  # one clip per class and split: 21

@@ -25,7 +25,7 @@ from conclugen.backbones import (
     load_resnet3d,
     load_text_encoder,
 )
-from conclugen.lookalike_weights import (
+from conclugen.lookalike.weights import (
     write_demo_weights,
     write_hara_resnet3d,
     write_hf_text,

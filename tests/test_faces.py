@@ -12,10 +12,10 @@ import torch
 
 from conclugen import faces
 from conclugen.data.adapters import ADAPTERS
-from conclugen.data.lookalike import generate
 from conclugen.data.manifest import build_manifest
 from conclugen.faces import centre_box, face_tracks, faces_shard, load_mtcnn, stabilise
 from conclugen.ledger import FailureLedger
+from conclugen.lookalike import generate
 from conclugen.media import MediaError, probe, read_frames
 
 

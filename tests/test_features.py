@@ -284,7 +284,8 @@ def test_an_unfinished_shard_store_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_backbones(tmp_path_factory):
-    from conclugen import backbones, lookalike_weights
+    from conclugen import backbones
+    from conclugen.lookalike import weights as lookalike_weights
 
     root = tmp_path_factory.mktemp("weights")
     widths = (8, 16, 16, 32)
@@ -425,7 +426,8 @@ def test_spectrogram_in_chunks_equals_the_whole_stft():
 
 @pytest.fixture(scope="module")
 def tiny_davenet(tmp_path_factory):
-    from conclugen import backbones, lookalike_weights
+    from conclugen import backbones
+    from conclugen.lookalike import weights as lookalike_weights
 
     path = tmp_path_factory.mktemp("davenet") / "davenet.pth"
     lookalike_weights.write_resdavenet(path, widths=(8, 8, 8, 8, 16), convsize=5)

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conclugen.data import lookalike
-from conclugen.data.lookalike import BAD_KINDS, CLASSES, FIXED_DATE, FIXED_MTIME, generate
+from conclugen import lookalike
+from conclugen.lookalike import generate, plan
+from conclugen.lookalike.plan import BAD_KINDS, CLASSES, FIXED_DATE, FIXED_MTIME
 
 SEED = 3
 # Tiny, yet enough clips for every bad kind in every dataset (MOSEI needs 7 videos so that the
@@ -303,24 +304,24 @@ def test_every_modality_carries_the_class_and_the_intensity_level(root, raw):
 
     want = truth(root, "voxceleb2").set_index("sample_id")
     good = want[want["bad"].isna()]
-    assert set(want["level"]) <= set(range(lookalike.LEVELS))
+    assert set(want["level"]) <= set(range(plan.LEVELS))
     for row in want.itertuples():
-        words = f"{lookalike.ADVERBS[row.level]} {lookalike.WORDS[row.expression][row.level]}"
+        words = f"{plan.ADVERBS[row.level]} {plan.WORDS[row.expression][row.level]}"
         assert words in row.sentence, row.sentence
     for sample_id, row in good.iterrows():
         audio = read_audio(media_path(raw, "voxceleb2", sample_id))
-        tones = [lookalike.TONES[row.expression], lookalike.LEVEL_TONES[row.level]]
-        others = [lookalike.TONES[c] for c in CLASSES if c != row.expression]
-        others += [hz for level, hz in enumerate(lookalike.LEVEL_TONES) if level != row.level]
-        lead = audio[: int(0.9 * lookalike.SPEECH_LEAD_S * 16000)]  # before the sentence
+        tones = [plan.TONES[row.expression], plan.LEVEL_TONES[row.level]]
+        others = [plan.TONES[c] for c in CLASSES if c != row.expression]
+        others += [hz for level, hz in enumerate(plan.LEVEL_TONES) if level != row.level]
+        lead = audio[: int(0.9 * plan.SPEECH_LEAD_S * 16000)]  # before the sentence
         assert _tone_share(lead, 16000, tones) > 0.9, sample_id
         assert _tone_share(lead, 16000, others) < 0.02, sample_id
         # The chimes pause for the voice (the level tone: the class tones share its pitch range).
         speech = audio[int(0.3 * 16000) : int(0.6 * 16000)]
-        level_tone = [lookalike.LEVEL_TONES[row.level]]
+        level_tone = [plan.LEVEL_TONES[row.level]]
         assert np.abs(speech).max() > 0.05 and _tone_share(speech, 16000, level_tone) < 0.05
     rng = random.Random(0)
-    strengths = [lookalike._look(rng, "happy", level).tint_strength for level in range(6)]
+    strengths = [plan._look(rng, "happy", level).tint_strength for level in range(6)]
     assert strengths == sorted(strengths) and strengths[-1] > 4 * strengths[0]
 
 

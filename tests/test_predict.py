@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from conclugen.data.caer import CLASSES as CAER
-from conclugen.data.lookalike import generate
 from conclugen.export import export_model
-from conclugen.lookalike_weights import write_demo_weights
+from conclugen.lookalike import generate
+from conclugen.lookalike.weights import write_demo_weights
 from conclugen.media import probe
 from conclugen.predict import timeline_windows
 from tests.hostile_media import face_clip, ffmpeg

@@ -73,11 +73,11 @@ def test_a_moved_checkout_reruns_nothing(finished):
 
 
 def test_editing_the_lookalike_generator_regenerates_the_lookalikes(finished):
-    """The generator is a module the rule's script imports: its content is a param of rule
+    """The generator is the modules the rule's script imports: their content is a param of rule
     lookalike (Snakemake's code trigger covers only the script itself)."""
     top, workdir, cfg = finished
     edited = copy_checkout(top / "edited-checkout")
-    with open(edited / "conclugen" / "data" / "lookalike.py", "a") as f:
+    with open(edited / "conclugen" / "lookalike" / "render.py", "a") as f:
         f.write("# an edit\n")
     log = snakemake(edited, workdir, cfg, "-n", TARGET)
     assert "output: results/lookalike/voxceleb2/truth.parquet" in log

@@ -32,7 +32,7 @@ from conclugen.config import (
     validate,
 )
 from conclugen.featstore import read_features
-from conclugen.lookalike_weights import (
+from conclugen.lookalike.weights import (
     write_hara_resnet3d,
     write_hf_text,
     write_resdavenet,

@@ -1,7 +1,7 @@
 """Rule lookalike (demo only): write one dataset's synthetic look-alike in its real form."""
 
-from conclugen.data.lookalike import generate
 from conclugen.logs import logged
+from conclugen.lookalike import generate
 
 with logged(snakemake.log[0]):
     cfg = snakemake.params.lookalike
