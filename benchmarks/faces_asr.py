@@ -32,9 +32,9 @@ import pandas as pd
 import torch
 from clips import lookalike_clips
 
-from conclugen.asr import load_transcriber, transcribe, word_error_rate
 from conclugen.faces import FPS, detect, detect_clips, load_mtcnn
 from conclugen.media import read_audio, read_frames, sample_times
+from conclugen.subtitles import load_transcriber, transcribe, word_error_rate
 
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.float64}
 

@@ -3,7 +3,7 @@
 Each video goes through the pipeline's stages as one clip: the probe (:func:`conclugen.media.
 probe`: any container PyAV reads, rotation honoured), the MTCNN face track when the model's
 dataset was face-cropped (:func:`conclugen.faces.face_tracks`, its ``no_face`` policy), Whisper
-subtitles (:func:`conclugen.asr.subtitles_shard`; always, since a user's video brings no
+subtitles (:func:`conclugen.subtitles.subtitles_shard`; always, since a user's video brings no
 transcript), the four backbones (:func:`conclugen.features.extract_shard`), then the exported
 classifier (:func:`conclugen.export.load`). Every setting comes from the export's
 ``config.json``; the weights are read offline from the caches and paths the pipeline's jobs
@@ -33,11 +33,11 @@ import pandas as pd
 import torch
 
 from conclugen import backbones
-from conclugen.asr import configured_transcriber, subtitles_shard
 from conclugen.export import ExportedModel, load
 from conclugen.features import FPS, ROLES, VIDEO_ROLES, extract_shard
 from conclugen.ledger import FailureLedger
 from conclugen.media import MediaError, probe, read_frames
+from conclugen.subtitles import configured_transcriber, subtitles_shard
 from conclugen.torchutil import resolve_device, resolve_precision
 from conclugen.weights import OFFLINE_ENV
 

@@ -52,8 +52,8 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:
     from torch import Tensor
 
-# torch is imported inside the functions: asr re-exports resolve_model, and a Whisper job on the
-# CTranslate2 backend should not pay for importing torch.
+# torch is imported inside the functions: conclugen.subtitles imports this module, and a
+# Whisper job on the CTranslate2 backend should not pay for importing torch.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 TORCHVISION_NAME = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")
 #: Set for every job by the Snakefile: the hubs are offline, weights come from the caches.

@@ -110,7 +110,7 @@ import json, os, shutil, sys
 from pathlib import Path
 import yaml
 from conclugen import backbones
-from conclugen.asr import load_transcriber
+from conclugen.subtitles import load_transcriber
 from conclugen.config import ConfigError, load_checked
 from conclugen.weights import whisper_model
 

@@ -2,11 +2,11 @@
 
 import pandas as pd
 
-from conclugen.asr import configured_transcriber, subtitles_shard
 from conclugen.data.manifest import read_manifest
 from conclugen.io import write_parquet
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
+from conclugen.subtitles import configured_transcriber, subtitles_shard
 from conclugen.torchutil import claim_gpu, resolve_device
 
 with logged(snakemake.log[0]) as log:

@@ -15,7 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conclugen.asr import (
+from conclugen.ledger import FailureLedger
+from conclugen.lookalike import generate
+from conclugen.media import SILENCE_PEAK, audio_peak, read_audio
+from conclugen.subtitles import (
     SAMPLE_RATE,
     TEMPERATURES,
     WINDOW_S,
@@ -31,9 +34,6 @@ from conclugen.asr import (
     windows,
     word_error_rate,
 )
-from conclugen.ledger import FailureLedger
-from conclugen.lookalike import generate
-from conclugen.media import SILENCE_PEAK, audio_peak, read_audio
 
 SIZES = {"caer": {"train": 1, "validation": 1, "test": 1}}  # one clip per class and split: 21
 
