@@ -260,7 +260,7 @@ def load_task(features_path, manifest_path, dataset: str) -> Task:
     labels = frame.set_index("sample_id")["labels"].reindex(feats.sample_id)
     keep = np.array(labels.notna(), dtype=bool)
     if not keep.all():
-        log.info(f"{int((~keep).sum())} of {len(keep)} feature rows have no label; left out")
+        log.info("%d of %d feature rows have no label; left out", int((~keep).sum()), len(keep))
         feats, labels = feats.select(keep), labels[keep]
     y = np.stack(labels.to_numpy()).astype(np.float32)
     if y.shape[1] != len(classes):
@@ -453,7 +453,7 @@ def evaluate(
         row["val_accuracy"] = _metrics(val_target, val_logits, multilabel, classes)["accuracy"]
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        log.debug(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+        log.debug("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
         if best is None or row["val_loss"] < best["val_loss"]:
             best = row
             best_state = copy.deepcopy(model.state_dict())

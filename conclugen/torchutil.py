@@ -97,8 +97,8 @@ def claim_gpu(gpus: int, candidates: list[str] | None = None, lock_dir=None) -> 
                 continue
             _HELD_GPU_LOCKS.append(handle)
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-            log.info(f"GPU {gpu} (of {', '.join(candidates)}) claimed for this job")
+            log.info("GPU %s (of %s) claimed for this job", gpu, ", ".join(candidates))
             return gpu
         if attempt == 0:
-            log.info(f"every GPU ({', '.join(candidates)}) is held by another job; waiting")
+            log.info("every GPU (%s) is held by another job; waiting", ", ".join(candidates))
         time.sleep(1.0)
