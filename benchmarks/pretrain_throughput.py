@@ -17,12 +17,14 @@ the projected time of an epoch over 1 M samples. Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from conclugen.featstore import PAPER_DIMS, synthetic_features
+from conclugen.featstore import PAPER_DIMS
 from conclugen.pretrain import (
     build_model,
     make_batch,
@@ -31,6 +33,10 @@ from conclugen.pretrain import (
     sample_views,
     train_step,
 )
+
+# The synthetic features are the tests' (tests/synthetic.py), under the repository's root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.synthetic import synthetic_features  # noqa: E402
 
 
 class PerSample(Dataset):

@@ -16,18 +16,33 @@ Layout (a zarr v3 group)::
     attrs: modalities (list, canonical order), dims ({m: D}), views (K), view_columns ([a, b]
            when views are stored), augmented (K', 0 without copies), complete (True)
 
-A modality may be missing from the store altogether. Rows are chunked in blocks of about 16 MiB
-so that reading a whole modality streams a few large chunks. The store is written under a
-temporary name and renamed when complete (:func:`conclugen.io.atomic_path`); readers also refuse
-a group whose ``complete`` attribute is missing.
+A modality may be missing from the store altogether. The pipeline's stores also carry attrs
+``view_roles`` (the video roles whose views are stored) and ``backbones`` (role -> its shard
+stores' attrs).
+
+Shard stores (:func:`write_shard`, one per dataset, shard and role, the output of extraction)::
+
+    sample_id [N] str, split [N] str, feature [N, D], present [N] bool,
+    views [N, K, D] optional, augmented [N, K', D] optional (zeros where the clip is not a train
+    one or lacks the modality)
+    attrs: the extraction's settings (role, weights, views, ...), dim (D), augmented (K'),
+           complete (True)
+
+:func:`merge_shards` joins the shard stores of every role into ``features.zarr`` through
+:func:`write_features` (video = 2D || 3D). Every store is written by :func:`write_store`: rows
+chunked in blocks of about 16 MiB (so that reading a whole modality streams a few large chunks),
+under a temporary name renamed when complete (:func:`conclugen.io.atomic_path`), the
+``complete`` attribute last; readers (:func:`open_store`) refuse a group without it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import zarr
 from zarr.codecs import BloscCodec
@@ -35,9 +50,13 @@ from zarr.codecs import BloscCodec
 from conclugen.io import atomic_path
 
 MODALITIES = ("video", "audio", "text")  # canonical order; MMS pairs follow it
+VIDEO_ROLES = ("video2d", "video3d")  # their features side by side make ``video``
+ROLES = (*VIDEO_ROLES, "audio", "text")  # one shard store per role
 PAPER_DIMS = {"video": 4096, "audio": 1024, "text": 768}
 CHUNK_BYTES = 16 << 20
 COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+
+log = logging.getLogger("conclugen")
 
 
 @dataclass
@@ -83,6 +102,18 @@ class FeatureSet:
         )
 
 
+@dataclass
+class ShardFeatures:
+    """The features of one shard for one role, in the clips' order (a shard store in memory)."""
+
+    sample_id: np.ndarray  # [N]
+    split: np.ndarray  # [N]
+    feature: torch.Tensor  # [N, D] float32
+    present: torch.Tensor  # [N] bool
+    views: torch.Tensor | None  # [N, K, D]
+    augmented: torch.Tensor | None = None  # [N, K', D]: zeros for clips not in the train split
+
+
 def _chunk_rows(row_shape: tuple[int, ...], dtype) -> int:
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     return max(1, CHUNK_BYTES // max(row_bytes, 1))
@@ -109,6 +140,25 @@ def write_array(group, name: str, data, dtype) -> None:
         arr[start : start + rows] = np.asarray(block).astype(dtype, copy=False)
 
 
+def write_store(path: str | os.PathLike, arrays: dict, attrs: dict) -> None:
+    """Write a zarr group atomically: ``arrays`` name -> (data, dtype), each copied by
+    :func:`write_array`, then ``attrs``, then ``complete`` (True) last."""
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        for name, (data, dtype) in arrays.items():
+            write_array(group, name, data, dtype)
+        group.attrs.update(attrs)
+        group.attrs["complete"] = True  # last: a reader trusts nothing without it
+
+
+def open_store(path: str | os.PathLike, kind: str = "features store"):
+    """The zarr group at ``path``, read-only; refuses one without the ``complete`` attribute."""
+    group = zarr.open_group(path, mode="r")
+    if not group.attrs.get("complete"):
+        raise ValueError(f"{path} is not a complete {kind} (no 'complete' attribute)")
+    return group
+
+
 def write_features(
     path: str | os.PathLike,
     sample_id,
@@ -119,13 +169,17 @@ def write_features(
     dtype: str = "float16",
     augmented: dict | None = None,
     view_columns: tuple[int, int] | None = None,
+    attrs: dict | None = None,
 ) -> None:
     """Write a features store atomically (see the module docstring for the layout).
 
     ``arrays``: modality -> [N, D]; ``present``: modality -> [N] bool (all True when omitted);
     ``views``: optional [N, K, b - a] augmented video features of ``video``'s columns
     ``view_columns`` [a, b] (default: all of them); ``augmented``: optional modality ->
-    [N, K', D] augmented copies, the same K' for every modality. Values are stored as ``dtype``.
+    [N, K', D] augmented copies, the same K' for every modality; ``attrs``: more attributes
+    (not the layout's). Values are stored as ``dtype``. Arrays may be anything sliceable by
+    rows with a ``shape`` (another zarr array, :class:`ShardRows`): they are copied in row
+    blocks, so a store larger than memory streams through.
     """
     sample_id = np.asarray(sample_id).astype(str)
     split = np.asarray(split).astype(str)
@@ -150,27 +204,24 @@ def write_features(
         raise ValueError("augmented copies need stored modalities and one count K for all")
     if any(tuple(x.shape) != (n, *copies, arrays[m].shape[1]) for m, x in augmented.items()):
         raise ValueError("augmented copies must be [N, K, D] with the modality's feature size")
-    with atomic_path(path) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        write_array(group, "sample_id", sample_id, str)
-        write_array(group, "split", split, str)
-        for m in mods:
-            write_array(group, m, arrays[m], dtype)
-            mask = present.get(m)
-            mask = np.ones(n, bool) if mask is None else np.asarray(mask, dtype=bool)
-            write_array(group, f"{m}_present", mask, bool)
-        if views is not None:
-            write_array(group, "video_views", views, dtype)
-            group.attrs["view_columns"] = view_columns
-        for m, x in augmented.items():
-            write_array(group, f"{m}_augmented", x, dtype)
-        group.attrs.update(
-            modalities=mods,
-            dims={m: int(arrays[m].shape[1]) for m in mods},
-            views=0 if views is None else int(views.shape[1]),
-            augmented=copies.pop() if copies else 0,
-        )
-        group.attrs["complete"] = True  # last: a reader trusts nothing without it
+    columns = {"sample_id": (sample_id, str), "split": (split, str)}
+    for m in mods:
+        mask = present.get(m)
+        mask = np.ones(n, bool) if mask is None else np.asarray(mask, dtype=bool)
+        columns |= {m: (arrays[m], dtype), f"{m}_present": (mask, bool)}
+    if views is not None:
+        columns["video_views"] = (views, dtype)
+    columns |= {f"{m}_augmented": (x, dtype) for m, x in augmented.items()}
+    layout = {
+        "modalities": mods,
+        "dims": {m: int(arrays[m].shape[1]) for m in mods},
+        "views": 0 if views is None else int(views.shape[1]),
+        **({"view_columns": view_columns} if views is not None else {}),
+        "augmented": copies.pop() if copies else 0,
+    }
+    if set(layout) & set(attrs or {}):
+        raise ValueError(f"attrs {sorted(set(layout) & set(attrs))} are the layout's own")
+    write_store(path, columns, {**layout, **(attrs or {})})
 
 
 def read_strings(arr) -> np.ndarray:
@@ -191,9 +242,7 @@ def read_features(
     stored dtype, which halves memory for a float16 store); ``views=False`` skips the views;
     ``augmented=True`` also reads the augmented copies of the modalities read (``augmented``
     stays None when the store has none)."""
-    group = zarr.open_group(path, mode="r")
-    if not group.attrs.get("complete"):
-        raise ValueError(f"{path} is not a complete features store (no 'complete' attribute)")
+    group = open_store(path)
     stored = list(group.attrs["modalities"])
     mods = stored if modalities is None else [m for m in MODALITIES if m in modalities]
     missing = set(mods) - set(stored)
@@ -224,70 +273,149 @@ def read_features(
     )
 
 
-def synthetic_features(
-    n: int,
-    dims: dict[str, int] | None = None,
-    num_classes: int = 8,
-    seed: int = 0,
-    views: int = 0,
-    augmented: int = 0,
-    latent: int = 16,
-    noise: float = 0.3,
-    missing: dict[str, float] | None = None,
-    splits=(("train", 0.8), ("val", 0.1), ("test", 0.1)),
-) -> FeatureSet:
-    """Look-alike features with a latent structure shared across modalities.
+# ---------------------------------------------------------------------------------------------
+# Shard stores, and their merge into features.zarr
 
-    Each sample has a class c (cluster structure) and an instance code z = mu_c + eps (instance
-    structure); modality m sees ``relu(W_m z) + noise`` through its own random map W_m, so
-    cross-modal retrieval can match instances and clustering can find the classes, but only
-    after learning to undo the per-modality maps. Views are the video features of jittered
-    instance codes (augmentations); so are the ``augmented`` copies, per modality, of the train
-    samples (zeros elsewhere and where the modality is absent, as extraction stores them).
-    ``missing``: modality -> fraction of samples without it. Returns float32 tensors; splits are
-    assigned by a seeded permutation.
+
+def write_shard(path: str | os.PathLike, shard: ShardFeatures, dtype: str, attrs: dict) -> None:
+    """Write one shard's features atomically (layout in the module docstring)."""
+    arrays = {
+        "sample_id": (shard.sample_id, str),
+        "split": (shard.split, str),
+        "feature": (shard.feature, dtype),
+        "present": (shard.present, bool),
+    }
+    if shard.views is not None:
+        arrays["views"] = (shard.views, dtype)
+    if shard.augmented is not None:
+        arrays["augmented"] = (shard.augmented, dtype)
+    copies = 0 if shard.augmented is None else int(shard.augmented.shape[1])
+    write_store(path, arrays, {**attrs, "dim": int(shard.feature.shape[1]), "augmented": copies})
+
+
+def open_shard(path: str | os.PathLike):
+    """A finished shard store (refuses one without the ``complete`` attribute)."""
+    return open_store(path, "shard store")
+
+
+class ShardRows:
+    """An [N, ...] array whose rows are built shard by shard: ``block(k)`` gives shard k's
+    ``sizes[k]`` rows. Slicing rows loads only the shards the slice covers and keeps the last
+    one (dropped once the last row was read), so that :func:`write_array`, reading row blocks in
+    order, holds about one shard of one array in memory."""
+
+    def __init__(self, sizes: list[int], row_shape: tuple[int, ...], block) -> None:
+        self.bounds = np.cumsum([0, *sizes])
+        self.shape = (int(self.bounds[-1]), *row_shape)
+        self.block = block
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _load(self, k: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != k:
+            self._cached = (k, self.block(k))
+        return self._cached[1]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        spans = zip(self.bounds[:-1], self.bounds[1:], strict=True)
+        parts = [
+            self._load(k)[max(start, lo) - lo : min(stop, hi) - lo]
+            for k, (lo, hi) in enumerate(spans)
+            if lo < hi and lo < stop and start < hi
+        ]
+        if stop == self.shape[0]:
+            self._cached = None
+        return np.concatenate(parts)
+
+
+def merge_shards(
+    shards: dict[str, list[str | os.PathLike]], out: str | os.PathLike, dtype: str = "float16"
+) -> int:
+    """Join per-shard, per-role stores into one features store (:func:`write_features`);
+    returns N.
+
+    ``shards``: role -> shard store paths (same shard order for every role). A sample is kept
+    when both video roles have it; audio and text rows follow it (absent when missing). Rows are
+    copied shard by shard (:class:`ShardRows`), so a dataset larger than memory streams through.
+
+    Views: those of the video roles whose shards have them (attr ``view_roles``), concatenated
+    in role order; ``view_columns`` [a, b] are the columns of ``video`` they correspond to.
+    Augmented copies: ``{m}_augmented`` for every modality (video = 2D || 3D) when every role
+    has them (attr ``augmented``: K, the fewest any shard has); zeros where a role lacks a row.
     """
-    dims = dims or PAPER_DIMS
-    g = torch.Generator().manual_seed(seed)
-    cls = torch.randint(num_classes, (n,), generator=g)
-    centres = 1.5 * torch.randn(num_classes, latent, generator=g)
-    z = centres[cls] + torch.randn(n, latent, generator=g)
-    maps = {m: torch.randn(latent, d, generator=g) / latent**0.5 for m, d in dims.items()}
+    missing = set(VIDEO_ROLES) - set(shards)
+    if missing:
+        raise ValueError(f"merging needs the video roles; missing {sorted(missing)}")
+    counts = {len(paths) for paths in shards.values()}
+    if len(counts) != 1:
+        raise ValueError("every role needs the same number of shards")
+    groups = {role: [open_shard(p) for p in paths] for role, paths in shards.items()}
+    mods = ["video"] + [m for m in ("audio", "text") if m in groups]
+    dims = {r: int(groups[r][0].attrs["dim"]) for r in groups}
+    dims["video"] = dims["video2d"] + dims["video3d"]
+    views_of = {r: min(int(g.attrs.get("views", 0)) for g in groups[r]) for r in VIDEO_ROLES}
+    view_roles = [r for r in VIDEO_ROLES if views_of[r]]
+    n_views = min((views_of[r] for r in view_roles), default=0)
+    first = dims["video2d"] if view_roles == ["video3d"] else 0
+    view_columns = [first, first + sum(dims[r] for r in view_roles)]
+    n_aug = min(int(g.attrs.get("augmented", 0)) for gs in groups.values() for g in gs)
 
-    def observe(code, m):
-        x = torch.relu(code @ maps[m])  # non-negative, like pooled post-ReLU CNN features
-        return x + noise * torch.randn(x.shape, generator=g)
+    kept, split, rows = [], [], []  # per shard: kept ids, their split, {role: row in its shard}
+    for k in range(counts.pop()):
+        ids = {r: read_strings(groups[r][k]["sample_id"]) for r in groups}
+        video3d = set(ids["video3d"])
+        kept.append(np.array([s for s in ids["video2d"] if s in video3d], dtype=str))
+        lost = set(ids["video2d"]).symmetric_difference(ids["video3d"])
+        if lost:
+            log.warning("shard %d: %d clips lack one of the video features; left out", k, len(lost))
+        rows.append({r: pd.Index(ids[r]).get_indexer(kept[k]) for r in groups})
+        split.append(read_strings(groups["video2d"][k]["split"])[rows[k]["video2d"]])
+    sizes = [len(ids) for ids in kept]
 
-    def jittered(k, m):
-        return observe(z[:, None, :] + 0.3 * torch.randn(n, k, latent, generator=g), m)
+    def gathered(role: str, name: str, k: int, copies: int | None = None) -> np.ndarray:
+        """Shard k's ``name`` rows of ``role`` (its first ``copies``) in the order kept, zeros
+        where the role lacks a row."""
+        r = rows[k][role]
+        found = r >= 0
+        stored = groups[role][k][name][:]
+        stored = stored if copies is None else stored[:, :copies]
+        out = np.zeros((len(r), *stored.shape[1:]), stored.dtype)
+        out[found] = stored[r[found]]
+        return out
 
-    feats = {m: observe(z, m) for m in dims}
-    present = {m: torch.ones(n, dtype=torch.bool) for m in dims}
-    for m, frac in (missing or {}).items():
-        absent = torch.rand(n, generator=g) < frac
-        present[m] = ~absent
-        feats[m][absent] = 0
-    view_t = jittered(views, "video") if views else None
-    order = torch.randperm(n, generator=g).numpy()
-    split = np.empty(n, dtype=object)
-    bounds = np.cumsum([0] + [round(f * n) for _, f in splits])
-    bounds[-1] = n
-    for (name, _), lo, hi in zip(splits, bounds[:-1], bounds[1:], strict=True):
-        split[order[lo:hi]] = name
-    split = split.astype(str)
-    # Drawn after the splits, so that asking for copies changes nothing else.
-    copies = {m: jittered(augmented, m) for m in dims} if augmented else None
-    for m, x in (copies or {}).items():
-        x[~present[m] | torch.from_numpy(split != "train")] = 0
-    attrs = {"modalities": list(dims), "dims": dict(dims), "views": views, "augmented": augmented}
-    if views:
-        attrs["view_columns"] = [0, dims["video"]]
-    return FeatureSet(
-        sample_id=np.array([f"s{i:07d}" for i in range(n)]),
-        split=split,
-        features=feats,
+    def column(m: str, name: str, roles, width: int, copies: int | None = None) -> ShardRows:
+        """Modality ``m``'s array: its roles' ``name`` rows side by side (video = 2D || 3D)."""
+        row_shape = (width,) if copies is None else (copies, width)
+        return ShardRows(
+            sizes,
+            row_shape,
+            lambda k: np.concatenate([gathered(r, name, k, copies) for r in roles], -1),
+        )
+
+    roles = {"video": VIDEO_ROLES, **{m: (m,) for m in mods[1:]}}
+    arrays = {m: column(m, "feature", roles[m], dims[m]) for m in mods}
+    present = {m: np.concatenate([gathered(m, "present", k) for k in range(len(sizes))])
+               for m in mods[1:]}  # fmt: skip
+    views = None
+    if n_views:
+        width = view_columns[1] - view_columns[0]
+        views = column("video", "views", view_roles, width, n_views)
+    augmented = None
+    if n_aug:
+        augmented = {m: column(m, "augmented", roles[m], dims[m], n_aug) for m in mods}
+    backbones = {
+        r: {k: v for k, v in groups[r][0].attrs.items() if k != "complete"} for r in groups
+    }
+    write_features(
+        out,
+        np.concatenate(kept),
+        np.concatenate(split),
+        arrays,
         present=present,
-        views=view_t,
-        augmented=copies,
-        attrs=attrs,
+        views=views,
+        dtype=dtype,
+        augmented=augmented,
+        view_columns=view_columns if n_views else None,
+        attrs={**({"view_roles": view_roles} if n_views else {}), "backbones": backbones},
     )
+    return sum(sizes)

@@ -52,28 +52,24 @@ convolutions, in channels_last, and in bf16 where the hardware multiplies bf16 n
 or a CPU with AMX; config ``features.precision``): bf16 features differ from fp32 ones by
 ~0.3-0.7 % (relative L2), below what float16 storage keeps of a feature's small components.
 
-Per-shard stores (:func:`write_shard`) hold ``sample_id``, ``split``, ``feature [N, D]``,
-``present [N]`` (False where the clip has no such modality: no or silent audio track, no text),
-``views [N, K, D]`` and ``augmented [N, K', D]`` (zeros where the clip is not a train one or
-lacks the modality); :func:`merge_shards` joins them into ``features.zarr``
-(:mod:`conclugen.featstore` layout, video = 2D || 3D).
+A shard's features (:class:`conclugen.featstore.ShardFeatures`: ``present`` False where the clip
+has no such modality, no or silent audio track, no text) are written and merged into
+``features.zarr`` by :mod:`conclugen.featstore`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 import torch
-import zarr
 
 from conclugen import featstore
 from conclugen.backbones import for_inference
-from conclugen.io import atomic_path
+from conclugen.featstore import ROLES, VIDEO_ROLES, ShardFeatures
 from conclugen.ledger import is_fatal
 from conclugen.media import SILENCE_PEAK, MediaError, read_audio, read_frames, sample_times
 from conclugen.progress import progress
@@ -81,8 +77,6 @@ from conclugen.shards import stable_hash
 
 log = logging.getLogger("conclugen")
 
-ROLES = ("video2d", "video3d", "audio", "text")
-VIDEO_ROLES = ("video2d", "video3d")
 FPS = 16  # the face tracks' frame grid; 2D takes every FPS-th frame (1 fps)
 WINDOW = 16  # frames per 3D window
 CHUNK_FRAMES = 128  # sampled frames decoded and cropped at a time (8 s at 16 fps, 128 s at 1 fps)
@@ -897,18 +891,6 @@ def run_text(encoder, texts: list, batch_size: int, device: str) -> list[Result]
 # One shard, one role
 
 
-@dataclass
-class ShardFeatures:
-    """The features of one shard for one role, in the clips' order."""
-
-    sample_id: np.ndarray  # [N]
-    split: np.ndarray  # [N]
-    feature: torch.Tensor  # [N, D] float32
-    present: torch.Tensor  # [N] bool
-    views: torch.Tensor | None  # [N, K, D]
-    augmented: torch.Tensor | None = None  # [N, K', D]: zeros for clips not in the train split
-
-
 def extract_shard(
     role: str,
     clips: pd.DataFrame,
@@ -1013,128 +995,3 @@ def text_results(encoder, clips: pd.DataFrame, batch_size: int, device: str,
         feature = None if error or own[0].feature is None else torch.cat([r.feature for r in own])
         results.append(Result(sample_id, feature, own[0].present, error))
     return results
-
-
-def write_shard(path: str | os.PathLike, shard: ShardFeatures, dtype: str, attrs: dict) -> None:
-    """Write one shard's features atomically; ``complete`` is set last."""
-    with atomic_path(path) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        featstore.write_array(group, "sample_id", shard.sample_id, str)
-        featstore.write_array(group, "split", shard.split, str)
-        featstore.write_array(group, "feature", shard.feature, dtype)
-        featstore.write_array(group, "present", shard.present, bool)
-        if shard.views is not None:
-            featstore.write_array(group, "views", shard.views, dtype)
-        if shard.augmented is not None:
-            featstore.write_array(group, "augmented", shard.augmented, dtype)
-        copies = 0 if shard.augmented is None else int(shard.augmented.shape[1])
-        group.attrs.update(attrs, dim=int(shard.feature.shape[1]), augmented=copies)
-        group.attrs["complete"] = True
-
-
-def open_shard(path: str | os.PathLike):
-    """A finished shard store (refuses one without the ``complete`` attribute)."""
-    group = zarr.open_group(path, mode="r")
-    if not group.attrs.get("complete"):
-        raise ValueError(f"{path} is not a complete shard store (no 'complete' attribute)")
-    return group
-
-
-# ---------------------------------------------------------------------------------------------
-# Merging the shards of all roles into features.zarr
-
-
-def merge_shards(
-    shards: dict[str, list[str | os.PathLike]], out: str | os.PathLike, dtype: str = "float16"
-) -> int:
-    """Join per-shard, per-role stores into one :mod:`conclugen.featstore` store; returns N.
-
-    ``shards``: role -> shard store paths (same shard order for every role). A sample is kept
-    when both video roles have it; audio and text rows follow it (absent when missing). Rows are
-    copied shard by shard, so a dataset larger than memory streams through.
-
-    Views: those of the video roles whose shards have them (attr ``view_roles``), concatenated
-    in role order; ``view_columns`` [a, b] are the columns of ``video`` they correspond to.
-    Augmented copies: ``{m}_augmented`` for every modality (video = 2D || 3D) when every role
-    has them (attr ``augmented``: K, the fewest any shard has); zeros where a role lacks a row.
-    """
-    missing = set(VIDEO_ROLES) - set(shards)
-    if missing:
-        raise ValueError(f"merging needs the video roles; missing {sorted(missing)}")
-    counts = {len(paths) for paths in shards.values()}
-    if len(counts) != 1:
-        raise ValueError("every role needs the same number of shards")
-    groups = {role: [open_shard(p) for p in paths] for role, paths in shards.items()}
-    mods = ["video"] + [m for m in ("audio", "text") if m in groups]
-    dims = {r: int(groups[r][0].attrs["dim"]) for r in groups}
-    dims["video"] = dims["video2d"] + dims["video3d"]
-    views_of = {r: min(int(g.attrs.get("views", 0)) for g in groups[r]) for r in VIDEO_ROLES}
-    view_roles = [r for r in VIDEO_ROLES if views_of[r]]
-    n_views = min((views_of[r] for r in view_roles), default=0)
-    first = dims["video2d"] if view_roles == ["video3d"] else 0
-    view_columns = [first, first + sum(dims[r] for r in view_roles)]
-    n_aug = min(int(g.attrs.get("augmented", 0)) for gs in groups.values() for g in gs)
-
-    per_shard = []  # (kept ids, split, {role: row index into that role's shard})
-    for k in range(counts.pop()):
-        ids = {r: featstore.read_strings(groups[r][k]["sample_id"]) for r in groups}
-        kept = [s for s in ids["video2d"] if s in set(ids["video3d"])]
-        lost = set(ids["video2d"]).symmetric_difference(ids["video3d"])
-        if lost:
-            log.warning("shard %d: %d clips lack one of the video features; left out", k, len(lost))
-        rows = {r: pd.Index(ids[r]).get_indexer(kept) for r in groups}
-        split = featstore.read_strings(groups["video2d"][k]["split"])[rows["video2d"]]
-        per_shard.append((np.array(kept, dtype=str), split, rows))
-    n = sum(len(p[0]) for p in per_shard)
-
-    with atomic_path(out) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        arrays = {"sample_id": featstore.create_array(group, "sample_id", (n,), str),
-                  "split": featstore.create_array(group, "split", (n,), str)}  # fmt: skip
-        for m in mods:
-            arrays[m] = featstore.create_array(group, m, (n, dims[m]), dtype)
-            arrays[f"{m}_present"] = featstore.create_array(group, f"{m}_present", (n,), bool)
-        if n_views:
-            shape = (n, n_views, view_columns[1] - view_columns[0])
-            arrays["video_views"] = featstore.create_array(group, "video_views", shape, dtype)
-        for m in mods if n_aug else ():
-            name = f"{m}_augmented"
-            arrays[name] = featstore.create_array(group, name, (n, n_aug, dims[m]), dtype)
-        offset = 0
-        for k, (kept, split, rows) in enumerate(per_shard):
-            block = slice(offset, offset + len(kept))
-            arrays["sample_id"][block], arrays["split"][block] = kept, split
-            video = [groups[r][k]["feature"][:][rows[r]] for r in VIDEO_ROLES]
-            arrays["video"][block] = np.concatenate(video, 1).astype(dtype)
-            arrays["video_present"][block] = np.ones(len(kept), bool)
-            if n_views:
-                views = [groups[r][k]["views"][:][rows[r], :n_views] for r in view_roles]
-                arrays["video_views"][block] = np.concatenate(views, 2).astype(dtype)
-            if n_aug:
-                copies = [groups[r][k]["augmented"][:][rows[r], :n_aug] for r in VIDEO_ROLES]
-                arrays["video_augmented"][block] = np.concatenate(copies, 2).astype(dtype)
-            for m in mods[1:]:
-                r = rows[m]
-                found = r >= 0
-                feats = np.zeros((len(kept), dims[m]), dtype)
-                present = np.zeros(len(kept), bool)
-                feats[found] = groups[m][k]["feature"][:][r[found]]
-                present[found] = groups[m][k]["present"][:][r[found]]
-                arrays[m][block], arrays[f"{m}_present"][block] = feats, present
-                if n_aug:
-                    copies = np.zeros((len(kept), n_aug, dims[m]), dtype)
-                    copies[found] = groups[m][k]["augmented"][:][r[found], :n_aug]
-                    arrays[f"{m}_augmented"][block] = copies
-            offset += len(kept)
-        group.attrs.update(
-            modalities=mods,
-            dims={m: dims[m] for m in mods},
-            views=n_views,
-            **({"view_roles": view_roles, "view_columns": view_columns} if n_views else {}),
-            augmented=n_aug,
-            backbones={
-                r: {k: v for k, v in groups[r][0].attrs.items() if k != "complete"} for r in groups
-            },
-        )
-        group.attrs["complete"] = True
-    return n

@@ -20,10 +20,11 @@ from conclugen.downstream import (
     summed_confusion,
     write_evaluation,
 )
-from conclugen.featstore import read_features, synthetic_features, write_features
+from conclugen.featstore import read_features, write_features
 from conclugen.io import write_parquet
 from conclugen.metrics import classification_metrics
 from conclugen.model import ConCluGenModel, load_model, save_model
+from tests.synthetic import synthetic_features
 
 DIMS = {"video": 16, "audio": 8, "text": 12}
 TINY = dict(batch_size=128, max_epochs=25, patience=8, lr=1e-2, warmup_epochs=0, T_0=10, rep_dim=32)

@@ -16,9 +16,10 @@ from conclugen.config import validate
 from conclugen.data.caer import CLASSES as CAER
 from conclugen.downstream import evaluate, load_classifier, load_task, run_dir, write_evaluation
 from conclugen.export import FORMAT, config_digest, export_model, load
-from conclugen.featstore import read_features, synthetic_features, write_features
+from conclugen.featstore import read_features, write_features
 from conclugen.io import write_parquet
 from tests.conftest import ROOT, tiny_config
+from tests.synthetic import synthetic_features
 
 # The demo backbones' widths: ResNet-18 || 3D ResNet-18, the narrow DAVEnet, MiniLM.
 DIMS = {"video": 1024, "audio": 256, "text": 384}

@@ -14,13 +14,13 @@ import torch
 import zarr
 
 from conclugen import featstore
+from conclugen.featstore import ShardFeatures, merge_shards, open_shard, write_shard
 from conclugen.features import (
     N_FFT,
     AudioClips,
     AudioRunner,
     Augment,
     ClipInputs,
-    ShardFeatures,
     VideoClips,
     ViewRecipe,
     clip_rng,
@@ -29,17 +29,15 @@ from conclugen.features import (
     extract_shard,
     masked,
     mel_filters,
-    merge_shards,
-    open_shard,
     run_audio,
     spectrogram,
     spectrogram_masks,
     swap_words,
     view_params,
     windows,
-    write_shard,
 )
 from conclugen.ledger import FailureLedger, TooManyFailures
+from tests.synthetic import synthetic_features
 
 W, H = 64, 48
 
@@ -584,7 +582,7 @@ def test_out_of_memory_propagates(videos, monkeypatch, error):
 
 def test_featstore_keeps_augmented_copies_and_view_columns(tmp_path):
     dims = {"video": 12, "audio": 6, "text": 4}
-    fs = featstore.synthetic_features(40, dims, seed=3, views=3, augmented=2, missing={"text": 0.3})
+    fs = synthetic_features(40, dims, seed=3, views=3, augmented=2, missing={"text": 0.3})
     train = torch.from_numpy(fs.split == "train")
     for m, x in fs.augmented.items():  # copies of present train samples only, unlike the plain one
         assert x.shape == (40, 2, dims[m])

@@ -11,7 +11,7 @@ import zarr
 
 from conclugen import downstream, featstore
 from conclugen import losses as L
-from conclugen.featstore import read_features, synthetic_features, write_features
+from conclugen.featstore import read_features, write_features
 from conclugen.model import load_model
 from conclugen.pretrain import (
     METHODS,
@@ -23,6 +23,7 @@ from conclugen.pretrain import (
     resolve_hparams,
     sample_views,
 )
+from tests.synthetic import synthetic_features
 
 DIMS = {"video": 48, "audio": 32, "text": 24}
 TINY = dict(

@@ -11,13 +11,13 @@ import torch
 
 from conclugen import backbones
 from conclugen.data.manifest import read_manifest
+from conclugen.featstore import write_shard
 from conclugen.features import (
     Augment,
     ViewRecipe,
     extract_shard,
     face_boxes,
     shard_clips,
-    write_shard,
 )
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged

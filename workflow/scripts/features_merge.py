@@ -1,6 +1,6 @@
 """Rule features_merge: every backbone's shard stores of a dataset into features.zarr."""
 
-from conclugen.features import ROLES, merge_shards
+from conclugen.featstore import ROLES, merge_shards
 from conclugen.logs import logged
 
 with logged(snakemake.log[0]) as log:
