@@ -34,6 +34,10 @@ from conclugen.weights import (
     weight_problem,
 )
 
+# The pretraining methods trained on the augmented video views (conclugen.pretrain.uses_views;
+# not imported from there: this module loads without torch).
+VIEW_METHODS = ("instancecont", "byol", "dino")
+
 
 class ConfigError(ValueError):
     """The config does not satisfy the schema or names a path that does not exist."""
@@ -125,12 +129,11 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
         if pre["dataset"] not in enabled_datasets(config):
             problems.append(f"pretrain.dataset: {pre['dataset']} is not an enabled dataset")
         views = config["features"]["views"]
-        if "instancecont" in pre["methods"] and (
-            pre["dataset"] not in views["datasets"] or views["count"] < 2
-        ):
+        on_views = [m for m in VIEW_METHODS if m in pre["methods"]]
+        if on_views and (pre["dataset"] not in views["datasets"] or views["count"] < 2):
             problems.append(
-                "pretrain.methods: instancecont needs features.views.count >= 2 and "
-                f"{pre['dataset']} in features.views.datasets"
+                f"pretrain.methods: {', '.join(on_views)} train on the video views, which needs "
+                f"features.views.count >= 2 and {pre['dataset']} in features.views.datasets"
             )
     views = config.get("features", {}).get("views", {})
     augment = config.get("features", {}).get("augment", {})
@@ -274,13 +277,22 @@ def enabled_datasets(config: dict[str, Any]) -> list[str]:
     return [name for name, ds in config["datasets"].items() if ds.get("enabled", True)]
 
 
+def weights_key(role: str) -> str:
+    """The key of a backbone's weights in its ``features`` settings: the text encoder names a
+    Hugging Face ``model``, the other roles load ``weights`` (a checkpoint)."""
+    return "model" if role == "text" else "weights"
+
+
 def configured_weights(config: dict[str, Any]) -> list[Weight]:
     """Every weight the config's jobs load, less those the workflow writes itself (demo)."""
     out = [
-        Weight(f"features.{role}.weights", config["features"][role]["weights"], "checkpoint")
-        for role in ("video2d", "video3d", "audio")
+        Weight(
+            f"features.{role}.{weights_key(role)}",
+            config["features"][role][weights_key(role)],
+            "text" if role == "text" else "checkpoint",
+        )
+        for role in ("video2d", "video3d", "audio", "text")
     ]
-    out.append(Weight("features.text.model", config["features"]["text"]["model"], "text"))
     sub = config["subtitles"]
     if set(sub["datasets"]) & set(enabled_datasets(config)):
         out.append(Weight("subtitles.model", sub["model"], sub["backend"]))

@@ -1,8 +1,10 @@
 """The self-supervised losses of the paper, as pure functions of tensors (imports only torch).
 
 Equation numbers refer to "Multi-Task Multi-Modal Self-Supervised Learning for Facial Expression
-Recognition" (ConCluGen, CVPRW 2024). Similarities and cross-entropies are computed in float32
-whatever the autocast dtype of the inputs, so bf16 training does not round the logits.
+Recognition" (ConCluGen, CVPRW 2024), except the negative-free pretext losses, which cite their
+own papers: BYOL (Grill et al., NeurIPS 2020) and DINO (Caron et al., ICCV 2021). Similarities
+and cross-entropies are computed in float32 whatever the autocast dtype of the inputs, so bf16
+training does not round the logits.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import torch.nn.functional as F
 
 MARGIN = 0.001  # delta of Eq. 3-4 and Eq. 10
 TEMPERATURE = 0.07  # tau of Eq. 1 (authors' simclr_temperature)
+DINO_STUDENT_TEMP = 0.1  # tau_s (DINO Sec. 3.1 and its code's default)
+DINO_TEACHER_TEMP = 0.04  # tau_t (DINO's code default; the paper warms it up to 0.07)
+DINO_CENTER_MOMENTUM = 0.9  # m of DINO Eq. 4
 
 
 def mms_loss(p: torch.Tensor, q: torch.Tensor, margin: float = MARGIN) -> torch.Tensor:
@@ -158,3 +163,53 @@ def clustering_loss(
     centroids, labels = kmeans_cosine(pool, k, generator, iters)
     loss = centroid_loss(fused, centroids, labels[-fused.shape[0] :], margin)
     return loss, current
+
+
+def byol_regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL Eq. 2, per sample: the squared distance of the L2-normalised online prediction ``p``
+    and target projection ``z``, ``||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z)``. ``z`` is detached
+    (BYOL's stop-gradient: the target is never trained by the loss)."""
+    return 2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=-1)
+
+
+def byol_loss(
+    p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor
+) -> torch.Tensor:
+    """BYOL Eq. 3, the symmetrised loss L + L~, averaged over the batch: the online predictions
+    ``p1``, ``p2`` [B, d] of views 1 and 2 regress the target projections ``z2``, ``z1`` of the
+    other view (:func:`byol_regression`)."""
+    return (byol_regression(p1, z2) + byol_regression(p2, z1)).mean()
+
+
+def dino_loss(
+    student: Sequence[torch.Tensor],
+    teacher: Sequence[torch.Tensor],
+    center: torch.Tensor,
+    student_temp: float = DINO_STUDENT_TEMP,
+    teacher_temp: float = DINO_TEACHER_TEMP,
+) -> torch.Tensor:
+    """DINO Eq. 1-3: the cross-entropy H(P_t, P_s) = -sum_k P_t log P_s between the teacher's
+    distribution of one view, P_t = softmax((g_t - c) / tau_t) (centred by ``center`` and
+    sharpened by a temperature below the student's), and the student's of every other view,
+    P_s = softmax(g_s / tau_s); averaged over the batch and over those (view, other view) pairs,
+    as DINO's ``DINOLoss``. ``student``, ``teacher``: per view, [B, K] logits (with only the two
+    global views, the student's views are the teacher's). The teacher side is detached (DINO's
+    stop-gradient)."""
+    targets = [F.softmax((t.detach().float() - center) / teacher_temp, dim=-1) for t in teacher]
+    logs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student]
+    terms = [
+        -(pt * ls).sum(-1).mean()
+        for i, pt in enumerate(targets)
+        for j, ls in enumerate(logs)
+        if i != j
+    ]
+    return sum(terms) / len(terms)
+
+
+def dino_center(
+    center: torch.Tensor, teacher: Sequence[torch.Tensor], momentum: float = DINO_CENTER_MOMENTUM
+) -> torch.Tensor:
+    """DINO Eq. 4: the new centre ``c <- m c + (1 - m) mean(g_t)``, the mean of the teacher's
+    logits over the batch of every view given to the teacher. Returns a new tensor."""
+    batch = torch.cat([t.detach().float() for t in teacher]).mean(0, keepdim=True)
+    return momentum * center + (1 - momentum) * batch

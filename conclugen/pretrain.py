@@ -1,10 +1,12 @@
-"""Self-supervised pretraining on precomputed features: every method of the paper's study.
+"""Self-supervised pretraining on precomputed features: every method of the paper's study, and
+BYOL and DINO, the negative-free pretext tasks of SS-VAERR (Jegorova et al.), on the video views.
 
 A method is data, not code: which loss terms it sums, which modalities it sees, and its learning
 rate and weight decay (:data:`METHODS`). One loop trains them all (:func:`pretrain`): the whole
 feature set lives on the device, batches are index tensors from a seeded permutation, AdamW with
 a linear warm-up then cosine annealing with warm restarts, bf16 autocast on CUDA, a resumable
-checkpoint every epoch.
+checkpoint every epoch. BYOL and DINO add a :class:`Pretext`: a trainable predictor or prototype
+layer, and a target (teacher) network that only an exponential moving average updates.
 
 Outputs in ``out_dir``: ``last.ckpt`` and ``history.csv`` every epoch; at the end
 ``retrieval.json`` (cross-modal recall@1 at init and after pretraining), ``loss.png`` and, last,
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from conclugen import figures
 from conclugen import losses as L
@@ -57,8 +61,20 @@ METHODS: dict[str, dict] = {
     "multicont_wo_audio": dict(
         terms=("mms",), modalities=("video", "text"), lr=3.6e-4, weight_decay=1e-3
     ),
+    # BYOL and DINO (issue 20: SS-VAERR's negative-free pretext tasks), video-only on
+    # Instance-Cont's views. Their papers' optimisers (BYOL: LARS; DINO: AdamW with lr
+    # 5e-4 * B / 256 and weight decay 0.04 -> 0.4) train a backbone from pixels; here, as every
+    # method of the study, they share AdamW and the scheduler, at Instance-Cont's values.
+    "byol": dict(terms=("byol",), modalities=("video",), lr=3.6e-4, weight_decay=3.2e-4),
+    "dino": dict(terms=("dino",), modalities=("video",), lr=3.6e-4, weight_decay=3.2e-4),
 }
-TERMS = ("mms", "clustering", "reconstruction", "infonce")
+TERMS = ("mms", "clustering", "reconstruction", "infonce", "byol", "dino")
+VIEW_TERMS = ("infonce", "byol", "dino")  # trained on the augmented video views alone
+TARGET_TERMS = ("byol", "dino")  # with an EMA target network (:class:`Pretext`)
+# Collapse check of BYOL and DINO (:func:`representation_std`): a collapsed representation has
+# std 0; one spread evenly over the sphere 1 / sqrt(rep_dim). Below this fraction of the latter
+# the log warns.
+COLLAPSE_FLOOR = 0.1
 
 # Everything else. Paper: batch 4096, representation 4096, 8 clusters, a queue of 4 batches,
 # clustering from epoch 12, delta 0.001, tau 0.07. Authors' code: projection 512 with hidden
@@ -83,8 +99,18 @@ HPARAMS: dict = dict(
     temperature=L.TEMPERATURE,
     final_relu=False,  # True: the authors' extra ReLUs (see ConCluGenModel)
     combine="sum",  # "sum" (paper, Eq. 11-13) or "mean" (authors' LossesMergingLoss)
-    weights=dict(mms=1.0, clustering=1.0, reconstruction=1.0, infonce=1.0),
+    weights=dict(mms=1.0, clustering=1.0, reconstruction=1.0, infonce=1.0, byol=1.0, dino=1.0),
     infonce_joint_batch=False,  # True: both views as one BatchNorm batch (SimCLR's 2B batch)
+    # BYOL and DINO (:class:`Pretext`): the target's EMA momentum goes from ema_momentum to 1 by
+    # a cosine over the training steps (BYOL's tau_base and DINO's teacher momentum, 0.996).
+    ema_momentum=0.996,
+    predictor_hidden_dim=None,  # BYOL's predictor; None: the projection head's hidden width
+    dino_out_dim=65536,  # DINO's K prototypes (its code's default)
+    dino_student_temp=L.DINO_STUDENT_TEMP,  # 0.1
+    dino_teacher_temp=L.DINO_TEACHER_TEMP,  # 0.04, after the warm-up (DINO's code default)
+    dino_warmup_teacher_temp=L.DINO_TEACHER_TEMP,  # linear from this over the warm-up epochs
+    dino_warmup_teacher_temp_epochs=0,  # DINO's paper: 0.04 -> 0.07 over 30 epochs
+    dino_center_momentum=L.DINO_CENTER_MOMENTUM,  # 0.9
     warmup_epochs=5,
     T_0=20,
     T_mult=2,
@@ -132,6 +158,106 @@ def build_model(
     )
 
 
+def uses_views(method: dict) -> bool:
+    """Whether the method trains on the augmented video views (:data:`VIEW_TERMS`)."""
+    return bool(set(method["terms"]) & set(VIEW_TERMS))
+
+
+class Prototypes(nn.Module):
+    """DINO's last layer: a bias-free Linear to K prototypes whose rows are kept at unit norm
+    (DINO's weight-normalised layer with its norm frozen at 1, ``norm_last_layer``), applied to
+    the L2-normalised projection, so every logit is a cosine."""
+
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(k, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ F.normalize(self.weight, dim=1).T.to(x.dtype)
+
+
+class Pretext(nn.Module):
+    """What BYOL or DINO adds to the online :class:`ConCluGenModel` (representation head F and
+    projection head J, which is BYOL's projector and DINO's head up to its bottleneck):
+
+    - ``head``, trained with the model: BYOL's predictor q, Linear -> BN -> ReLU -> Linear as
+      wide as the projection (Grill et al. Sec. 3.3), on the un-normalised projection; or DINO's
+      :class:`Prototypes` on the L2-normalised projection (Caron et al. Sec. 3.1, Appendix).
+    - ``target``: BYOL's target network / DINO's teacher, a copy of the online model (DINO's
+      with its prototype layer; BYOL's without the predictor) that gets no gradient, is not in
+      the optimiser (:func:`trainable_parameters`), and changes only by :meth:`update_target`,
+      an exponential moving average of the online weights. It runs in train mode, as in both
+      papers' code, so its BatchNorm normalises by the batch.
+    - ``center``: DINO's centre c of the teacher's logits (a buffer, :func:`losses.dino_center`).
+
+    DINO here sees only the 2 global views (two distinct views of ``video_views``, drawn as
+    :func:`sample_views`): its multi-crop local views need small-scale crops from the features
+    stage, which it does not compute yet, so the student and the teacher see the same 2 views.
+    """
+
+    def __init__(self, model: ConCluGenModel, kind: str, hp: dict):
+        super().__init__()
+        if kind not in TARGET_TERMS:
+            raise ValueError(f"no pretext network for {kind!r}")
+        self.kind = kind
+        d = model.kwargs["proj_dim"]
+        if kind == "byol":
+            hidden = hp["predictor_hidden_dim"] or model.kwargs["proj_hidden_dim"]
+            self.head = nn.Sequential(
+                nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, d)
+            )
+            target = nn.ModuleDict({"model": model})
+        else:
+            self.head = Prototypes(d, hp["dino_out_dim"])
+            self.register_buffer("center", torch.zeros(1, hp["dino_out_dim"]))
+            target = nn.ModuleDict({"model": model, "head": self.head})
+        self.target = copy.deepcopy(target).requires_grad_(False)
+
+    def online_parameters(self, model: ConCluGenModel) -> dict[str, nn.Parameter]:
+        """The online parameters, named as their copies in ``target``."""
+        online = {f"model.{k}": v for k, v in model.named_parameters()}
+        return online | {f"head.{k}": v for k, v in self.head.named_parameters()}
+
+    @torch.no_grad()
+    def update_target(self, model: ConCluGenModel, momentum: float) -> None:
+        """target <- momentum * target + (1 - momentum) * online (BYOL Eq. 4; DINO Sec. 3.1)."""
+        online = self.online_parameters(model)
+        for name, p in self.target.named_parameters():
+            p.lerp_(online[name].detach(), 1 - momentum)
+
+
+def trainable_parameters(model: ConCluGenModel, pretext: Pretext | None) -> list[nn.Parameter]:
+    """What the optimiser trains: the model, and a :class:`Pretext`'s head, never its target."""
+    extra = list(pretext.head.parameters()) if pretext is not None else []
+    return [*model.parameters(), *extra]
+
+
+def ema_momentum(step: int, total_steps: int, base: float) -> float:
+    """The target's momentum at ``step`` (0-based) of ``total_steps``: a cosine from ``base`` to 1,
+    ``1 - (1 - base) (cos(pi k / K) + 1) / 2`` (BYOL Sec. 3.2; DINO's cosine schedule)."""
+    return 1 - (1 - base) * (math.cos(math.pi * step / total_steps) + 1) / 2
+
+
+def teacher_temperature(epoch: int, hp: dict) -> float:
+    """DINO's teacher temperature in ``epoch``: linear from ``dino_warmup_teacher_temp`` to
+    ``dino_teacher_temp`` over the ``dino_warmup_teacher_temp_epochs`` first epochs (both ends
+    included, as DINO's ``np.linspace``), then constant."""
+    warm = hp["dino_warmup_teacher_temp_epochs"]
+    start, end = hp["dino_warmup_teacher_temp"], hp["dino_teacher_temp"]
+    if epoch >= warm:
+        return end
+    return start if warm == 1 else start + (end - start) * epoch / (warm - 1)
+
+
+@torch.no_grad()
+def representation_std(rep: torch.Tensor) -> torch.Tensor:
+    """The collapse check: the std across samples of the L2-normalised representations ``rep``
+    [N, D], averaged over the D dimensions. A collapsed representation (every sample the same)
+    gives 0, one spread evenly over the sphere about 1 / sqrt(D) (:data:`COLLAPSE_FLOOR`)."""
+    return F.normalize(rep.float(), dim=1).std(0).mean()
+
+
 def view_inputs(train: FeatureSet) -> tuple[dict[str, int], dict[str, list[int]]]:
     """(dims, input_columns) of Instance-Cont's model: its video head reads the views, which
     hold the columns ``view_columns`` of the store's video features (the 3D half by default,
@@ -165,6 +291,32 @@ def sample_views(views: torch.Tensor, idx: torch.Tensor, gen: torch.Generator):
     return views[idx, first].float(), views[idx, second].float()
 
 
+def _byol(model: ConCluGenModel, pretext: Pretext, v1, v2) -> torch.Tensor:
+    """BYOL's loss: each view through the online F, J and predictor q, and through the target's
+    F and J, one BatchNorm batch per view (as BYOL's code)."""
+
+    def project(net: ConCluGenModel, v: torch.Tensor) -> torch.Tensor:
+        return net.projection(net.heads["video"](v))
+
+    with torch.no_grad():
+        z1, z2 = (project(pretext.target["model"], v) for v in (v1, v2))
+    p1, p2 = (pretext.head(project(model, v)) for v in (v1, v2))
+    return L.byol_loss(p1, p2, z1, z2)
+
+
+def _dino(model: ConCluGenModel, pretext: Pretext, v1, v2, hp: dict, teacher_temp: float):
+    """DINO's loss on the 2 global views, which pass each network as one batch (as DINO's
+    ``MultiCropWrapper`` does with crops of one size); then the centre's EMA (Eq. 4)."""
+    both = {"video": torch.cat([v1, v2])}
+    with torch.no_grad():
+        teacher = pretext.target["model"](both)["video"]["proj"]
+        teacher = pretext.target["head"](teacher).float().chunk(2)
+    student = pretext.head(model(both)["video"]["proj"]).chunk(2)
+    loss = L.dino_loss(student, teacher, pretext.center, hp["dino_student_temp"], teacher_temp)
+    pretext.center.copy_(L.dino_center(pretext.center, teacher, hp["dino_center_momentum"]))
+    return loss
+
+
 def compute_losses(
     model: ConCluGenModel,
     batch: dict[str, torch.Tensor],
@@ -173,12 +325,20 @@ def compute_losses(
     terms: list[str],
     queue: list[torch.Tensor],
     gen: torch.Generator,
+    pretext: Pretext | None = None,
+    teacher_temp: float = L.DINO_TEACHER_TEMP,
 ) -> dict[str, torch.Tensor]:
     """The unweighted loss terms of one batch. ``batch`` maps modality -> [B, D] features, plus
-    ``views`` -> ([B, Dv], [B, Dv]) for InfoNCE. The clustering term pushes the detached fused
-    batch onto ``queue`` (FIFO of the last ``queue_batches`` batches)."""
+    ``views`` -> ([B, Dv], [B, Dv]) for InfoNCE, BYOL and DINO. The clustering term pushes the
+    detached fused batch onto ``queue`` (FIFO of the last ``queue_batches`` batches). BYOL and
+    DINO use ``pretext`` (:class:`Pretext`); DINO updates its centre, with the teacher
+    temperature ``teacher_temp``."""
     out = {}
     mods = [m for m in method["modalities"] if m in batch]
+    if "byol" in terms:
+        out["byol"] = _byol(model, pretext, *batch["views"])
+    if "dino" in terms:
+        out["dino"] = _dino(model, pretext, *batch["views"], hp, teacher_temp)
     if "infonce" in terms:
         v1, v2 = batch["views"]
         if hp["infonce_joint_batch"]:
@@ -210,22 +370,37 @@ def compute_losses(
     return out
 
 
-def train_step(model, optimizer, batch, method, hp, terms, queue, gen) -> dict[str, torch.Tensor]:
-    """One optimiser step; returns the detached unweighted terms and ``total``."""
+def train_step(
+    model,
+    optimizer,
+    batch,
+    method,
+    hp,
+    terms,
+    queue,
+    gen,
+    pretext=None,
+    momentum=None,
+    teacher_temp=L.DINO_TEACHER_TEMP,
+) -> dict[str, torch.Tensor]:
+    """One optimiser step, then a :class:`Pretext`'s target EMA with ``momentum``; returns the
+    detached unweighted terms and ``total``."""
     device_type = next(model.parameters()).device.type
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device_type == "cuda"):
-        values = compute_losses(model, batch, method, hp, terms, queue, gen)
+        values = compute_losses(model, batch, method, hp, terms, queue, gen, pretext, teacher_temp)
     total = combine(values, hp["weights"], hp["combine"])
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
+    if pretext is not None:
+        pretext.update_target(model, momentum)
     return {**{t: v.detach() for t, v in values.items()}, "total": total.detach()}
 
 
 def make_batch(feats: dict[str, torch.Tensor], views, idx, method, gen) -> dict:
     """Gather one batch from the resident features (index tensors, no per-sample Python)."""
     batch = {m: feats[m][idx].float() for m in method["modalities"] if m in feats}
-    if "infonce" in method["terms"]:
+    if uses_views(method):
         batch["views"] = sample_views(views, idx, gen)
     return batch
 
@@ -291,9 +466,11 @@ def data_digest(train: FeatureSet, rows: int = 4096) -> str:
 
 def _fingerprint(method: dict, hp: dict, train: FeatureSet) -> str:
     """What must match for a checkpoint to be resumed: method, hyperparameters (``epochs``
-    aside: a longer run continues a shorter one, whose schedule it shares) and the training
-    data (:func:`data_digest`)."""
-    hp = {k: v for k, v in hp.items() if k != "epochs"}
+    aside: a longer run continues a shorter one, whose schedule it shares; not so BYOL's and
+    DINO's, whose target momentum runs to 1 over all the steps) and the training data
+    (:func:`data_digest`)."""
+    if not set(method["terms"]) & set(TARGET_TERMS):
+        hp = {k: v for k, v in hp.items() if k != "epochs"}
     data = dict(dims=train.dims, n=len(train), digest=data_digest(train))
     return json.dumps(dict(method=method, hp=hp, data=data), sort_keys=True, default=str)
 
@@ -316,10 +493,10 @@ def load_training_data(features_path, method: dict, hp: dict) -> tuple[FeatureSe
     never trained on. float16 features stay float16 (half the memory; batches become float32)."""
     mods, terms = method["modalities"], method["terms"]
     feats = read_features(
-        features_path, mods, split=hp["train_split"], dtype=None, views="infonce" in terms
+        features_path, mods, split=hp["train_split"], dtype=None, views=uses_views(method)
     )
-    if "infonce" in terms and (feats.views is None or feats.views.shape[1] < 2):
-        raise ValueError(f"Instance-Cont needs >= 2 augmented video views in {features_path}")
+    if uses_views(method) and (feats.views is None or feats.views.shape[1] < 2):
+        raise ValueError(f"{terms} need >= 2 augmented video views in {features_path}")
     complete = torch.stack([feats.present[m] for m in mods]).all(0)
     if not complete.all():
         log.info(f"{int((~complete).sum())} samples lack one of {list(mods)} and are left out")
@@ -344,6 +521,9 @@ def pretrain(
     (``epochs`` aside) and data; the checkpoint holds model, optimiser, scheduler, RNG states,
     k-means queue, epoch and history, so a resumed run ends with the same weights as an
     uninterrupted one. ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint.
+    BYOL and DINO also record, per epoch, the target's momentum at the epoch's last step and
+    ``rep_std`` (:func:`representation_std` of the first view of up to 1024 training clips);
+    the log warns when it falls below ``COLLAPSE_FLOOR / sqrt(rep_dim)``.
     """
     hp = resolve_hparams(hparams)
     out_dir = Path(out_dir)
@@ -352,10 +532,13 @@ def pretrain(
     name, mods, terms = method.get("name", "pretrain"), method["modalities"], method["terms"]
     if set(terms) - set(TERMS) or set(mods) - set(MODALITIES):
         raise ValueError(f"unknown loss terms or modalities in {method}")
+    targets = [t for t in terms if t in TARGET_TERMS]
+    if len(targets) > 1 or (targets and list(mods) != ["video"]):
+        raise ValueError(f"BYOL or DINO train alone on the video views, not {method}")
 
     train, heldout = load_training_data(features_path, method, hp)
-    # Resident for the whole run; Instance-Cont trains on the views alone.
-    plain = bool(set(terms) - {"infonce"})
+    # Resident for the whole run; Instance-Cont, BYOL and DINO train on the views alone.
+    plain = bool(set(terms) - set(VIEW_TERMS))
     x = {m: t.to(device) for m, t in train.features.items()} if plain else {}
     views = train.views.to(device) if train.views is not None else None
     n = len(train)
@@ -366,10 +549,13 @@ def pretrain(
     log.info(f"pretrain {name}: {n} samples ({len(heldout)} held out), {mods}, {terms}, {device}")
 
     torch.manual_seed(hp["seed"])
-    dims, columns = view_inputs(train) if "infonce" in terms else (train.dims, None)
+    dims, columns = view_inputs(train) if uses_views(method) else (train.dims, None)
     model = build_model(method, hp, dims, columns).to(device)
+    pretext = Pretext(model, targets[0], hp).to(device) if targets else None
+    steps_per_epoch = n // hp["batch_size"] + (n % hp["batch_size"] >= min_batch)
+    collapse_views = views[:1024, 0] if pretext is not None else None
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        trainable_parameters(model, pretext),
         lr=method["lr"] if hp["lr"] is None else hp["lr"],
         weight_decay=method["weight_decay"] if hp["weight_decay"] is None else hp["weight_decay"],
         fused=device.type == "cuda",
@@ -398,6 +584,8 @@ def pretrain(
                 torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
             start, history = ckpt["epoch"], ckpt["history"]
             queue = [q.to(device) for q in ckpt["queue"]]
+            if pretext is not None:
+                pretext.load_state_dict(ckpt["pretext"])
             log.info(f"resumed from {ckpt_path} after epoch {start}")
         else:
             log.warning(f"{ckpt_path} was written by another configuration; starting afresh")
@@ -411,9 +599,15 @@ def pretrain(
         perm = torch.randperm(n, generator=gen).to(device)
         batches = [b for b in perm.split(hp["batch_size"]) if len(b) >= min_batch]
         sums: dict[str, torch.Tensor] = {}  # on the device: one host sync per epoch
-        for idx in batches:
+        temp = teacher_temperature(epoch, hp)
+        for i, idx in enumerate(batches):
             batch = make_batch(x, views, idx, method, gen)
-            for t, v in train_step(model, optimizer, batch, method, hp, on, queue, gen).items():
+            step = epoch * steps_per_epoch + i
+            momentum = ema_momentum(step, hp["epochs"] * steps_per_epoch, hp["ema_momentum"])
+            values = train_step(
+                model, optimizer, batch, method, hp, on, queue, gen, pretext, momentum, temp
+            )
+            for t, v in values.items():
                 sums[t] = sums.get(t, 0) + v
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()  # per epoch, as the authors' scheduler
@@ -422,11 +616,25 @@ def pretrain(
             row[t] = sums[t].item() / len(batches) if t in sums else math.nan
             row[f"{t}_weighted"] = hp["weights"][t] * row[t]
         row["total"] = sums["total"].item() / len(batches)
+        extra = ""
+        if pretext is not None:
+            row["momentum"] = momentum
+            if "dino" in terms:
+                row["teacher_temp"] = temp
+            with torch.no_grad():
+                reps = model.heads["video"](collapse_views.float())
+            row["rep_std"] = representation_std(reps).item()
+            floor = COLLAPSE_FLOOR / math.sqrt(reps.shape[1])
+            extra = f", rep_std {row['rep_std']:.4f} (floor {floor:.4f})"
+            if row["rep_std"] < floor:
+                log.warning(f"{name} epoch {epoch + 1}: the representation has collapsed{extra}")
         row["seconds"] = time.perf_counter() - t0
         row["samples_per_s"] = sum(len(b) for b in batches) / row["seconds"]
         history.append(row)
         losses = ", ".join(f"{t} {row[t]:.4f}" for t in [*terms, "total"])
-        log.info(f"{name} epoch {epoch + 1}/{hp['epochs']}: {losses} ({row['seconds']:.1f} s)")
+        log.info(
+            f"{name} epoch {epoch + 1}/{hp['epochs']}: {losses}{extra} ({row['seconds']:.1f} s)"
+        )
         state = dict(
             fingerprint=fingerprint,
             epoch=epoch + 1,
@@ -437,6 +645,7 @@ def pretrain(
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             queue=[q.cpu() for q in queue],
+            pretext=pretext.state_dict() if pretext is not None else None,
             history=history,
         )
         with atomic_path(ckpt_path) as tmp:

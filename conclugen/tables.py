@@ -65,7 +65,7 @@ TABLE2_RUNS = {  # Table 2 row protocol -> (method, protocol) of our runs
     "linear": ("conclugen", "linear"),
     "finetune": ("conclugen", "finetune"),
 }
-# Printed names of the pretraining methods, in the paper's row order (Tables 3 and 5).
+# Printed names of the pretraining methods, in the paper's row order (Tables 3 and 5), then ours.
 METHOD_LABELS = {
     "conclugen": "ConCluGen",
     "conclu": "ConClu",
@@ -76,6 +76,9 @@ METHOD_LABELS = {
     "conclugen_vision": "ConCluGen/(vision)",
     "multicont_wo_text": "Multi-Cont Wout/text",
     "multicont_wo_audio": "Multi-Cont Wout/audio",
+    # not in the paper's tables (SS-VAERR's pretext tasks): rows of their own after the paper's
+    "byol": "BYOL",
+    "dino": "DINO",
 }
 HEADERS = {
     "accuracy": "Acc.",

@@ -119,7 +119,8 @@ def test_missing_local_weights_are_refused(tmp_path, monkeypatch):
     "change, message",
     [
         ({"dataset": "mosei", "methods": ["conclugen"]}, "mosei is not an enabled dataset"),
-        ({"dataset": "meld", "methods": ["instancecont"]}, "instancecont needs"),
+        ({"dataset": "meld", "methods": ["instancecont"]}, "instancecont train on"),
+        ({"dataset": "meld", "methods": ["conclugen", "byol", "dino"]}, "byol, dino train on"),
     ],
 )
 def test_inconsistent_pretraining_is_refused(change, message):

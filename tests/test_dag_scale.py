@@ -17,6 +17,6 @@ def test_a_full_size_dry_run_plans_one_job_per_shard_and_stage(tmp_path):
     assert counts["faces"] == shards - SHARDS["voxceleb2"]  # VoxCeleb2 is not cropped
     assert counts["subtitles"] == SHARDS["voxceleb2"] + SHARDS["caer"]
     assert counts["features_merge"] == counts["failures"] == counts["dataset_stats"] == 4
-    assert counts["pretrain"] == 8
-    assert counts["downstream"] == 3 * (1 + 8)  # 3 datasets x (supervised + 8 methods)
+    assert counts["pretrain"] == 10  # the paper's 8 methods, BYOL and DINO
+    assert counts["downstream"] == 3 * (1 + 10)  # 3 datasets x (supervised + 10 methods)
     assert "download" not in counts and "manifest" not in counts  # done already

@@ -187,3 +187,76 @@ def test_losses_import_nothing_but_torch():
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert names <= {"torch", "__future__", "collections"}
+
+
+def test_byol_loss_matches_hand_computation():
+    p1, p2 = torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0]])  # online predictions
+    z1, z2 = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 1.0]])  # target projections
+    # Eq. 2: ||p/|p| - z/|z|||^2 of each prediction against the other view's target.
+    a = (0.6 - 1 / math.sqrt(2)) ** 2 + (0.8 - 1 / math.sqrt(2)) ** 2  # p1 vs z2
+    b = (1.0 - 0.0) ** 2 + (0.0 - 1.0) ** 2  # p2 vs z1
+    assert L.byol_regression(p1, z2).item() == pytest.approx(a, abs=1e-6)
+    assert a == pytest.approx(2 - 2 * 1.4 / math.sqrt(2))  # = 2 - 2 cos
+    assert L.byol_loss(p1, p2, z1, z2).item() == pytest.approx(a + b, abs=1e-6)  # Eq. 3
+    batch = L.byol_loss(torch.cat([p1, p2]), torch.cat([p2, p1]), torch.cat([z1, z2]),
+                        torch.cat([z2, z1]))  # fmt: skip
+    assert batch.item() == pytest.approx(a + b, abs=1e-6)  # the mean over the batch
+
+
+def test_byol_loss_sends_no_gradient_to_the_target():
+    g = torch.Generator().manual_seed(5)
+    p1, p2, z1, z2 = (torch.randn(4, 3, generator=g, requires_grad=True) for _ in range(4))
+    L.byol_loss(p1, p2, z1, z2).backward()
+    assert p1.grad is not None and p2.grad is not None
+    assert z1.grad is None and z2.grad is None
+
+
+def _softmax(v: list[float], t: float) -> list[float]:
+    e = [math.exp(x / t) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def test_dino_loss_matches_hand_computation():
+    s = [[[1.0, 0.0, -1.0]], [[0.0, 0.5, 0.0]]]  # student logits of views 1, 2 (B = 1, K = 3)
+    t = [[[0.2, 0.1, 0.0]], [[0.0, 0.0, 0.3]]]  # teacher logits
+    c, ts, tt = [0.1, 0.0, 0.05], 0.1, 0.04
+
+    def h(tv, sv):  # H(P_t, P_s) = -sum P_t log P_s, Eq. 2
+        pt = _softmax([a - b for a, b in zip(tv, c, strict=True)], tt)  # centred, sharpened
+        ps = _softmax(sv, ts)
+        return -sum(a * math.log(b) for a, b in zip(pt, ps, strict=True))
+
+    expected = (h(t[0][0], s[1][0]) + h(t[1][0], s[0][0])) / 2  # Eq. 3: other views only
+    got = L.dino_loss([torch.tensor(v) for v in s], [torch.tensor(v) for v in t],
+                      torch.tensor([c]), ts, tt)  # fmt: skip
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dino_teacher_is_centred_sharpened_and_gets_no_gradient():
+    g = torch.Generator().manual_seed(6)
+    s1, s2 = (torch.randn(8, 5, generator=g, requires_grad=True) for _ in range(2))
+    t1, t2 = (torch.randn(8, 5, generator=g, requires_grad=True) for _ in range(2))
+    L.dino_loss([s1, s2], [t1, t2], torch.zeros(1, 5)).backward()
+    assert s1.grad is not None and t1.grad is None and t2.grad is None
+    # A centre equal to the teacher's logits leaves a uniform target: H = -mean_k log P_s(k).
+    student = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[0.3, -0.2, 0.9, 0.0, 0.1]])
+    uniform = -sum(math.log(p) for p in _softmax(student[0].tolist(), 0.1)) / 5
+    got = L.dino_loss([student, student], [teacher, teacher], teacher, 0.1, 0.04)
+    assert got.item() == pytest.approx(uniform, rel=1e-6)
+    # The lower the teacher temperature, the sharper its target: against a student sure of the
+    # teacher's top prototype, the cross-entropy falls as tau_t falls.
+    sure = 100 * F.one_hot(teacher.argmax(1), 5).float()
+    losses = [L.dino_loss([sure, sure], [teacher, teacher], torch.zeros(1, 5), 0.1, t).item()
+              for t in (1.0, 0.1, 0.04)]  # fmt: skip
+    assert losses[0] > losses[1] > losses[2]
+
+
+def test_dino_center_is_an_ema_of_the_teacher_batch_mean():
+    c = torch.tensor([[1.0, 0.0]])
+    t1, t2 = torch.tensor([[2.0, 2.0], [0.0, 2.0]]), torch.tensor([[4.0, 0.0], [2.0, 0.0]])
+    mean = [(2 + 0 + 4 + 2) / 4, (2 + 2 + 0 + 0) / 4]  # over both views' batches
+    expected = [0.9 * 1.0 + 0.1 * mean[0], 0.9 * 0.0 + 0.1 * mean[1]]
+    got = L.dino_center(c, [t1, t2], 0.9)
+    assert got.tolist()[0] == pytest.approx(expected)
+    assert c.tolist() == [[1.0, 0.0]]  # a new tensor; the old centre is left alone

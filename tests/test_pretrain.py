@@ -9,19 +9,28 @@ import pytest
 import torch
 import zarr
 
-from conclugen import downstream, featstore
+from conclugen import config, downstream, featstore
 from conclugen import losses as L
 from conclugen.featstore import read_features, write_features
 from conclugen.model import load_model
 from conclugen.pretrain import (
+    COLLAPSE_FLOOR,
     METHODS,
+    TARGET_TERMS,
+    Pretext,
     build_model,
     compute_losses,
     cross_modal_recall_at_1,
+    ema_momentum,
     method_config,
     pretrain,
+    representation_std,
     resolve_hparams,
     sample_views,
+    teacher_temperature,
+    train_step,
+    trainable_parameters,
+    uses_views,
 )
 from tests.synthetic import synthetic_features
 
@@ -36,6 +45,7 @@ TINY = dict(
     eval_samples=50,
     lr=3e-3,
     T_0=2,
+    dino_out_dim=256,
 )
 
 
@@ -55,7 +65,7 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["conclugen", "instancecont"])
+@pytest.mark.parametrize("name", ["conclugen", "instancecont", "dino"])
 def test_resume_after_a_kill_ends_with_the_same_weights(store, tmp_path, name):
     hp = dict(TINY, epochs=4)
     full = pretrain(store, tmp_path / "full", method_config(name), hp, device="cpu")
@@ -134,6 +144,8 @@ def test_each_method_trains_and_records_its_terms(store, tmp_path, name):
     terms = list(method["terms"])
     expected = {"epoch", "lr", "total", "seconds", "samples_per_s"}
     expected |= set(terms) | {f"{t}_weighted" for t in terms}
+    if set(terms) & set(TARGET_TERMS):  # the target's momentum and the collapse check
+        expected |= {"momentum", "rep_std"} | ({"teacher_temp"} if "dino" in terms else set())
     assert set(history.columns) == expected
     assert len(history) == 3
     for t in terms:
@@ -335,3 +347,104 @@ def test_instancecont_trains_on_the_view_columns_and_downstream_reads_them(tmp_p
     assert torch.allclose(clf.represent(x, present), expected)
     with pytest.raises(ValueError, match="columns"):
         downstream.build_classifier("linear", model_path, {"video": half}, 7, hp)
+
+
+def _pretext_setup(kind, seed=0):
+    torch.manual_seed(seed)
+    hp = resolve_hparams(TINY)
+    model = build_model(method_config(kind), hp, DIMS).train()
+    pretext = Pretext(model, kind, hp)
+    optimizer = torch.optim.AdamW(trainable_parameters(model, pretext), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    views = (
+        torch.randn(32, DIMS["video"], generator=g),
+        torch.randn(32, DIMS["video"], generator=g),
+    )
+    return hp, model, pretext, optimizer, {"views": views}
+
+
+@pytest.mark.parametrize("kind", ["byol", "dino"])
+def test_the_target_is_moved_by_the_ema_alone(kind):
+    """The optimiser never holds the target; after a step the online weights have moved and the
+    target is exactly m * old target + (1 - m) * new online, having had no gradient."""
+    hp, model, pretext, optimizer, batch = _pretext_setup(kind)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    target = dict(pretext.target.named_parameters())
+    assert target and not any(id(p) in held for p in target.values())
+    assert not any(p.requires_grad for p in target.values())
+    online = pretext.online_parameters(model)
+    assert set(target) <= set(online) and all(id(p) in held for p in online.values())
+    if kind == "byol":  # the predictor is online only; DINO's prototypes have a teacher copy
+        assert not any(k.startswith("head.") for k in target)
+    else:
+        assert any(k.startswith("head.") for k in target)
+    old_target = {k: p.detach().clone() for k, p in target.items()}
+    old_online = {k: p.detach().clone() for k, p in online.items()}
+    m = 0.9
+    out = train_step(model, optimizer, batch, METHODS[kind], hp, [kind], [], torch.Generator(),
+                     pretext, momentum=m)  # fmt: skip
+    assert torch.isfinite(out[kind])
+    assert all(p.grad is None for p in target.values())
+    moved = [k for k in target if not torch.equal(online[k].detach(), old_online[k])]
+    assert len(moved) == len(target)
+    for k, p in target.items():
+        expected = m * old_target[k] + (1 - m) * online[k].detach()
+        assert torch.allclose(p, expected, atol=1e-6), k
+        assert not torch.equal(p, old_target[k])
+
+
+def test_ema_momentum_rises_from_its_base_to_one_by_a_cosine():
+    base, total = 0.996, 100
+    values = [ema_momentum(k, total, base) for k in range(total + 1)]
+    assert values[0] == pytest.approx(base) and values[-1] == pytest.approx(1.0)
+    assert values[50] == pytest.approx((1 + base) / 2)  # the cosine's midpoint
+    assert values[25] == pytest.approx(1 - (1 - base) * (math.cos(math.pi / 4) + 1) / 2)
+    assert values == sorted(set(values))  # rising at every step
+
+
+def test_dino_teacher_temperature_warms_up_linearly_then_stays():
+    hp = resolve_hparams({})
+    assert hp["dino_teacher_temp"] < hp["dino_student_temp"]  # the teacher is sharper
+    assert [teacher_temperature(e, hp) for e in (0, 10)] == [0.04, 0.04]  # DINO code's default
+    hp = resolve_hparams(dict(dino_teacher_temp=0.07, dino_warmup_teacher_temp_epochs=4))
+    temps = [teacher_temperature(e, hp) for e in range(7)]
+    assert temps == pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07, 0.07, 0.07])
+
+
+def test_dino_step_updates_the_centre_by_its_ema_with_the_given_teacher_temperature():
+    hp, model, pretext, optimizer, batch = _pretext_setup("dino")
+    pretext.center.fill_(0.5)
+    both = {"video": torch.cat(batch["views"])}
+    with torch.no_grad():
+        teacher = pretext.target["head"](pretext.target["model"](both)["video"]["proj"])
+        student = pretext.head(model(both)["video"]["proj"])
+    got = compute_losses(model, batch, METHODS["dino"], hp, ["dino"], [], torch.Generator(),
+                         pretext, teacher_temp=0.05)["dino"]  # fmt: skip
+    expected = L.dino_loss(student.chunk(2), teacher.chunk(2), torch.full((1, 256), 0.5), 0.1, 0.05)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(pretext.center, 0.9 * 0.5 + 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_representation_std_tells_a_collapse_from_a_spread():
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(2000, 64, generator=g)
+    assert representation_std(spread).item() == pytest.approx(1 / 8, rel=0.05)  # 1 / sqrt(D)
+    same = torch.randn(1, 64, generator=g).repeat(100, 1) * torch.rand(100, 1, generator=g)
+    assert representation_std(same).item() < 1e-6  # one direction: collapsed, whatever the norm
+
+
+@pytest.mark.parametrize("name", ["byol", "dino"])
+def test_byol_and_dino_learn_without_collapsing(store, tmp_path, name):
+    path = pretrain(store, tmp_path, method_config(name), dict(TINY, epochs=4), device="cpu")
+    h = pd.read_csv(tmp_path / "history.csv")
+    floor = COLLAPSE_FLOOR / math.sqrt(TINY["rep_dim"])
+    assert (h["rep_std"] > floor).all()
+    assert h["momentum"].is_monotonic_increasing and (h["momentum"] < 1).all()
+    if name == "byol":
+        assert h["byol"].iloc[-1] < h["byol"].iloc[0]  # the predictor learns the target
+    model = load_model(path)  # the online model alone: downstream reads its video head
+    assert set(model.heads) == {"video"} and not any("target" in k for k in model.state_dict())
+
+
+def test_the_config_check_knows_which_methods_need_views():
+    assert config.VIEW_METHODS == tuple(m for m in METHODS if uses_views(METHODS[m]))
