@@ -40,10 +40,9 @@ import torch
 from conclugen import figures
 from conclugen.io import write_parquet
 from conclugen.ledger import is_fatal
-from conclugen.media import MediaError, read_frames, sample_times
+from conclugen.media import FPS, MediaError, read_frames, sample_times
 from conclugen.progress import progress
 
-FPS = 16
 BOX = ("x1", "y1", "x2", "y2")
 TRACK = ("tx1", "ty1", "tx2", "ty2")
 FACE_COLUMNS = (

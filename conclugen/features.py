@@ -71,13 +71,12 @@ from conclugen import featstore
 from conclugen.backbones import for_inference
 from conclugen.featstore import ROLES, VIDEO_ROLES, ShardFeatures
 from conclugen.ledger import is_fatal
-from conclugen.media import SILENCE_PEAK, MediaError, read_audio, read_frames, sample_times
+from conclugen.media import FPS, SILENCE_PEAK, MediaError, read_audio, read_frames, sample_times
 from conclugen.progress import progress
 from conclugen.shards import stable_hash
 
 log = logging.getLogger("conclugen")
 
-FPS = 16  # the face tracks' frame grid; 2D takes every FPS-th frame (1 fps)
 WINDOW = 16  # frames per 3D window
 CHUNK_FRAMES = 128  # sampled frames decoded and cropped at a time (8 s at 16 fps, 128 s at 1 fps)
 SAMPLE_RATE = 16000

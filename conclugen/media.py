@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+#: The frame rate of the face tracks and the video features (the 2D role takes every FPS-th
+#: frame: 1 fps).
+FPS = 16
 #: Audio whose peak absolute amplitude stays below this (full scale = 1.0) counts as silent.
 SILENCE_PEAK = 1e-4
 #: A stream whose demuxed frames fall short of the header's count by more than this fraction

@@ -33,10 +33,11 @@ import pandas as pd
 import torch
 
 from conclugen import backbones
+from conclugen.config import weights_key
 from conclugen.export import ExportedModel, load
-from conclugen.features import FPS, ROLES, VIDEO_ROLES, extract_shard
+from conclugen.features import ROLES, VIDEO_ROLES, extract_shard
 from conclugen.ledger import FailureLedger
-from conclugen.media import MediaError, probe, read_frames
+from conclugen.media import FPS, MediaError, probe, read_frames
 from conclugen.subtitles import configured_transcriber, subtitles_shard
 from conclugen.torchutil import resolve_device, resolve_precision
 from conclugen.weights import OFFLINE_ENV
@@ -88,10 +89,7 @@ class Predictor:
         self.device = resolve_device(device)
         feats = self.config["features"]
         say("loading the backbones")
-        self.backbones = {
-            role: LOADERS[role](feats[role]["model" if role == "text" else "weights"])
-            for role in ROLES
-        }
+        self.backbones = {role: LOADERS[role](feats[role][weights_key(role)]) for role in ROLES}
         self.mtcnn = None
         if self.config["faces"]["cropped"]:
             from conclugen.faces import load_mtcnn

@@ -1,7 +1,7 @@
 # Helpers and input functions shared by the rules (no rule definitions here).
 import hashlib
 
-from conclugen.config import enabled_datasets, produced_by_workflow
+from conclugen.config import enabled_datasets, produced_by_workflow, weights_key
 from conclugen.data.manifest import load_exclusions
 from conclugen.tables import METHOD_LABELS, load_paper_results
 
@@ -104,7 +104,7 @@ DEMO_WEIGHTS = ["resnet18.pth", "r3d18_K_200ep.pth", "davenet.pth"]
 
 def weights_spec(role):
     cfg = config["features"][role]
-    return cfg["model"] if role == "text" else cfg["weights"]
+    return cfg[weights_key(role)]
 
 
 def features_input(wildcards):

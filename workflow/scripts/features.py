@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from conclugen import backbones
+from conclugen.config import weights_key
 from conclugen.data.manifest import read_manifest
 from conclugen.featstore import write_shard
 from conclugen.features import (
@@ -34,7 +35,7 @@ with logged(snakemake.log[0]) as log:
     claim_gpu(snakemake.resources.gpu)  # before anything initialises CUDA
     cfg = snakemake.params.features
     role = snakemake.wildcards.backbone
-    spec = cfg["model"] if role == "text" else cfg["weights"]
+    spec = cfg[weights_key(role)]
     inputs = snakemake.input
     manifest, _ = read_manifest(inputs.manifest, shard=int(snakemake.wildcards.shard))
     faces = pd.read_parquet(inputs.faces) if "faces" in inputs.keys() else None
