@@ -34,6 +34,10 @@ from conclugen.weights import (
     weight_problem,
 )
 
+# The pretraining methods trained on the augmented video views (conclugen.pretrain.uses_views;
+# not imported from there: this module loads without torch).
+VIEW_METHODS = ("instancecont", "byol", "dino")
+
 
 class ConfigError(ValueError):
     """The config does not satisfy the schema or names a path that does not exist."""
@@ -125,12 +129,11 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
         if pre["dataset"] not in enabled_datasets(config):
             problems.append(f"pretrain.dataset: {pre['dataset']} is not an enabled dataset")
         views = config["features"]["views"]
-        if "instancecont" in pre["methods"] and (
-            pre["dataset"] not in views["datasets"] or views["count"] < 2
-        ):
+        on_views = [m for m in VIEW_METHODS if m in pre["methods"]]
+        if on_views and (pre["dataset"] not in views["datasets"] or views["count"] < 2):
             problems.append(
-                "pretrain.methods: instancecont needs features.views.count >= 2 and "
-                f"{pre['dataset']} in features.views.datasets"
+                f"pretrain.methods: {', '.join(on_views)} train on the video views, which needs "
+                f"features.views.count >= 2 and {pre['dataset']} in features.views.datasets"
             )
     views = config.get("features", {}).get("views", {})
     augment = config.get("features", {}).get("augment", {})
