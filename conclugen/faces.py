@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from conclugen import figures
+from conclugen.data.manifest import resolved_ends
 from conclugen.io import write_parquet
 from conclugen.ledger import is_fatal
 from conclugen.media import FPS, MediaError, read_frames, sample_times
@@ -168,9 +169,9 @@ class ClipWindows(torch.utils.data.Dataset):
 
     def __init__(self, clips: pd.DataFrame, detect_every: int, window_frames: int):
         self.windows = []  # (clip position, clip record, times, index, last)
+        clips = clips.assign(end=resolved_ends(clips))
         for i, clip in enumerate(clips.to_dict("records")):
-            end = clip["end"] if pd.notna(clip["end"]) else clip["start"] + clip["duration"]
-            times = sample_times(clip["start"], end, FPS)
+            times = sample_times(clip["start"], clip["end"], FPS)
             index = np.arange(0, len(times), detect_every)
             starts = range(0, len(index), window_frames)
             for start in starts:

@@ -69,6 +69,7 @@ import torch
 
 from conclugen import featstore
 from conclugen.backbones import for_inference
+from conclugen.data.manifest import audio_source, resolved_ends
 from conclugen.featstore import ROLES, VIDEO_ROLES, ShardFeatures
 from conclugen.ledger import is_fatal
 from conclugen.media import FPS, SILENCE_PEAK, MediaError, read_audio, read_frames, sample_times
@@ -101,7 +102,7 @@ def shard_clips(
     if faces is not None:
         clips = clips[clips["sample_id"].isin(faces["sample_id"])]
     clips = clips.copy()
-    clips["end"] = clips["end"].where(clips["end"].notna(), clips["start"] + clips["duration"])
+    clips["end"] = resolved_ends(clips)
     if subtitles is not None:
         text = subtitles.set_index("sample_id")["text"]
         clips["text"] = clips["sample_id"].map(text)
@@ -567,9 +568,8 @@ class AudioClips(torch.utils.data.Dataset):
     def prepare(self, clip: dict) -> ClipInputs:
         if not clip["has_audio"] or clip["audio_peak"] < SILENCE_PEAK:
             return ClipInputs(clip["sample_id"], None, present=False)
-        source = clip["audio"] if isinstance(clip.get("audio"), str) else clip["video"]
         try:
-            audio = read_audio(source, SAMPLE_RATE, clip["start"], clip["end"])
+            audio = read_audio(audio_source(clip), SAMPLE_RATE, clip["start"], clip["end"])
         except MediaError:
             return ClipInputs(clip["sample_id"], None, present=False)
         if len(audio) <= N_FFT // 2:  # too short to frame (reflect padding needs more)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conclugen.data.manifest import audio_source
 from conclugen.ledger import is_fatal
 from conclugen.weights import whisper_model
 
@@ -413,10 +414,9 @@ def subtitles_shard(clips, transcriber, ledger, batch_size: int = 16, vad: bool 
     for start in progress(starts, len(starts), "subtitles batches"):
         audios, ids = [], []
         for clip in todo[start : start + batch_size]:
-            source = clip["audio"] if isinstance(clip.get("audio"), str) else clip["video"]
-            end = clip["end"] if pd.notna(clip["end"]) else None
+            end = clip["end"] if pd.notna(clip["end"]) else None  # None: to the file's end
             try:
-                audios.append(read_audio(source, SAMPLE_RATE, clip["start"], end))
+                audios.append(read_audio(audio_source(clip), SAMPLE_RATE, clip["start"], end))
                 ids.append(clip["sample_id"])
             except MediaError as e:
                 ledger.drop(clip["sample_id"], str(e))

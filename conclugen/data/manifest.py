@@ -48,6 +48,18 @@ class Adapter:
     rows: Callable[[Path, FailureLedger], list[dict]]
 
 
+def audio_source(clip: dict) -> str:
+    """The file a clip's audio is read from: its ``audio`` file where the dataset has one
+    (VoxCeleb2's .m4a), else its video's own track."""
+    return clip["audio"] if isinstance(clip.get("audio"), str) else clip["video"]
+
+
+def resolved_ends(clips: pd.DataFrame) -> pd.Series:
+    """Each clip's end in seconds: ``end`` where the manifest has one, else (the whole file)
+    ``start`` + the probe's ``duration``; ``clips`` must carry the probe's columns."""
+    return clips["end"].where(clips["end"].notna(), clips["start"] + clips["duration"])
+
+
 def one_hot(cls: str, classes: tuple[str, ...]) -> list[float]:
     return [1.0 if c == cls else 0.0 for c in classes]
 
