@@ -499,7 +499,7 @@ def load_training_data(features_path, method: dict, hp: dict) -> tuple[FeatureSe
         raise ValueError(f"{terms} need >= 2 augmented video views in {features_path}")
     complete = torch.stack([feats.present[m] for m in mods]).all(0)
     if not complete.all():
-        log.info(f"{int((~complete).sum())} samples lack one of {list(mods)} and are left out")
+        log.info("%d samples lack one of %s and are left out", int((~complete).sum()), list(mods))
         feats = feats.select(complete)
     order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(hp["seed"]))
     n_eval = min(hp["eval_samples"], len(feats) // 4)
@@ -546,7 +546,15 @@ def pretrain(
     min_batch = max(2, hp["num_clusters"]) if "clustering" in terms else 2
     if n < min_batch:
         raise ValueError(f"{n} training samples are too few (at least {min_batch} needed)")
-    log.info(f"pretrain {name}: {n} samples ({len(heldout)} held out), {mods}, {terms}, {device}")
+    log.info(
+        "pretrain %s: %d samples (%d held out), %s, %s, %s",
+        name,
+        n,
+        len(heldout),
+        mods,
+        terms,
+        device,
+    )
 
     torch.manual_seed(hp["seed"])
     dims, columns = view_inputs(train) if uses_views(method) else (train.dims, None)
@@ -586,9 +594,9 @@ def pretrain(
             queue = [q.to(device) for q in ckpt["queue"]]
             if pretext is not None:
                 pretext.load_state_dict(ckpt["pretext"])
-            log.info(f"resumed from {ckpt_path} after epoch {start}")
+            log.info("resumed from %s after epoch %d", ckpt_path, start)
         else:
-            log.warning(f"{ckpt_path} was written by another configuration; starting afresh")
+            log.warning("%s was written by another configuration; starting afresh", ckpt_path)
 
     model.train()
     for epoch in range(start, hp["epochs"]):
@@ -627,7 +635,9 @@ def pretrain(
             floor = COLLAPSE_FLOOR / math.sqrt(reps.shape[1])
             extra = f", rep_std {row['rep_std']:.4f} (floor {floor:.4f})"
             if row["rep_std"] < floor:
-                log.warning(f"{name} epoch {epoch + 1}: the representation has collapsed{extra}")
+                log.warning(
+                    "%s epoch %d: the representation has collapsed%s", name, epoch + 1, extra
+                )
         row["seconds"] = time.perf_counter() - t0
         row["samples_per_s"] = sum(len(b) for b in batches) / row["seconds"]
         history.append(row)
