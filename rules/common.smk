@@ -26,7 +26,7 @@ LOOKALIKE_GENERATOR = hashlib.sha256(
 wildcard_constraints:
     dataset="|".join(DATASETS) or "none",
     shard=r"\d+",
-    backbone="video2d|video3d|audio|text",
+    role="video2d|video3d|audio|text",
     method="|".join([*config["pretrain"]["methods"], "supervised"]),
     fraction=r"[0-9.e-]+",
 
@@ -109,7 +109,7 @@ def weights_spec(role):
 
 def features_input(wildcards):
     """A feature job's inputs: its shard's clips, face tracks, subtitles and (demo) weights."""
-    d, s, role = wildcards.dataset, wildcards.shard, wildcards.backbone
+    d, s, role = wildcards.dataset, wildcards.shard, wildcards.role
     inputs = {
         "manifest": f"results/{d}/manifest.parquet",
         "probe": f"results/{d}/probe/{s}.parquet",
@@ -128,7 +128,7 @@ def feature_settings(wildcards):
     role (features.views), and its modality's downstream copies (features.augment)."""
     cfg = config["features"]
     views, augment = cfg["views"], cfg["augment"]
-    role = wildcards.backbone
+    role = wildcards.role
     with_views = wildcards.dataset in views["datasets"] and role in views["roles"]
     copies = augment["count"] if wildcards.dataset in augment["datasets"] else 0
     modality = "video" if role in ("video2d", "video3d") else role
@@ -153,9 +153,9 @@ def feature_shards(wildcards):
     """Every (role, shard) store of a dataset, merged into features.zarr."""
     return {
         role: expand(
-            "results/{dataset}/features/{backbone}/{shard}.zarr",
+            "results/{dataset}/features/{role}/{shard}.zarr",
             dataset=wildcards.dataset,
-            backbone=role,
+            role=role,
             shard=shards(wildcards.dataset),
         )
         for role in FEATURE_ROLES

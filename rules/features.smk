@@ -3,12 +3,12 @@ rule features:
     input:
         unpack(features_input),
     output:
-        store=directory("results/{dataset}/features/{backbone}/{shard}.zarr"),
-        failures="results/{dataset}/failures/features/{backbone}/{shard}.tsv",
+        store=directory("results/{dataset}/features/{role}/{shard}.zarr"),
+        failures="results/{dataset}/failures/features/{role}/{shard}.tsv",
     log:
-        "results/logs/features/{dataset}/{backbone}/{shard}.log",
+        "results/logs/features/{dataset}/{role}/{shard}.log",
     benchmark:
-        "results/benchmarks/features/{dataset}/{backbone}/{shard}.tsv"
+        "results/benchmarks/features/{dataset}/{role}/{shard}.tsv"
     conda:
         "../envs/models.yaml"
     threads: config["features"]["workers"] + 1

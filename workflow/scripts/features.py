@@ -34,7 +34,7 @@ LOADERS = {
 with logged(snakemake.log[0]) as log:
     claim_gpu(snakemake.resources.gpu)  # before anything initialises CUDA
     cfg = snakemake.params.features
-    role = snakemake.wildcards.backbone
+    role = snakemake.wildcards.role
     spec = cfg[weights_key(role)]
     inputs = snakemake.input
     manifest, _ = read_manifest(inputs.manifest, shard=int(snakemake.wildcards.shard))
