@@ -2,7 +2,9 @@
 
 Equation numbers refer to "Multi-Task Multi-Modal Self-Supervised Learning for Facial Expression
 Recognition" (ConCluGen, CVPRW 2024), except the negative-free pretext losses, which cite their
-own papers: BYOL (Grill et al., NeurIPS 2020) and DINO (Caron et al., ICCV 2021). Similarities
+own papers: BYOL (Grill et al., NeurIPS 2020) and DINO (Caron et al., ICCV 2021), and the
+downstream losses on continuous labels, which cite SS-VAERR (Jegorova et al., "SS-VAERR:
+Self-Supervised Apparent Emotional Reaction Recognition from Video", Eq. 1-6). Similarities
 and cross-entropies are computed in float32 whatever the autocast dtype of the inputs, so bf16
 training does not round the logits.
 """
@@ -19,6 +21,9 @@ TEMPERATURE = 0.07  # tau of Eq. 1 (authors' simclr_temperature)
 DINO_STUDENT_TEMP = 0.1  # tau_s (DINO Sec. 3.1 and its code's default)
 DINO_TEACHER_TEMP = 0.04  # tau_t (DINO's code default; the paper warms it up to 0.07)
 DINO_CENTER_MOMENTUM = 0.9  # m of DINO Eq. 4
+CONTINUOUS_BINS = 20  # SS-VAERR Sec. III-D: 20 uniform bins (CE), k = 20 k-means centroids (nCCE)
+# SS-VAERR's best configuration (SEWA, Table III, kept for its augmentation study, Sec. V-D).
+COMPOSITE_WEIGHTS = {"ccc": 0.5, "mse": 0.25, "ce": 0.25, "ncce": 0.0}
 
 
 def mms_loss(p: torch.Tensor, q: torch.Tensor, margin: float = MARGIN) -> torch.Tensor:
@@ -213,3 +218,118 @@ def dino_center(
     logits over the batch of every view given to the teacher. Returns a new tensor."""
     batch = torch.cat([t.detach().float() for t in teacher]).mean(0, keepdim=True)
     return momentum * center + (1 - momentum) * batch
+
+
+# --- continuous labels (SS-VAERR Eq. 1-6) ------------------------------------------------------
+# Targets are [N] or [N, T] (T target columns, each a label such as sentiment); class logits are
+# [N, L] or [N, T, L] over L bins; every loss is averaged over samples and columns.
+
+
+def ccc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SS-VAERR Eq. 1, Lin's concordance correlation coefficient per column (over dim 0):
+    2 cov(Y, Y^) / (var Y + var Y^ + (mu_Y - mu_Y^)^2), population moments. The paper prints
+    the standard deviations and a sum of the means; Lin's variances and difference are meant
+    (its text: "mu and sigma are their mean and variance"; a sum would not make CCC(Y, Y) = 1).
+    1 for a perfect prediction, 0 for a constant one (0 too where both are constant); unlike
+    Pearson's r it drops when the prediction's mean or scale is off."""
+    pred, target = pred.float(), target.float()
+    mp, mt = pred.mean(0), target.mean(0)
+    cov = ((pred - mp) * (target - mt)).mean(0)
+    den = pred.var(0, unbiased=False) + target.var(0, unbiased=False) + (mp - mt) ** 2
+    return 2 * cov / den.clamp(min=1e-12)
+
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SS-VAERR's regression loss 1 - CCC (Eq. 1) of the batch, averaged over columns."""
+    return (1 - ccc(pred, target)).mean()
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SS-VAERR Eq. 2: E((Y - Y^)^2) over every element."""
+    return (pred.float() - target.float()).pow(2).mean()
+
+
+def uniform_edges(low: float, high: float, bins: int = CONTINUOUS_BINS) -> torch.Tensor:
+    """The ``bins + 1`` uniformly spaced bin boundaries of [low, high] (SS-VAERR Sec. III-D, as
+    its ref. [2])."""
+    return torch.linspace(low, high, bins + 1)
+
+
+def bin_index(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The bin of each value for boundaries ``edges`` [L + 1] (per column: [T, L + 1] for
+    values [N, T]), in 0 .. L - 1; values outside [edges[0], edges[-1]] go to the end bins."""
+    inner = edges[..., 1:-1].contiguous()
+    if values.ndim == 1:
+        return torch.bucketize(values.float().contiguous(), inner, right=True)
+    columns = zip(values.float().T, inner, strict=True)
+    return torch.stack([torch.bucketize(v.contiguous(), e, right=True) for v, e in columns], 1)
+
+
+def kmeans_1d(values: torch.Tensor, k: int = CONTINUOUS_BINS, iters: int = 100) -> torch.Tensor:
+    """Lloyd's k-means of scalar ``values`` [N]: the k centroids [k], ascending. Starts at the
+    values nearest the quantiles (i + 1/2) / k, so it is deterministic; an emptied cluster keeps
+    its centroid, so with fewer distinct values than k some centroids repeat (a class no target
+    then takes)."""
+    x = values.detach().float().flatten()
+    levels = (torch.arange(k, dtype=torch.float32) + 0.5) / k
+    c = torch.quantile(x, levels, interpolation="nearest")
+    for _ in range(iters):
+        label = nearest_centroid(x, c)
+        counts = torch.bincount(label, minlength=k)
+        sums = torch.zeros(k).index_add_(0, label, x)
+        new = torch.where(counts > 0, sums / counts.clamp(min=1), c)
+        if torch.equal(new, c):
+            break
+        c = new
+    return c.sort().values
+
+
+def nearest_centroid(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """The class of each value: its nearest centroid (the first of equals), per column
+    (values [N, T], centroids [T, L]) or for one column (values [N], centroids [L])."""
+    return (values.float()[..., None] - centroids).abs().argmin(-1)
+
+
+def binned_ce_loss(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """SS-VAERR Eq. 3: the cross-entropy -sum_l Y_l log softmax(Y^)_l of the one-hot bin
+    ``bins`` (long, [N] or [N, T]) against the ``logits`` over the L bins."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), bins.reshape(-1))
+
+
+def ncce_loss(logits: torch.Tensor, classes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """SS-VAERR Eq. 4-5, the cost-sensitive cross-entropy: each sample's cross-entropy
+    -sum_l Y_l log Y^_l times its cost C_norm = 1 + ||sum_l K_l (Y_l - Y^_l)||_2, with Y the
+    one-hot k-means class ``classes`` of the target, Y^ = softmax(``logits``) and K_l the
+    centroid of class l (``centroids`` [L], or [T, L] per column). For scalar centroids the cost
+    is 1 + |K_y - E_Y^[K]|: a prediction whose mass lies on far classes costs more. Averaged
+    over samples (the 1/F of Eq. 4) and columns; the cost is not detached (Eq. 5 as printed)."""
+    logp = F.log_softmax(logits.float(), -1)
+    centroids = centroids.float().expand_as(logp)
+    true = centroids.gather(-1, classes[..., None]).squeeze(-1)
+    cost = 1 + (true - (logp.exp() * centroids).sum(-1)).abs()
+    ce = -logp.gather(-1, classes[..., None]).squeeze(-1)
+    return (cost * ce).mean()
+
+
+def composite_loss(
+    weights: dict[str, float],
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    bin_logits: torch.Tensor | None = None,
+    bins: torch.Tensor | None = None,
+    class_logits: torch.Tensor | None = None,
+    classes: torch.Tensor | None = None,
+    centroids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SS-VAERR Eq. 6, L = w_ccc (1 - CCC) + w_mse MSE + w_ce CE + w_nCCE nCCE, the paper's
+    "CCC" term being its regression loss 1 - CCC. ``weights`` has the keys ``ccc``, ``mse``,
+    ``ce``, ``ncce``; a term of weight 0 is not computed (its inputs may be None)."""
+    terms = {
+        "ccc": lambda: ccc_loss(pred, target),
+        "mse": lambda: mse_loss(pred, target),
+        "ce": lambda: binned_ce_loss(bin_logits, bins),
+        "ncce": lambda: ncce_loss(class_logits, classes, centroids),
+    }
+    if set(weights) != set(terms):
+        raise ValueError(f"composite loss weights need the keys {sorted(terms)}, got {weights}")
+    return sum(w * terms[k]() for k, w in weights.items() if w)

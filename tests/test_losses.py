@@ -260,3 +260,86 @@ def test_dino_center_is_an_ema_of_the_teacher_batch_mean():
     got = L.dino_center(c, [t1, t2], 0.9)
     assert got.tolist()[0] == pytest.approx(expected)
     assert c.tolist() == [[1.0, 0.0]]  # a new tensor; the old centre is left alone
+
+
+# --- continuous labels (SS-VAERR Eq. 1-6) ------------------------------------------------------
+
+
+def test_ccc_matches_hand_computation():
+    y, p = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 5.0])
+    # mu_y 2, mu_p 3; cov = ((-1)(-1) + 0 + (1)(2)) / 3 = 1; var_y 2/3, var_p (1 + 1 + 4) / 3 = 2.
+    expected = 2 * 1 / (2 / 3 + 2 + (3 - 2) ** 2)
+    assert L.ccc(p, y).item() == pytest.approx(expected, abs=1e-6)
+    assert L.ccc_loss(p, y).item() == pytest.approx(1 - expected, abs=1e-6)
+    both = L.ccc(torch.stack([p, y], 1), torch.stack([y, y], 1))  # per column
+    assert both.tolist() == pytest.approx([expected, 1.0], abs=1e-6)
+
+
+def test_ccc_is_one_when_perfect_zero_when_constant_and_penalises_a_shifted_mean():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(64, generator=g)
+    assert L.ccc(y, y).item() == pytest.approx(1.0, abs=1e-6)
+    assert L.ccc(torch.full_like(y, 0.7), y).item() == 0.0
+    shifted = y + 2.0
+    pearson = torch.corrcoef(torch.stack([shifted, y]))[0, 1].item()
+    assert pearson == pytest.approx(1.0, abs=1e-6)  # Pearson does not see the shift
+    var = y.var(unbiased=False).item()
+    assert L.ccc(shifted, y).item() == pytest.approx(2 * var / (2 * var + 4), abs=1e-5)
+    assert L.ccc(shifted, y).item() < 0.5
+
+
+def test_mse_and_binned_ce_match_hand_computation():
+    assert L.mse_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])).item() == 2.5
+    edges = L.uniform_edges(-1.0, 1.0, 4)  # -1, -0.5, 0, 0.5, 1
+    assert edges.tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    values = torch.tensor([-3.0, -1.0, -0.5, 0.1, 0.99, 1.0, 7.0])
+    assert L.bin_index(values, edges).tolist() == [0, 0, 1, 2, 3, 3, 3]
+    per_column = L.bin_index(torch.stack([values, -values], 1), torch.stack([edges, edges]))
+    assert per_column[:, 1].tolist() == [3, 3, 3, 1, 0, 0, 0]  # 0.5 is an edge: upper bin
+    logits = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    expected = (_ce([0.0, 1.0, 2.0], 2) + _ce([1.0, 1.0, 1.0], 0)) / 2
+    assert L.binned_ce_loss(logits, torch.tensor([2, 0])).item() == pytest.approx(expected)
+
+
+def test_ncce_matches_hand_computation():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])  # softmax [.5 .5], [.75 .25]
+    classes, centroids = torch.tensor([0, 1]), torch.tensor([-1.0, 2.0])
+    # Sample 1: E[K] = 0.5; cost 1 + |-1 - 0.5| = 2.5; CE log 2. Sample 2: E[K] = -0.75 + 0.5 =
+    # -0.25; cost 1 + |2 + 0.25| = 3.25; CE -log 0.25.
+    expected = (2.5 * math.log(2) + 3.25 * -math.log(0.25)) / 2
+    assert L.ncce_loss(logits, classes, centroids).item() == pytest.approx(expected, abs=1e-6)
+    # A confident right prediction costs ~1 x its (small) cross-entropy; per-column centroids.
+    sure = torch.tensor([[[20.0, 0.0]], [[0.0, 20.0]]])  # [N=2, T=1, L=2]
+    value = L.ncce_loss(sure, classes[:, None], centroids[None]).item()
+    assert value == pytest.approx(-math.log(torch.sigmoid(torch.tensor(20.0)).item()), rel=1e-3)
+
+
+def test_kmeans_1d_finds_the_groups_and_nearest_centroid_assigns():
+    values = torch.tensor([0.0, 0.1, 0.2, 5.0, 5.2, 9.0, 9.1, 9.2, 9.3])
+    centroids = L.kmeans_1d(values, k=3)
+    assert centroids.tolist() == pytest.approx([0.1, 5.1, 9.15], abs=1e-5)
+    assert L.nearest_centroid(torch.tensor([-1.0, 4.0, 8.0]), centroids).tolist() == [0, 1, 2]
+    few = L.kmeans_1d(torch.tensor([0.0, 0.0, 1.0, 1.0]), k=5)  # fewer values than classes
+    assert len(few) == 5 and set(few.tolist()) == {0.0, 1.0}
+
+
+def test_composite_loss_is_the_weighted_sum_of_eq_6():
+    g = torch.Generator().manual_seed(1)
+    y, p = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
+    logits = torch.randn(8, 2, 4, generator=g)
+    bins = torch.randint(4, (8, 2), generator=g)
+    centroids = torch.tensor([[-1.0, 0.0, 1.0, 2.0], [0.0, 0.5, 1.0, 1.5]])
+    w = {"ccc": 0.5, "mse": 0.25, "ce": 0.25, "ncce": 2.0}
+    got = L.composite_loss(w, p, y, logits, bins, logits, bins, centroids)
+    want = (
+        0.5 * (1 - L.ccc(p, y)).mean()
+        + 0.25 * ((p - y) ** 2).mean()
+        + 0.25 * L.binned_ce_loss(logits, bins)
+        + 2.0 * L.ncce_loss(logits, bins, centroids)
+    )
+    assert got.item() == pytest.approx(want.item(), abs=1e-6)
+    only_ccc = L.composite_loss({"ccc": 1.0, "mse": 0, "ce": 0, "ncce": 0}, p, y)  # no logits
+    assert only_ccc.item() == pytest.approx(L.ccc_loss(p, y).item())
+    assert L.COMPOSITE_WEIGHTS == {"ccc": 0.5, "mse": 0.25, "ce": 0.25, "ncce": 0.0}
+    with pytest.raises(ValueError, match="keys"):
+        L.composite_loss({"ccc": 1.0}, p, y)
