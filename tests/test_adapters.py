@@ -113,6 +113,7 @@ def test_caer_folders_are_labels(tmp_path):
     ]
     assert sorted(frame["split"]) == ["test", "train", "val"]
     assert frame["labels"].map(lambda v: list(v).index(1.0)).tolist() == [3, 3, 3]
+    assert frame["sentiment"].isna().all()  # only CMU-MOSEI has a continuous sentiment
     assert ledger.rows[0][0] == "train_Angry_0002" and "unknown class" in ledger.rows[0][2]
     assert ledger.rows[1][0] == "train_Happy_._0001" and ledger.rows[1][3] == "extra"
 
@@ -165,6 +166,7 @@ def test_mosei_segments_folds_and_transcripts(tmp_path):
     assert frame["text"].tolist() == ["I am so glad", "that is awful"]
     assert frame["start"].tolist() == [0.5, 3.0] and frame["end"].tolist() == [2.0, 4.5]
     assert [list(v) for v in frame["labels"]] == [[2, 0, 0, 0, 0, 0], [0, 1.5, 0, 0, 0.5, 0]]
+    assert frame["sentiment"].tolist() == [1.0, -1.0]  # the first label column, kept apart
     reasons = {r[0]: r[2] for r in ledger.rows}
     assert "unreadable label row" in reasons["81406_0"]
     assert "no standard fold" in reasons["notinfolds1_0"]

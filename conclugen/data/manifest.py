@@ -11,6 +11,8 @@ start, end segment bounds in seconds inside ``video`` (CMU-MOSEI); 0 and null: t
 text       transcript or gold utterance; null where the dataset has none (CAER, VoxCeleb2)
 labels     list of floats: one-hot over ``classes`` (single-label), intensities (multi-label),
            null (unlabeled)
+sentiment  continuous sentiment in [-3, 3] (CMU-MOSEI's first label column, apart from the
+           emotion intensities in ``labels``); null where the dataset has none
 speaker    speaker or identity where known, else null
 shard      stable shard index (:func:`conclugen.shards.shard_of`)
 ========== ==================================================================================
@@ -34,7 +36,18 @@ from conclugen.io import read_parquet_metadata, write_parquet
 from conclugen.ledger import FailureLedger
 from conclugen.shards import shard_ids
 
-COLUMNS = ["sample_id", "split", "video", "audio", "start", "end", "text", "labels", "speaker"]
+COLUMNS = [
+    "sample_id",
+    "split",
+    "video",
+    "audio",
+    "start",
+    "end",
+    "text",
+    "labels",
+    "sentiment",
+    "speaker",
+]
 SPLITS = ("train", "val", "test")
 
 
@@ -108,6 +121,7 @@ def build_manifest(
     frame = frame.sort_values("sample_id", ignore_index=True)
     frame["start"] = frame["start"].astype("float64")
     frame["end"] = frame["end"].astype("float64")
+    frame["sentiment"] = frame["sentiment"].astype("float64")
     frame["shard"] = shard_ids(frame["sample_id"], num_shards)
     return frame
 

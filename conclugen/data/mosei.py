@@ -2,7 +2,8 @@
 
 - labels: ``CMU_MOSEI_Labels.csd`` (HDF5 computational sequence): ``All Labels/data/<vid>/
   features [n, 7]`` = [sentiment, happy, sad, anger, surprise, disgust, fear] and ``intervals
-  [n, 2]`` in seconds; the manifest keeps the six emotion intensities (multi-label, 0..3).
+  [n, 2]`` in seconds; the manifest keeps the six emotion intensities as ``labels``
+  (multi-label, 0..3) and the sentiment (-3..3) as ``sentiment``.
 - splits: the SDK's ``cmu_mosei_std_folds.py`` (video-level standard folds), read with ``ast``.
 - videos: ``Raw/Videos/Full/Combined/<vid>.mp4``; text: the line of
   ``Raw/Transcript/Segmented/Combined/<vid>.txt`` (``vid___k___start___end___text``) whose
@@ -125,6 +126,7 @@ def rows(raw_dir: Path, ledger: FailureLedger) -> list[dict]:
                         "end": float(end),
                         "text": None if line is None else line[3],
                         "labels": [float(x) for x in feat[1:]],
+                        "sentiment": float(feat[0]),
                         "speaker": vid,
                     }
                 )
