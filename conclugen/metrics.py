@@ -1,4 +1,5 @@
-"""Support-weighted classification metrics of the paper's downstream evaluation (numpy only).
+"""Support-weighted classification metrics of the paper's downstream evaluation, and the
+continuous-label metrics of SS-VAERR's (:func:`regression_metrics`) (numpy only).
 
 The paper reports "accuracy (Acc.), F1 score (F1), precision and recall, all weighted by the class
 occurrences" (Sec. 4.1); the authors computed them with torchmetrics ``Accuracy``, ``F1Score``,
@@ -201,3 +202,53 @@ def classification_metrics(
     if class_names is not None:
         per_class_out["names"] = list(class_names)
     return {**summary, "per_class": per_class_out, "confusion": confusion.tolist()}
+
+
+# --- continuous labels -------------------------------------------------------------------------
+
+
+def concordance(targets, predictions) -> float:
+    """Lin's concordance correlation coefficient over the whole set (SS-VAERR Eq. 1, as
+    :func:`conclugen.losses.ccc`): 2 cov / (var_y + var_p + (mu_y - mu_p)^2), population
+    moments; 0 where the denominator is 0."""
+    y, p = _array(targets).astype(np.float64), _array(predictions).astype(np.float64)
+    cov = np.mean((y - y.mean()) * (p - p.mean()))
+    return float(_safe_divide(2 * cov, y.var() + p.var() + (y.mean() - p.mean()) ** 2))
+
+
+def pearson(targets, predictions) -> float:
+    """Pearson's r; 0 where either side is constant."""
+    y, p = _array(targets).astype(np.float64), _array(predictions).astype(np.float64)
+    cov = np.mean((y - y.mean()) * (p - p.mean()))
+    return float(_safe_divide(cov, np.sqrt(y.var() * p.var())))
+
+
+def regression_metrics(targets, predictions, names: Sequence[str]) -> dict:
+    """Test metrics of continuous targets [N, T] named ``names``, JSON-serialisable:
+    ``per_target`` {name: {ccc, mse, pearson}}; where a target is named ``sentiment``, its
+    ``ccc``, ``mse`` and ``pearson`` at the top level, with ``acc2`` (negative vs non-negative,
+    zeros counted non-negative, as the CMU-MOSEI literature's "Acc-2" over every segment) and
+    ``acc7`` (both sides rounded to the integers -3 .. 3 after clipping); ``emotion_ccc``: the
+    mean CCC of the other targets."""
+    y, p = _array(targets).astype(np.float64), _array(predictions).astype(np.float64)
+    if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(names):
+        raise ValueError(f"targets {y.shape}, predictions {p.shape}, {len(names)} names")
+    per_target = {
+        n: {
+            "ccc": concordance(y[:, j], p[:, j]),
+            "mse": float(np.mean((y[:, j] - p[:, j]) ** 2)),
+            "pearson": pearson(y[:, j], p[:, j]),
+        }
+        for j, n in enumerate(names)
+    }
+    out: dict = {"per_target": per_target}
+    if "sentiment" in names:
+        j = list(names).index("sentiment")
+        out.update(per_target["sentiment"])
+        out["acc2"] = float(np.mean((y[:, j] >= 0) == (p[:, j] >= 0)))
+        seven = [np.rint(np.clip(v, -3, 3)) for v in (y[:, j], p[:, j])]
+        out["acc7"] = float(np.mean(seven[0] == seven[1]))
+    others = [v["ccc"] for n, v in per_target.items() if n != "sentiment"]
+    if others:
+        out["emotion_ccc"] = float(np.mean(others))
+    return out
