@@ -34,6 +34,14 @@ the saving but never measures it) holds weighted F1 and accuracy (``k``, ``k_std
 method/protocol and share of the train labels (``labels``, in percent), with the mean number of
 train clips (``n_train``) and of seeds.
 
+The continuous-label tables (:func:`pretext_table`, :func:`loss_table`; no paper numbers:
+SS-VAERR's, whose study they follow, are arousal and valence on SEWA and RECOLA from an
+end-to-end video network, not comparable cell by cell) hold CMU-MOSEI sentiment's test CCC,
+Pearson r, MSE, binary and 7-class accuracy and the six intensities' mean CCC
+(:mod:`conclugen.regression`), as plain values (mean, sample std over seeds; 3 decimals): the
+pretext-task table every method under linear evaluation with the default composite loss, the
+loss table each loss combination on the methods it was run for.
+
 Synthetic data: tables built with ``synthetic=True`` (the workflow passes config
 ``lookalike.enabled``) carry :data:`SYNTHETIC` in every rendering, so demo numbers and their
 differences from the paper never read as a result: the first line of the markdown and of the
@@ -97,6 +105,14 @@ HEADERS = {
     "dataset": "Dataset",
     "labels": "Labels (%)",
     "n_train": "Train clips",
+    "ccc": "CCC",
+    "pearson": "Pearson r",
+    "mse": "MSE",
+    "acc2": "Acc-2",
+    "acc7": "Acc-7",
+    "emotion_ccc": "Emotions CCC",
+    "protocol": "Protocol",
+    "loss": "Loss",
 }
 NOTE = "Ours: mean ± std over seeds, in percent; Δ = ours − paper (percentage points)."
 SYNTHETIC = (
@@ -279,6 +295,122 @@ def label_efficiency_table(runs: pd.DataFrame | None, synthetic: bool = False) -
     return frame
 
 
+# Continuous labels (conclugen.regression): the run metrics, in column order, and the captions.
+REGRESSION_METRICS = ("ccc", "pearson", "mse", "acc2", "acc7", "emotion_ccc")
+REGRESSION_COLUMNS = ("dataset", "method", "protocol", "seed", "loss", *REGRESSION_METRICS)
+SS_VAERR_NOTE = (
+    "SS-VAERR's published numbers (Jegorova et al., Tables II-III) are arousal and valence on "
+    "SEWA and RECOLA from a video network trained end to end; these are CMU-MOSEI sentiment on "
+    "frozen features, so the two are not comparable cell by cell."
+)
+PRETEXT_CAPTION = (
+    "Pretext task: CMU-MOSEI sentiment on the test split, linear evaluation of each method's "
+    "representations with the composite loss {loss}; CCC on the whole test set, Pearson r, "
+    "MSE, binary and 7-class accuracy, and the six emotion intensities' mean CCC; mean ± std "
+    "over seeds."
+)
+LOSS_CAPTION = (
+    "Downstream loss: CMU-MOSEI sentiment on the test split for each combination of SS-VAERR's "
+    "losses (Eq. 6: w_ccc (1 - CCC) + w_mse MSE + w_ce CE + w_nCCE nCCE); mean ± std over seeds."
+)
+
+
+def loss_label(weights: dict[str, float]) -> str:
+    """A loss combination as SS-VAERR's Table III prints it: its non-zero weights."""
+    names = {"ccc": "w_ccc", "mse": "w_mse", "ce": "w_ce", "ncce": "w_nCCE"}
+    return ", ".join(f"{names[k]} = {w:g}" for k, w in weights.items() if w)
+
+
+def _regression_rows(runs: pd.DataFrame, keys: list[str]) -> list[dict]:
+    """Per group of ``keys``: the mean and sample std over seeds of :data:`REGRESSION_METRICS`
+    and the number of seeds."""
+    rows = []
+    for values, group in runs.groupby(keys, sort=False):
+        cells = dict(zip(keys, values, strict=True))
+        for k in REGRESSION_METRICS:
+            mean, std = group[k].mean(), group[k].std(ddof=1)
+            # 9 decimals: plain values, not percentages (float noise dropped as _value_cells')
+            cells |= {k: round(float(mean), 9) + 0.0, f"{k}_std": round(float(std), 9) + 0.0}
+        cells["n_seeds"] = len(group)
+        rows.append(cells)
+    return rows
+
+
+def _regression_frame(rows: list[dict], columns: list[str], caption: str, synthetic: bool):
+    keys = [f"{k}{s}" for k in REGRESSION_METRICS for s in ("", "_std")]
+    frame = pd.DataFrame(rows, columns=[*columns, *keys, "n_seeds"])
+    frame.attrs |= {
+        "caption": f"{caption} {SS_VAERR_NOTE}",
+        "synthetic": synthetic,
+        "unit": "",
+        "decimals": 3,
+    }
+    return frame
+
+
+def _regression_runs(runs: pd.DataFrame | None) -> pd.DataFrame:
+    """``runs`` checked (:data:`REGRESSION_COLUMNS`, one row per run), the vision-only read-out
+    as method ``{method}_vision`` under ``linear`` (as :func:`collect_runs`), rows in the
+    methods' order (the supervised baseline first, then :data:`METHOD_LABELS`)."""
+    if runs is None:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in REGRESSION_COLUMNS})
+    missing = [c for c in REGRESSION_COLUMNS if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs lack columns {missing}")
+    runs = runs.copy()
+    vision = runs["protocol"] == "vision"
+    runs.loc[vision, "method"] = runs.loc[vision, "method"] + "_vision"
+    runs.loc[vision, "protocol"] = "linear"
+    dup = runs.duplicated(["dataset", "method", "protocol", "loss", "seed"])
+    if dup.any():
+        raise ValueError(f"duplicate runs:\n{runs[dup]}")
+    order = ["supervised", *METHOD_LABELS]
+    rank = runs["method"].map(lambda m: order.index(m) if m in order else len(order))
+    return runs.assign(rank=rank).sort_values(["rank", "protocol", "seed"], kind="stable")
+
+
+def _method_name(method: str) -> str:
+    return "Supervised baseline" if method == "supervised" else METHOD_LABELS.get(method, method)
+
+
+def pretext_table(
+    runs: pd.DataFrame | None, loss: str, weights: dict[str, float], synthetic: bool = False
+) -> pd.DataFrame:
+    """The "pretext task" table: one row per method (the supervised baseline, then
+    :data:`METHOD_LABELS`' order) of the continuous-label ``runs`` (:data:`REGRESSION_COLUMNS`)
+    under linear evaluation (the baseline: its own protocol) with loss combination ``loss``
+    (whose ``weights`` the caption prints): columns ``method`` (as printed), ``id``, per metric
+    of :data:`REGRESSION_METRICS` the mean and ``_std``, and ``n_seeds``."""
+    runs = _regression_runs(runs)
+    runs = runs[(runs["loss"] == loss) & runs["protocol"].isin(["linear", "supervised"])]
+    rows = _regression_rows(runs, ["method"])
+    for row in rows:
+        row["id"] = row["method"]
+        row["method"] = _method_name(row["method"])
+    caption = PRETEXT_CAPTION.format(loss=loss_label(weights))
+    return _regression_frame(rows, ["method", "id"], caption, synthetic)
+
+
+def loss_table(
+    runs: pd.DataFrame | None, losses: dict[str, dict[str, float]], synthetic: bool = False
+) -> pd.DataFrame:
+    """The "loss" table: one row per (method, protocol, loss combination) of the
+    continuous-label ``runs``, methods in the pretext table's order, the combinations in the
+    order of ``losses`` (name -> weights): columns ``method``, ``protocol``, ``loss`` (its
+    non-zero weights, :func:`loss_label`), ``id`` (method/protocol/loss name), the metrics as
+    :func:`pretext_table`'s, and ``n_seeds``."""
+    runs = _regression_runs(runs)
+    runs = runs[runs["loss"].isin(list(losses))]
+    runs = runs.assign(order=runs["loss"].map(list(losses).index))
+    runs = runs.sort_values(["rank", "protocol", "order"], kind="stable")
+    rows = _regression_rows(runs, ["method", "protocol", "loss"])
+    for row in rows:
+        row["id"] = f"{row['method']}/{row['protocol']}/{row['loss']}"
+        row["method"] = _method_name(row["method"])
+        row["loss"] = loss_label(losses[row["loss"]])
+    return _regression_frame(rows, ["method", "protocol", "loss", "id"], LOSS_CAPTION, synthetic)
+
+
 def build_tables(
     runs: pd.DataFrame | None, paper: dict, synthetic: bool = False
 ) -> dict[str, pd.DataFrame]:
@@ -310,21 +442,25 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     single seed), ``paper`` as YAML read it (``%g``: 66.70 shows as 66.7), ``Δ`` signed (2
     decimals); a table without paper numbers has one "mean ± std" column per key, headed
     "{key} (%)". Other numbers as ``%g``; empty strings for missing numbers and for 0 seeds.
-    The ``id`` column is left out."""
+    The ``id`` column is left out. A frame's ``attrs`` may set ``unit`` (the header suffix,
+    "%" by default; "" for none) and ``decimals`` (2 by default)."""
     keys = _value_keys(frame)
+    unit, decimals = frame.attrs.get("unit", "%"), frame.attrs.get("decimals", 2)
     derived = {f"{k}{s}" for k in keys for s in ("", "_std", "_paper", "_diff")}
-    cols = {}
+    cols, numeric = {}, []
     for c in frame.columns:
         if c == "id" or (c in derived and c not in keys):
             continue
         if c in keys:
             head = HEADERS.get(c, c)
             ours = [
-                _number(m, ".2f", 2) + ("" if pd.isna(s) or pd.isna(m) else f" ± {s:.2f}")
+                _number(m, f".{decimals}f", decimals)
+                + ("" if pd.isna(s) or pd.isna(m) else f" ± {s:.{decimals}f}")
                 for m, s in zip(frame[c], frame[f"{c}_std"], strict=True)
             ]
             if f"{c}_paper" not in frame.columns:
-                cols[f"{head} (%)"] = ours
+                cols[f"{head} ({unit})" if unit else head] = ours
+                numeric.append(f"{head} ({unit})" if unit else head)
                 continue
             cols[f"{head} ours"] = ours
             cols[f"{head} paper"] = [_number(x, "g") for x in frame[f"{c}_paper"]]
@@ -336,10 +472,14 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
             cols[HEADERS.get(c, c)] = [_number(x, "g") for x in frame[c]]
         else:
             cols[HEADERS.get(c, c)] = ["" if pd.isna(x) else str(x) for x in frame[c]]
-    return pd.DataFrame(cols)
+    text = pd.DataFrame(cols)
+    text.attrs["numeric"] = numeric  # right-aligned although their header has no unit
+    return text
 
 
-def _numeric_header(head: str) -> bool:
+def _numeric_header(head: str, text: pd.DataFrame) -> bool:
+    if head in text.attrs.get("numeric", ()):
+        return True
     return head.endswith((" ours", " paper", " Δ", " (%)")) or head.lower().endswith(
         ("seeds", "clips")
     )
@@ -353,7 +493,7 @@ def to_markdown(frame: pd.DataFrame, caption: str | None = None) -> str:
     def line(cells) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
-    align = ["---:" if _numeric_header(h) else "---" for h in text.columns]
+    align = ["---:" if _numeric_header(h, text) else "---" for h in text.columns]
     lines = [line(text.columns), "|" + "|".join(align) + "|"]
     lines += [line(r) for r in text.itertuples(index=False)]
     caption = frame.attrs.get("caption", "") if caption is None else caption
@@ -385,7 +525,7 @@ def to_latex(frame: pd.DataFrame, caption: str | None = None) -> str:
     """A plain LaTeX ``tabular`` (no packages needed); the caption as a comment above it. A
     synthetic frame starts with :data:`SYNTHETIC` as a comment and its first row says so."""
     text = display_frame(frame)
-    spec = "".join("r" if _numeric_header(h) else "l" for h in text.columns)
+    spec = "".join("r" if _numeric_header(h, text) else "l" for h in text.columns)
 
     def line(cells) -> str:
         return " & ".join(tex_escape(c) for c in cells) + r" \\"

@@ -445,3 +445,67 @@ def test_paper_comparison_figure_draws_a_panel_per_table_and_metric(runs, tmp_pa
     caer = visible[0]  # Table 2: bars for our runs (6 cells) and every published number (9)
     assert len(caer.patches) == 6 + 9
     assert figures.pyplot().imread(tmp_path / "cmp.png").ndim == 3
+
+
+def _regression_runs():
+    """Continuous-label runs: two seeds of a baseline, three methods (one vision read-out) with
+    the default loss, and ConCluGen under a second loss."""
+    rows = []
+    for method, protocol, loss, base in [
+        ("conclugen", "linear", "best", 0.6),
+        ("supervised", "supervised", "best", 0.5),
+        ("byol", "linear", "best", 0.3),
+        ("conclugen", "vision", "best", 0.4),
+        ("conclugen", "linear", "ccc", 0.55),
+        ("conclugen", "finetune", "best", 0.7),
+    ]:
+        for seed in (0, 1):
+            value = base + 0.02 * seed
+            rows.append(
+                dict(dataset="mosei", method=method, protocol=protocol, seed=seed, loss=loss,
+                     ccc=value, pearson=value + 0.1, mse=1 - value, acc2=0.8, acc7=0.3,
+                     emotion_ccc=value / 2)
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+LOSSES = {"ccc": {"ccc": 1.0, "mse": 0, "ce": 0, "ncce": 0},
+          "best": {"ccc": 0.5, "mse": 0.25, "ce": 0.25, "ncce": 0}}  # fmt: skip
+
+
+def test_pretext_table_lists_every_method_under_linear_evaluation_with_one_loss(tmp_path):
+    runs = _regression_runs()
+    frame = tables.pretext_table(runs, "best", LOSSES["best"], synthetic=True)
+    assert frame["id"].tolist() == ["supervised", "conclugen", "conclugen_vision", "byol"]
+    assert frame["method"].tolist()[:3] == [
+        "Supervised baseline",
+        "ConCluGen",
+        "ConCluGen/(vision)",
+    ]
+    row = frame.set_index("id").loc["conclugen"]
+    assert row["ccc"] == pytest.approx(0.61) and row["ccc_std"] == pytest.approx(0.02 / 2**0.5)
+    assert row["n_seeds"] == 2 and row["mse"] == pytest.approx(0.39)
+    assert "w_ccc = 0.5, w_mse = 0.25, w_ce = 0.25" in frame.attrs["caption"]
+    assert "SEWA" in frame.attrs["caption"] and "not comparable" in frame.attrs["caption"]
+    md, csv, _ = tables.write_table(frame, tmp_path / "pretext_task")
+    text = md.read_text()
+    assert text.startswith(f"**{tables.SYNTHETIC}**")
+    assert "| CCC | Pearson r |" in text and "0.610 ± 0.014" in text and "(%)" not in text
+    assert "---:|" in text.splitlines()[3]  # numbers right-aligned
+    assert pd.read_csv(csv)["ccc"].tolist() == pytest.approx(frame["ccc"].tolist())
+
+
+def test_loss_table_rows_per_method_protocol_and_combination():
+    frame = tables.loss_table(_regression_runs(), LOSSES)
+    assert frame["id"].tolist() == [
+        "supervised/supervised/best", "conclugen/finetune/best", "conclugen/linear/ccc",
+        "conclugen/linear/best", "conclugen_vision/linear/best", "byol/linear/best",
+    ]  # fmt: skip
+    assert frame.loc[2, "loss"] == "w_ccc = 1" and frame.loc[2, "ccc"] == pytest.approx(0.56)
+    assert (
+        tables.loss_label({"ccc": 0.5, "mse": 0, "ce": 0, "ncce": 0.5})
+        == "w_ccc = 0.5, w_nCCE = 0.5"
+    )
+    with pytest.raises(ValueError, match="lack columns"):
+        tables.loss_table(_regression_runs().drop(columns="loss"), LOSSES)
+    assert tables.pretext_table(None, "best", LOSSES["best"]).empty
