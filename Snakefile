@@ -107,4 +107,5 @@ rule all:
         "results/tables/tables.html",
         "results/report/front_page.html",
         report_figures(),
+        regression_tables(),
         EXPORTS,

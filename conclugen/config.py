@@ -166,6 +166,28 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
             f"downstream.label_efficiency.methods: {sorted(unknown)} are not pretrained "
             "(pretrain.methods)"
         )
+    problems += _regression_problems(down.get("regression", {}), evaluated | {"supervised"})
+    return problems
+
+
+def _regression_problems(reg: dict[str, Any], evaluated: set[str]) -> list[str]:
+    """downstream.regression's methods among the evaluated ones, its table's loss among its
+    losses, and every loss with a value term (w_ccc + w_mse > 0)."""
+    problems = []
+    for key in ("methods", "loss_methods"):
+        extra = set(reg.get(key) or []) - evaluated
+        if extra:
+            problems.append(
+                f"downstream.regression.{key}: {sorted(extra)} are not evaluated methods"
+            )
+    losses = reg.get("losses", {})
+    if reg.get("loss") is not None and reg["loss"] not in losses:
+        problems.append(f"downstream.regression.loss: {reg['loss']} is not one of its losses")
+    for name, weights in losses.items():
+        if weights.get("ccc", 0) + weights.get("mse", 0) <= 0:
+            problems.append(
+                f"downstream.regression.losses.{name}: needs ccc or mse above 0 (the prediction)"
+            )
     return problems
 
 

@@ -392,15 +392,20 @@ def pretext_table(
 
 
 def loss_table(
-    runs: pd.DataFrame | None, losses: dict[str, dict[str, float]], synthetic: bool = False
+    runs: pd.DataFrame | None,
+    losses: dict[str, dict[str, float]],
+    methods: list[str],
+    synthetic: bool = False,
 ) -> pd.DataFrame:
     """The "loss" table: one row per (method, protocol, loss combination) of the
-    continuous-label ``runs``, methods in the pretext table's order, the combinations in the
-    order of ``losses`` (name -> weights): columns ``method``, ``protocol``, ``loss`` (its
-    non-zero weights, :func:`loss_label`), ``id`` (method/protocol/loss name), the metrics as
-    :func:`pretext_table`'s, and ``n_seeds``."""
+    continuous-label ``runs`` of ``methods`` (their vision-only read-out included), methods in
+    the pretext table's order, the combinations in the order of ``losses`` (name -> weights):
+    columns ``method``, ``protocol``, ``loss`` (its non-zero weights, :func:`loss_label`),
+    ``id`` (method/protocol/loss name), the metrics as :func:`pretext_table`'s, and
+    ``n_seeds``."""
     runs = _regression_runs(runs)
-    runs = runs[runs["loss"].isin(list(losses))]
+    listed = runs["method"].str.removesuffix("_vision").isin(list(methods))
+    runs = runs[runs["loss"].isin(list(losses)) & listed]
     runs = runs.assign(order=runs["loss"].map(list(losses).index))
     runs = runs.sort_values(["rank", "protocol", "order"], kind="stable")
     rows = _regression_rows(runs, ["method", "protocol", "loss"])

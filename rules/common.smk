@@ -29,6 +29,7 @@ wildcard_constraints:
     role="video2d|video3d|audio|text",
     method="|".join([*config["pretrain"]["methods"], "supervised"]),
     fraction=r"[0-9.e-]+",
+    loss="|".join(config["downstream"]["regression"]["losses"]) or "none",
 
 
 def growing_runtime(minutes):
@@ -304,3 +305,50 @@ def export_settings(wildcards):
         "pretrain": PRETRAIN if wildcards.method != "supervised" else None,
         "downstream": downstream_settings(wildcards),
     }
+
+
+# Continuous labels (conclugen.regression): one job per (dataset, method, loss combination).
+REGRESSION = DOWNSTREAM["regression"]
+REGRESSION_DATASETS = [d for d in REGRESSION["datasets"] if d in EVAL_DATASETS]
+REGRESSION_METHODS = (
+    EVAL_METHODS if REGRESSION["methods"] is None else REGRESSION["methods"]
+)
+
+
+def regression_weights(loss):
+    """A named loss combination's four weights (unset ones 0)."""
+    return {k: 0.0 for k in ("ccc", "mse", "ce", "ncce")} | REGRESSION["losses"][loss]
+
+
+def regression_settings(wildcards):
+    """One regression job's downstream_settings with its loss weights and bins."""
+    settings = downstream_settings(wildcards)
+    return {
+        **settings,
+        "loss_weights": regression_weights(wildcards.loss),
+        "bins": REGRESSION["bins"],
+    }
+
+
+def regression_cells():
+    """Every regression cell's directory: each pretext-table method with the table's loss,
+    and every loss combination on the loss table's methods."""
+    cells = [
+        (d, m, REGRESSION["loss"])
+        for d in REGRESSION_DATASETS
+        for m in REGRESSION_METHODS
+    ]
+    cells += [
+        (d, m, loss)
+        for d in REGRESSION_DATASETS
+        for m in REGRESSION["loss_methods"]
+        for loss in REGRESSION["losses"]
+    ]
+    return [f"results/regression/{d}/{m}/{loss}" for d, m, loss in dict.fromkeys(cells)]
+
+
+def regression_tables():
+    """The continuous-label tables rule all asks for (none when switched off)."""
+    if not REGRESSION_DATASETS:
+        return []
+    return ["results/tables/pretext_task.html", "results/tables/loss.html"]

@@ -45,3 +45,27 @@ rule label_efficiency:
         settings=label_efficiency_settings,
     script:
         "../workflow/scripts/downstream.py"
+
+
+rule regression:
+    """Every protocol and seed of one (dataset, method, loss combination) on continuous labels
+    (CMU-MOSEI sentiment and intensities, conclugen.regression); runs.csv last."""
+    input:
+        unpack(downstream_input),
+    output:
+        directory("results/regression/{dataset}/{method}/{loss}"),
+    log:
+        "results/logs/regression/{dataset}/{method}/{loss}.log",
+    benchmark:
+        "results/benchmarks/regression/{dataset}/{method}/{loss}.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: DOWNSTREAM["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=growing_runtime(4 * 60),
+        gpu=gpus(DOWNSTREAM),
+    params:
+        settings=regression_settings,
+    script:
+        "../workflow/scripts/regression.py"

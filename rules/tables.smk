@@ -102,3 +102,43 @@ rule front_page:
         synthetic=LOOKALIKE["enabled"],
     script:
         "../workflow/scripts/front_page.py"
+
+
+rule regression_tables:
+    """Continuous labels: the pretext-task table (every method, one loss) and the loss table
+    (every loss combination on the loss table's methods)."""
+    input:
+        cells=regression_cells(),
+    output:
+        expand(
+            "results/tables/{name}.{ext}",
+            name=["pretext_task", "loss"],
+            ext=["md", "csv", "tex"],
+        ),
+        pretext=report(
+            "results/tables/pretext_task.html",
+            caption="../workflow/report/regression.rst",
+            category="Continuous labels",
+        ),
+        loss=report(
+            "results/tables/loss.html",
+            caption="../workflow/report/regression.rst",
+            category="Continuous labels",
+        ),
+    log:
+        "results/logs/regression_tables.log",
+    benchmark:
+        "results/benchmarks/regression_tables.tsv"
+    conda:
+        "../envs/models.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=growing_runtime(10),
+    params:
+        loss=REGRESSION["loss"],
+        losses={name: regression_weights(name) for name in REGRESSION["losses"]},
+        loss_methods=REGRESSION["loss_methods"],
+        # demo: the tables say "synthetic look-alike data"; toggling it rewrites them
+        synthetic=LOOKALIKE["enabled"],
+    script:
+        "../workflow/scripts/regression_tables.py"

@@ -177,6 +177,15 @@ def test_downstream_hparams_in_the_schema_are_the_code_s():
             {"label_efficiency": {"methods": ["supervised", "conclu"]}},
             r"downstream.label_efficiency.methods: \['conclu'\] are not pretrained",
         ),
+        (
+            {"regression": {"loss_methods": ["generative"]}},
+            r"downstream.regression.loss_methods: \['generative'\] are not evaluated",
+        ),
+        ({"regression": {"loss": "best"}}, "downstream.regression.loss: best is not one"),
+        (
+            {"regression": {"loss": "ce", "losses": {"ce": {"ce": 1.0}}}},
+            "downstream.regression.losses.ce: needs ccc or mse",
+        ),
     ],
 )
 def test_inconsistent_downstream_is_refused(change, message):
