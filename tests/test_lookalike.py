@@ -255,7 +255,26 @@ def test_mosei_zip_csd_and_folds(root, raw):
                               "fear": 6}.get(row["expression"])  # fmt: skip
                     assert (feature[1:] > 0).sum() == (column is not None)
                     assert column is None or feature[column] > 0
+                    mild, strong = plan.MOSEI_SENTIMENT.get(row["expression"], (-1, -3))
+                    share = (feature[0] - mild) / (strong - mild)  # the level's step of the range
+                    assert row["level"] - 0.2 <= share * plan.LEVELS <= row["level"] + 1.2
     assert seen == set(want.index)
+
+
+def test_mosei_sentiment_follows_the_class_and_the_intensity_level():
+    """Every modality carries the sentiment: the class picks its range (mild to strong), the
+    level its step within that range; values are in thirds, like averaged ratings."""
+    rng = random.Random(0)
+    for expression in CLASSES:
+        mild, strong = plan.MOSEI_SENTIMENT.get(expression, (-1, -3))
+        means = []
+        for level in range(plan.LEVELS):
+            values = [plan._mosei_features(rng, expression, level)[0] for _ in range(50)]
+            assert all(abs(v * 3 - round(v * 3)) < 1e-9 for v in values)
+            assert all(min(mild, strong) - 0.2 <= v <= max(mild, strong) + 0.2 for v in values)
+            means.append(np.mean(values))
+        rising = np.diff(means) * np.sign(strong - mild)  # neutral's thirds: some levels tie
+        assert (rising >= 0).all() and rising.sum() > 0.5, expression
 
 
 # --- truth --------------------------------------------------------------------------------------

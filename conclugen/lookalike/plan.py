@@ -141,7 +141,8 @@ MELD_COLUMNS = (
 ).split(",")
 MELD_SPEAKERS = ("Chandler", "Joey", "Monica", "Phoebe", "Rachel", "Ross")
 MOSEI_COLUMN = {"happy": 1, "sad": 2, "anger": 3, "surprise": 4, "disgust": 5, "fear": 6}
-MOSEI_SENTIMENT = {"happy": (1, 3), "surprise": (-1, 2), "neutral": (-0.4, 0.4)}  # others (-3, -1)
+# Sentiment at the mildest and the strongest intensity level; the others (-1, -3).
+MOSEI_SENTIMENT = {"happy": (1, 3), "surprise": (-1, 2), "neutral": (-0.4, 0.4)}
 MOSEI_FOLDS = (
     ("standard_train_fold", "train"),
     ("standard_valid_fold", "val"),
@@ -527,10 +528,14 @@ def _meld_sentiment(rng: random.Random, expression: str) -> str:
     return {"happy": "positive", "neutral": "neutral"}.get(expression, "negative")
 
 
-def _mosei_features(rng: random.Random, expression: str) -> list[float]:
-    """[sentiment, happy, sad, anger, surprise, disgust, fear] in thirds, like averaged ratings."""
-    low, high = MOSEI_SENTIMENT.get(expression, (-3, -1))
-    features = [round(rng.uniform(low, high) * 3) / 3] + [0.0] * 6
+def _mosei_features(rng: random.Random, expression: str, level: int) -> list[float]:
+    """[sentiment, happy, sad, anger, surprise, disgust, fear] in thirds, like averaged ratings.
+    The sentiment lies in the class's range (:data:`MOSEI_SENTIMENT`), at the intensity level's
+    share of the way from mild to strong (plus a uniform draw within the level's step), so every
+    modality carries it: the class and the level are in the face, the voice and the words."""
+    mild, strong = MOSEI_SENTIMENT.get(expression, (-1, -3))
+    share = (level + rng.random()) / LEVELS  # one draw, as the uniform draw it replaced
+    features = [round((mild + (strong - mild) * share) * 3) / 3] + [0.0] * 6
     if expression in MOSEI_COLUMN:
         features[MOSEI_COLUMN[expression]] = rng.randint(3, 9) / 3
     return features
@@ -555,7 +560,7 @@ def _plan_mosei(rng: random.Random, size: dict, clip_frames, bad_fraction) -> Pl
         for k in range(rng.randint(low, high)):
             expression = rng.choice(CLASSES)
             sample = _clip_sample(rng, f"{vid}_{k}", split_of[vid], expression, voice, clip_frames)
-            sample.extra["features"] = _mosei_features(rng, expression)
+            sample.extra["features"] = _mosei_features(rng, expression, sample.level)
             samples.append(sample)
         gaps = [rng.randint(5, 25)] + [rng.randint(5, 20) for _ in samples[1:]]
         video = _scene_video(rng, f"Raw/Videos/Full/Combined/{vid}.mp4", samples, "mp4")
