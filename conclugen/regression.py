@@ -10,18 +10,21 @@ prediction, trained by 1 - CCC and MSE), L logits over uniform bins (CE, Eq. 3) 
 k-means classes (nCCE, Eq. 4-5). The L = 20 uniform bins span the train split's normalised range
 (values outside go to the end bins); the k = 20 centroids are :func:`~conclugen.losses.kmeans_1d`
 of the train split's normalised values, a target's class its nearest centroid. The loss is
-:func:`~conclugen.losses.composite_loss` (Eq. 6) summed over the targets' columns, with weights
+:func:`~conclugen.losses.composite_loss` (Eq. 6), each term averaged over the targets, weights
 ``loss_weights`` (default :data:`~conclugen.losses.COMPOSITE_WEIGHTS`, SS-VAERR's best: w_ccc 0.5,
 w_ce 0.25, w_mse 0.25, w_nCCE 0); w_ccc + w_mse must be positive, since the value output is the
-prediction. CCC and MSE are computed per batch in training, as SS-VAERR's, and on the whole split
-in validation.
+prediction. The loss's CCC is the batch's in training (batches of thousands at full size) and the
+whole validation split's for early stopping.
 
 Training is the classification protocols' (:func:`conclugen.downstream.evaluate`): the features
 resident on the device, AdamW with MOSEI's lr and weight decay, cosine warm restarts per epoch,
 augmented copies where the store has them, early stopping and model selection on the validation
-loss, bf16 autocast on CUDA. Reported on the test split (:func:`~conclugen.metrics.
-regression_metrics`, de-normalised predictions): CCC on the whole test set, MSE and Pearson r per
-target, and the sentiment's binary (negative vs non-negative) and 7-class accuracy.
+loss, bf16 autocast on CUDA; label efficiency (``train_fraction``) is the classification tasks'
+only. Reported on the test split, on the de-normalised predictions
+(:func:`conclugen.metrics.regression_metrics`): CCC on the whole test set, MSE and Pearson r per
+target, and the sentiment's binary (negative vs non-negative) and 7-class accuracy. SS-VAERR's
+"frozen" protocol froze only the first layer of an end-to-end network; ours (``linear``) freezes
+the whole representation heads on precomputed features.
 """
 
 from __future__ import annotations
