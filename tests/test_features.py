@@ -22,7 +22,9 @@ from conclugen.features import (
     Augment,
     ClipInputs,
     VideoClips,
+    ViewParams,
     ViewRecipe,
+    clamp_boxes,
     clip_rng,
     copy_params,
     crop_frames,
@@ -37,6 +39,7 @@ from conclugen.features import (
     windows,
 )
 from conclugen.ledger import FailureLedger, TooManyFailures
+from conclugen.media import read_frames, sample_times
 from tests.synthetic import synthetic_features
 
 W, H = 64, 48
@@ -809,7 +812,7 @@ def test_merge_writes_augmented_copies_and_the_views_columns(tmp_path):
     assert torch.equal(fs.augmented["text"][2, 0], fs.features["text"][2] + 10)  # c: text row 1
 
 
-@pytest.mark.parametrize("kernel,sigma", [(19, 0.1), (19, 1.7), (9, 2.0), (3, 0.8)])
+@pytest.mark.parametrize("kernel,sigma", [(19, 0.1), (19, 0.3), (19, 1.7), (9, 2.0), (3, 0.8)])
 def test_gaussian_blur_equals_torchvisions(kernel, sigma):
     from torchvision.transforms.v2 import functional as F
 
@@ -818,3 +821,81 @@ def test_gaussian_blur_equals_torchvisions(kernel, sigma):
     x = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(kernel))
     expected = F.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
     assert torch.allclose(gaussian_blur(x, kernel, sigma), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [-0.5, -0.13, 0.0, 0.21, 0.5])
+def test_adjust_hue_equals_torchvisions(factor):
+    from torchvision.transforms.v2 import functional as F
+
+    from conclugen.features import adjust_hue
+
+    x = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(1))
+    x[0, :, :5] = 0.4  # grey pixels keep their grey
+    assert torch.allclose(adjust_hue(x, factor), F.adjust_hue(x, factor), atol=1e-5)
+
+
+def grid_sample_crop(frames: np.ndarray, boxes: np.ndarray, size: int, views) -> torch.Tensor:
+    """crop_frames as it was before the uint8 resize (its reference): every frame's exact
+    fractional box sampled by float ``grid_sample``, colour ops on the float crops."""
+    from torchvision.transforms.v2 import functional as F
+
+    from conclugen.features import gaussian_blur
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    boxes = torch.from_numpy(clamp_boxes(boxes, x.shape[3], x.shape[2]))
+    height, width = x.shape[2:]
+    out = []
+    for p in [None, *views]:
+        b = boxes
+        if p is not None:
+            x0, y0, w, h = p.crop
+            bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+            left, top = boxes[:, 0] + x0 * bw, boxes[:, 1] + y0 * bh
+            b = torch.stack([left, top, left + w * bw, top + h * bh], 1)
+        theta = torch.zeros(len(x), 2, 3)
+        theta[:, 0, 0] = (-1.0 if p is not None and p.flip else 1.0) * (b[:, 2] - b[:, 0]) / width
+        theta[:, 0, 2] = (b[:, 0] + b[:, 2]) / width - 1
+        theta[:, 1, 1] = (b[:, 3] - b[:, 1]) / height
+        theta[:, 1, 2] = (b[:, 1] + b[:, 3]) / height - 1
+        grid = torch.nn.functional.affine_grid(theta, [len(x), 3, size, size], align_corners=False)
+        crop = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+        crop = crop / 255
+        if p is not None:
+            for name, factor in p.jitter or ():
+                crop = getattr(F, f"adjust_{name}")(crop, factor)
+            if p.gray:
+                crop = F.rgb_to_grayscale(crop, num_output_channels=3)
+            if p.blur_sigma is not None:
+                crop = gaussian_blur(crop, int(0.1 * size) // 2 * 2 + 1, p.blur_sigma)
+        out.append((crop.clamp(0, 1) * 255).round().to(torch.uint8))
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="module")
+def voxceleb_like(tmp_path_factory):
+    """A VoxCeleb2-like clip as ffmpeg makes it: 224x224 H.264 (yuv420p), 25 fps, 2 s."""
+    path = tmp_path_factory.mktemp("vox") / "vox.mp4"
+    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=s=224x224:d=2:r=25", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    str(path)], check=True)  # fmt: skip
+    return path
+
+
+def test_uint8_crops_stay_within_tolerance_of_grid_sample(voxceleb_like):
+    """The stated tolerance: a whole-pixel box (the full frame) gives grid_sample's pixels to 1
+    of 255; fractional boxes (a face track, the views' crops) shift the sampling by at most
+    half a source pixel: a mean difference under 2.5 of 255 on testsrc2's sharp edges."""
+    frames, _ = read_frames(voxceleb_like, sample_times(0, 2, 16))
+    full = np.tile([0, 0, 224, 224], (len(frames), 1)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    track = np.c_[rng.uniform(20, 40, (len(frames), 2)), rng.uniform(150, 200, (len(frames), 2))]
+    views = [view_params("vox", k, 0) for k in range(6)]
+    views.append(ViewParams((0.1, 0.2, 0.6, 0.7), True, None, False, None))  # crop and flip
+    assert any(v.blur_sigma for v in views) and any(v.jitter for v in views)
+    for boxes in (full, track):
+        ours = crop_frames(frames, boxes, 180, views).float()
+        reference = grid_sample_crop(frames, boxes.astype(np.float32), 180, views).float()
+        diff = (ours - reference).abs()
+        assert diff.mean((1, 2, 3, 4)).max() < 2.5
+    plain = crop_frames(frames, full, 180)[0].int()
+    assert (plain - grid_sample_crop(frames, full, 180, [])[0].int()).abs().max() <= 1
