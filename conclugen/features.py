@@ -16,8 +16,9 @@ Four roles, each one backbone (:mod:`conclugen.backbones`) and one job per (data
 Frames are cropped by the face track (:mod:`conclugen.faces`; the full frame for datasets that
 are not cropped, such as VoxCeleb2) and resized to ``crop_size`` squared (180 in the paper) by
 bilinear ``interpolate`` on the uint8 frames, the box rounded to whole pixels (one call per
-chunk and view for a full-frame crop; :func:`crop_frames`), then normalised with the
-backbone's mean and std. The authors swapped ImageNet's mean and std for the 2D frames; we normalise correctly.
+chunk and view for a full-frame crop; :func:`crop_frames`), then normalised with the backbone's
+mean and std. The authors swapped ImageNet's mean and std for the 2D frames; we normalise
+correctly.
 
 Long clips: memory is bounded by a chunk, not by the clip. Video is decoded and cropped
 ``CHUNK_FRAMES`` sampled frames at a time (whole 16-frame windows for 3D) and pooled as a
@@ -60,6 +61,7 @@ has no such modality, no or silent audio track, no text) are written and merged 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
@@ -379,45 +381,51 @@ def adjust_hue(x: torch.Tensor, factor: float) -> torch.Tensor:
     The same result to float rounding, about 5x faster on a CPU (it gathers through an int64
     index per pixel)."""
     r, g, b = x.unbind(-3)
-    # Elementwise float ops only: aminmax over channels, remainder and integer masks were
-    # each several times slower than the rest on a CPU.
+    # Elementwise float ops only, as few as the formula allows: aminmax over channels,
+    # remainder and integer masks were each several times slower than the rest on a CPU.
     high, low = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
     chroma = high - low
-    safe = chroma + (chroma == 0)  # grey pixels: any hue, their chroma 0 keeps them grey
-    h6 = torch.where(high == r, (g - b) / safe,
-                     torch.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4))  # fmt: skip
+    inverse = chroma.clamp_min(1e-12).reciprocal_()  # grey pixels: chroma 0 keeps them grey
+    h6 = torch.where(high == r, (g - b).mul_(inverse),
+                     torch.where(high == g, (b - r).mul_(inverse).add_(2),
+                                 (r - g).mul_(inverse).add_(4)))  # fmt: skip
     h6 += 6 * factor
+    h6 -= torch.floor(h6 / 6).mul_(6)  # mod 6, into [0, 6)
     out = torch.empty_like(x)
-    for channel, n in zip(out.unbind(-3), (5, 3, 1), strict=True):
-        k = h6 + n
-        k -= torch.floor(k / 6).mul_(6)  # k mod 6, in float ops (bool masks are slow here)
-        torch.minimum(k, 4 - k, out=channel)
+    # Channel n's share of chroma, clamp(min(k, 4 - k), 0, 1) with k = (n + h6) mod 6, is
+    # clamp(2 - d, 0, 1) with d h6's distance around the circle of 6 from centre 2 - n (mod 6:
+    # 3, 5, 1 for R, G, B): d is |h6 - centre| or 6 minus it, and the max picks the right one.
+    for channel, centre in zip(out.unbind(-3), (3, 5, 1), strict=True):
+        d = (h6 - centre).abs_()
+        torch.maximum(2 - d, d.sub_(4), out=channel)
         channel.clamp_(0, 1).mul_(chroma).neg_().add_(high)
     return out
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
-    """torchvision's ``gaussian_blur`` of [..., H, W] float images (odd square ``kernel``,
-    reflect padding), as one matrix product per axis: the 1-D kernel with the reflection folded
-    in. The same result to float rounding, several times faster on a CPU than its depthwise
-    convolution (docs/benchmarks.md). Taps below ``BLUR_TAP_FLOOR`` are zero: at small sigmas
-    the outer taps are denormal floats (exp(-0.5 (4 / 0.3)^2) = 2.6e-39), which made the
-    products 10-15x slower on a CPU while adding nothing a uint8 pixel can show."""
+    """torchvision's ``gaussian_blur`` of [..., H, W] float32 images (odd square ``kernel``,
+    reflect padding), as one matrix product per axis (:func:`blur_matrix`). The same result to
+    float rounding, several times faster on a CPU than its depthwise convolution
+    (docs/benchmarks.md)."""
+    height, width = x.shape[-2:]
+    return blur_matrix(height, kernel, sigma) @ (x @ blur_matrix(width, kernel, sigma).T)
+
+
+@functools.lru_cache(maxsize=16)  # a view's blocks of frames share its sigma
+def blur_matrix(n: int, kernel: int, sigma: float) -> torch.Tensor:
+    """[n, n] float32: row j is the 1-D Gaussian kernel blurring position j, with the reflection
+    at both edges folded in. Taps below ``BLUR_TAP_FLOOR`` are zero: at small sigmas the outer
+    taps are denormal floats (exp(-0.5 (4 / 0.3)^2) = 2.6e-39), which made the products 10-15x
+    slower on a CPU while adding nothing a uint8 pixel can show."""
     half = kernel // 2
-    t = torch.arange(-half, half + 1, dtype=x.dtype)
+    t = torch.arange(-half, half + 1, dtype=torch.float32)
     w = torch.exp(-0.5 * (t / sigma) ** 2)
     w = w / w.sum()
     w = torch.where(w < BLUR_TAP_FLOOR, 0.0, w)
-
-    def blur_matrix(n: int) -> torch.Tensor:  # [n, n]: row j blurs output position j
-        source = torch.arange(n)[:, None] + t.long()[None, :]
-        source = source.abs()  # reflect at 0 (no repeated edge), then at n - 1
-        source = torch.where(source >= n, 2 * (n - 1) - source, source)
-        m = torch.zeros(n, n, dtype=x.dtype)
-        return m.scatter_add_(1, source, w.expand(n, kernel).contiguous())
-
-    height, width = x.shape[-2:]
-    return blur_matrix(height) @ (x @ blur_matrix(width).T)
+    source = torch.arange(n)[:, None] + t.long()[None, :]
+    source = source.abs()  # reflect at 0 (no repeated edge), then at n - 1
+    source = torch.where(source >= n, 2 * (n - 1) - source, source)
+    return torch.zeros(n, n).scatter_add_(1, source, w.expand(n, kernel).contiguous())
 
 
 def windows(clip: torch.Tensor, length: int = WINDOW) -> torch.Tensor:
