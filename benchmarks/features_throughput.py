@@ -28,6 +28,13 @@ in the real formats: speed does not depend on their values. Usage::
         [--workers 1] [--roles video2d video3d audio text] [--crop-size 180] [--precision auto]
 
 ``--precision auto`` is the features rule's default: bf16 on a GPU or a CPU with AMX, else fp32.
+``--voxceleb N`` measures clip preparation alone on N VoxCeleb2-like clips (224x224 H.264
+yuv420p made by ffmpeg, 25 fps, 8 s, full-frame crops as VoxCeleb2 has no face tracks): CPU
+time per clip (all threads of this process, so per core) of the pure decode (every frame
+through PyAV, no conversion), then of ``VideoClips`` items (decode, RGB, crop, augment) for
+each video role with ``--views`` Instance-Cont views (the demo's pretraining set: 2) and
+without; each as a multiple of the decode and as clips/s per core.
+
 ``--forward-only`` skips decoding and times one forward pass per backbone on random inputs of a
 batch's size: the model as loaded (fp32) against its inference form
 (:func:`conclugen.backbones.for_inference` at ``--precision``), with the relative L2 difference
@@ -275,6 +282,58 @@ def forward_only(args, weights: dict) -> None:
               f"{t_plain / t_fast:.2f}x, relative difference {error:.4f}", flush=True)  # fmt: skip
 
 
+def voxceleb_clips(n: int, work: Path) -> pd.DataFrame:
+    """``n`` VoxCeleb2-like clips made by ffmpeg (224x224 H.264, 25 fps, 8 s), as a clips table."""
+    paths = []
+    for i in range(n):
+        path = work / f"vox{i}.mp4"
+        subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                        f"testsrc2=s=224x224:d=8:r=25,hue=h={i * 37}", "-c:v", "libx264",
+                        "-pix_fmt", "yuv420p", str(path)], check=True)  # fmt: skip
+        paths.append(str(path))
+    return pd.DataFrame({"sample_id": [f"vox{i}" for i in range(n)], "split": "train",
+                         "video": paths, "start": 0.0, "end": 8.0, "width": 224,
+                         "height": 224})  # fmt: skip
+
+
+def cpu_seconds(fn, repeat: int) -> float:
+    """CPU time of this process (all its threads) per call of ``fn``, after one warm-up."""
+    fn()
+    start = time.process_time()
+    for _ in range(repeat):
+        fn()
+    return (time.process_time() - start) / repeat
+
+
+def pure_decode(path: str) -> None:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # as media.read_frames decodes
+        for _ in container.decode(stream):
+            pass
+
+
+def preparation(args) -> None:
+    """Per-clip CPU time of decoding against preparing VoxCeleb2-like clips (``--voxceleb``)."""
+    torch.set_num_threads(1)  # a decoding worker's torch: the cores go to the other workers
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = voxceleb_clips(args.voxceleb, Path(tmp))
+        n, r = len(clips), args.repeat
+        decode = sum(cpu_seconds(lambda p=p: pure_decode(p), r) for p in clips["video"]) / n
+        print(f"{n} VoxCeleb2-like clips (224x224 H.264, 25 fps, 8 s), crop {args.crop_size}, "
+              f"CPU time per clip (1 torch thread)")  # fmt: skip
+        print(f"{'what':34} {'ms/clip':>8} {'x decode':>9} {'clips/s/core':>13}")
+        print(f"{'pure decode (PyAV, every frame)':34} {decode * 1000:8.1f} {1:9.2f} "
+              f"{1 / decode:13.2f}")  # fmt: skip
+        for role in ("video3d", "video2d"):
+            for views in (0, args.views):
+                data = VideoClips(clips, role, {}, args.crop_size, views)
+                seconds = cpu_seconds(lambda d=data: [d[k] for k in range(len(d))], r) / n
+                what = f"{role} prepared, {views} views"
+                print(f"{what:34} {seconds * 1000:8.1f} {seconds / decode:9.2f} "
+                      f"{1 / seconds:13.2f}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=24)
@@ -285,6 +344,15 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=180)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--forward-only", action="store_true", help="model forward passes only")
+    parser.add_argument(
+        "--voxceleb",
+        type=int,
+        default=0,
+        metavar="N",
+        help="clip preparation vs decode on N VoxCeleb2-like clips only",
+    )
+    parser.add_argument("--views", type=int, default=2, help="views for --voxceleb")
+    parser.add_argument("--repeat", type=int, default=2, help="timed passes for --voxceleb")
     parser.add_argument("--roles", nargs="+", choices=ROLES, default=list(ROLES))
     parser.add_argument("--child", nargs=3, metavar=("ROLE", "MODE", "WORKDIR"),
                         help=argparse.SUPPRESS)  # fmt: skip
@@ -292,6 +360,9 @@ def main() -> None:
     if args.child:
         role, mode, work = args.child
         print(json.dumps(child(role, mode, Path(work), args)))
+        return
+    if args.voxceleb:
+        preparation(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
