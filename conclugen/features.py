@@ -398,11 +398,11 @@ def adjust_hue(x: torch.Tensor, factor: float) -> torch.Tensor:
     out = torch.empty_like(x)
     # Channel n's share of chroma, clamp(min(k, 4 - k), 0, 1) with k = (n + h6) mod 6, is
     # clamp(2 - d, 0, 1) with d h6's distance around the circle of 6 from centre 2 - n (mod 6:
-    # 3, 5, 1 for R, G, B): d is |h6 - centre| or 6 minus it, and the max picks the right one.
+    # 3, 5, 1 for R, G, B); with e = |h6 - centre| (d is e or 6 - e) that is
+    # clamp(max(2 - e, e - 4), 0, 1) = clamp(|e - 3| - 1, 0, 1).
     for channel, centre in zip(out.unbind(-3), (3, 5, 1), strict=True):
-        d = (h6 - centre).abs_()
-        torch.maximum(2 - d, d.sub_(4), out=channel)
-        channel.clamp_(0, 1).mul_(chroma).neg_().add_(high)
+        share = (h6 - centre).abs_().sub_(3).abs_().sub_(1).clamp_(0, 1)
+        torch.addcmul(high, chroma, share, value=-1, out=channel)
     return out
 
 
