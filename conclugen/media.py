@@ -11,8 +11,10 @@ horizontally to square pixels. :func:`probe` reports that displayed size, which 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -238,41 +240,152 @@ def read_audio(
     before 0 (CMU-MOSEI has such labels) is read from 0; one ending past the track ends with it.
     Channels are mixed down by FFmpeg's default matrix, normalised so that the mix never exceeds
     full scale (what ``ffmpeg -ac 1`` to 16-bit does, as in Whisper's own loader); samples are
-    16-bit precise. A track whose sample rate or layout changes midway (concatenated streams) is
-    read whole. Decoding stops once ``end`` is reached. Raises :class:`MediaError` when there is
-    no audio track or it cannot be decoded.
+    16-bit precise. Decoding stops once ``end`` is reached. A segment starting more than
+    ``SEEK_AFTER`` seconds into the track is read by seeking (:func:`_seeked`): what decoding the
+    track from its start and slicing gives, sample for sample, but for two decoders that keep
+    state a seek cannot restore (AAC's noise substitution draws the noise-coded bands from a
+    generator never reset, so those bands get other noise of the same energy; Opus may differ by
+    1 in 32768). A track whose timestamps cannot place every sample (a gap, a time base coarser
+    than its frames, a sample rate or layout that changes midway) is decoded from its start.
+    Raises :class:`MediaError` when there is no audio track or it cannot be decoded.
     """
-    chunks, have = [], 0
-    resampler = setup = None
     try:
         with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise MediaError("no audio stream")
-            stream = container.streams.audio[0]
-            offset = 0.0  # when the track's first sample plays
-            if stream.start_time is not None:
-                offset = float(stream.start_time * stream.time_base) - _origin(container)
-            first = max(0, int(round((start - offset) * sample_rate)))
-            last = None if end is None else max(first, int(round((end - offset) * sample_rate)))
-            for frame in container.decode(stream):
-                if (frame.format.name, frame.layout.name, frame.sample_rate) != setup:
-                    # A resampler takes one input format: flush it and start a fresh one.
-                    chunks += _resampled(resampler, None)
-                    setup = (frame.format.name, frame.layout.name, frame.sample_rate)
-                    # s16 output makes FFmpeg normalise its downmix matrix (float output would
-                    # not, and six equal channels would mix to 3.4 times full scale).
-                    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-                new = _resampled(resampler, frame)
-                chunks += new
-                have += sum(len(c) for c in new)
-                if last is not None and have >= last:
-                    break
-            else:
-                chunks += _resampled(resampler, None)
+            stream, first, last = _audio_range(container, sample_rate, start, end)
+            seeked = _seeked(container, stream, sample_rate, first, last)
+        if seeked is None:
+            with av.open(str(path)) as container:
+                stream, first, last = _audio_range(container, sample_rate, start, end)
+                seeked = _decoded(container.decode(stream), sample_rate, last), 0
     except av.FFmpegError as e:
         raise MediaError(f"audio not decodable: {e}") from None
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    return audio[first:last].astype(np.float32) / 32768
+    audio, at = seeked  # at: the index of audio[0] in the whole track
+    stop = None if last is None else last - at
+    return audio[first - at : stop].astype(np.float32) / 32768
+
+
+#: Segments starting later than this (seconds) into the track are read by seeking.
+SEEK_AFTER = 1.0
+#: Decoded before the first sample kept after a seek, so that the decoder's state (AAC's MDCT
+#: overlap, MP3's bit reservoir, Opus's pre-roll of 80 ms) is what decoding from the start has.
+DECODER_PREROLL = 0.25
+#: Output samples a fresh resampler gives before its filter (tens of taps) only sees real input.
+RESAMPLER_WARMUP = 256
+
+
+def _audio_range(container, sample_rate: int, start: float, end: float | None):
+    """``(stream, first, last)``: the first audio stream and the segment's output sample range
+    in the whole track (``last`` None: to the end)."""
+    if not container.streams.audio:
+        raise MediaError("no audio stream")
+    stream = container.streams.audio[0]
+    offset = 0.0  # when the track's first sample plays
+    if stream.start_time is not None:
+        offset = float(stream.start_time * stream.time_base) - _origin(container)
+    first = max(0, int(round((start - offset) * sample_rate)))
+    last = None if end is None else max(first, int(round((end - offset) * sample_rate)))
+    return stream, first, last
+
+
+def _setup(frame: av.AudioFrame) -> tuple:
+    return frame.format.name, frame.layout.name, frame.sample_rate
+
+
+def _resampler(rate: int) -> av.AudioResampler:
+    # s16 output makes FFmpeg normalise its downmix matrix (float output would not, and six
+    # equal channels would mix to 3.4 times full scale).
+    return av.AudioResampler(format="s16", layout="mono", rate=rate)
+
+
+def _decoded(frames, rate: int, last: int | None) -> np.ndarray:
+    """The mono s16 samples of ``frames`` resampled to ``rate``, from the first, stopping once
+    ``last`` samples are out (None: all). A change of sample rate or layout flushes the
+    resampler and starts a fresh one (a resampler takes one input format)."""
+    chunks, have = [], 0
+    resampler = setup = None
+    for frame in frames:
+        if _setup(frame) != setup:
+            chunks += _resampled(resampler, None)
+            setup, resampler = _setup(frame), _resampler(rate)
+        new = _resampled(resampler, frame)
+        chunks += new
+        have += sum(len(c) for c in new)
+        if last is not None and have >= last:
+            break
+    else:
+        chunks += _resampled(resampler, None)
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+def _seeked(container, stream, rate: int, first: int, last: int | None):
+    """``(samples, at)`` as :func:`_decoded` gives them for the whole track, from its sample
+    ``at`` (a little before ``first``) on, read by seeking; None where the track's timestamps
+    cannot vouch for a sample-exact result.
+
+    Output sample ``n`` of the whole track plays at input sample ``n * r_in / r_out`` of it. A
+    resampler started at an input sample where that ratio gives a whole output sample (a
+    multiple of ``r_in / gcd``) puts out the whole track's samples from there on, once its
+    filter has ``RESAMPLER_WARMUP`` samples of real input. So the track's first two frames say
+    where its samples are, the demuxer seeks ``DECODER_PREROLL`` before that start, and decoding
+    goes forward, the first frame fed to the resampler cut to begin exactly on the start. Frame
+    positions come from timestamps, so every frame must follow the previous one without a gap,
+    on a whole sample, and keep the first frame's format (else None: the caller decodes from the
+    start).
+    """
+    if first - RESAMPLER_WARMUP < SEEK_AFTER * rate:
+        return None
+    frames = container.decode(stream)
+    head, anchor = next(frames, None), next(frames, None)
+    if anchor is None or anchor.pts is None or _setup(anchor) != _setup(head):
+        return None
+    # The second frame is the anchor: a decoder that drops the codec's delay from the first
+    # frame (Opus's pre-skip) leaves its timestamp rounded in a coarse time base (Matroska's ms).
+    setup, r_in, tb = _setup(head), head.sample_rate, head.time_base
+    step_in, step_out = r_in // math.gcd(r_in, rate), rate // math.gcd(r_in, rate)
+    at = (first - RESAMPLER_WARMUP) // step_out * step_out  # output sample the resampler starts
+    begin = at // step_out * step_in  # ... and the input sample it starts at
+    preroll = int(DECODER_PREROLL * r_in)
+    target = anchor.pts + int((begin - head.samples - preroll) / r_in / tb)
+    container.seek(target, stream=stream, backward=True)
+    resampler, chunks, have, expect = _resampler(rate), [], 0, None
+    for frame in container.decode(stream):
+        if frame.pts is None or _setup(frame) != setup:
+            return None
+        pos = head.samples + (frame.pts - anchor.pts) * tb * r_in  # a Fraction: frame[0]'s
+        if pos.denominator != 1 or expect not in (None, pos):
+            return None  # timestamps too coarse to place a sample, or a gap
+        if expect is None and pos > begin - preroll // 2:
+            return None  # the seek landed too late to warm the decoder up
+        expect = pos + frame.samples
+        if expect <= begin:
+            continue
+        if pos < begin:
+            frame = _tail(frame, int(begin - pos))
+        new = _resampled(resampler, frame)
+        chunks += new
+        have += sum(len(c) for c in new)
+        if last is not None and have >= last - at:
+            break
+    else:
+        if expect is None:
+            return None
+        chunks += _resampled(resampler, None)
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)), at
+
+
+def _tail(frame: av.AudioFrame, skip: int) -> av.AudioFrame:
+    """``frame`` without its first ``skip`` samples."""
+    samples = frame.to_ndarray()  # [channels, n] planar, [1, n * channels] packed
+    per = 1 if frame.format.is_planar else len(frame.layout.channels)
+    tail = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(samples[:, skip * per :]),
+        format=frame.format.name,
+        layout=frame.layout.name,
+    )
+    tail.sample_rate = frame.sample_rate
+    tail.time_base = frame.time_base
+    tail.pts = frame.pts + int(Fraction(skip, frame.sample_rate) / frame.time_base)
+    return tail
 
 
 def _origin(container) -> float:

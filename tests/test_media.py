@@ -82,7 +82,7 @@ def test_audio_segment_clamped_to_the_track(ramp):
     whole = read_audio(ramp)
     early = read_audio(ramp, start=-0.3, end=0.5)
     np.testing.assert_array_equal(early, whole[:8000])
-    late = read_audio(ramp, start=1.5, end=3.0)
-    np.testing.assert_array_equal(late, whole[24000:])
+    late = read_audio(ramp, start=1.5, end=3.0)  # read by seeking: AAC's noise-substituted
+    np.testing.assert_allclose(late, whole[24000:], atol=1e-3)  # bands get other noise
     assert abs(len(late) / 16000 - 0.5) < 0.05
     assert len(read_audio(ramp, start=2.5, end=3.0)) == 0

@@ -248,6 +248,147 @@ def test_audio_starting_after_the_video_keeps_its_place(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# Audio segments read by seeking: what decoding the whole track and slicing gives
+
+SPEECHLIKE = "0.4*sin(2*PI*(220+60*sin(2*PI*0.7*t))*t)*(0.6+0.4*sin(2*PI*3*t))"  # a wobbling tone
+NO_PNS = ["-c:a", "aac", "-aac_pns", "0"]  # noise substitution: see the test after next
+SEEKABLE = [  # (name, codec arguments, input rate, channels, LSBs of difference allowed)
+    ("aac.mp4", NO_PNS, 44100, 2, 0),
+    ("aac.m4a", NO_PNS, 48000, 1, 0),
+    ("opus.mkv", ["-c:a", "libopus"], 48000, 2, 1),  # decoder state a seek cannot restore
+    ("opus.webm", ["-c:a", "libopus"], 48000, 1, 1),
+    ("pcm.wav", ["-c:a", "pcm_s16le"], 22050, 1, 0),
+    ("pcm6.wav", ["-c:a", "pcm_s16le"], 8000, 6, 0),
+    ("cbr.mp3", ["-c:a", "libmp3lame", "-b:a", "128k"], 44100, 2, 0),
+    ("vbr.mp3", ["-c:a", "libmp3lame", "-q:a", "4"], 22050, 1, 0),
+    ("flac.flac", ["-c:a", "flac"], 96000, 2, 0),
+]
+SEGMENTS = [(0.0, 2.0), (0.0, None), (0.7, 1.5), (3.37, 7.1), (6.2, None), (11.9, 12.0),
+            (11.95, 20.0)]  # fmt: skip
+
+
+def seek_file(path, args, rate, channels, seconds=12.0, noise=0.0, offset=None):
+    """``seconds`` of SPEECHLIKE (plus white noise of amplitude ``noise``) in every channel,
+    the track starting ``offset`` seconds into the file (beside a video) when given."""
+    voice = f"aevalsrc={SPEECHLIKE}:s={rate}:d={seconds}"
+    mix = f"[0]pan={channels}c|" + "|".join(f"c{i}=c0" for i in range(channels))
+    if noise:
+        voice += f"[v];anoisesrc=r={rate}:d={seconds}:a={noise}[n];[v][n]amix=2:normalize=0"
+    video = []
+    if offset is not None:
+        video = ["-f", "lavfi", "-i", f"testsrc=s={W}x{H}:d={seconds + offset}:r=25",
+                 "-itsoffset", offset]  # fmt: skip
+    mix = mix.replace("[0]", "[1]") if video else mix
+    ffmpeg(*video, "-f", "lavfi", "-i", voice, "-filter_complex", mix,
+           *(["-c:v", "libx264", "-pix_fmt", "yuv420p"] if video else []), *args, path)  # fmt: skip
+
+
+@pytest.fixture
+def seeks(monkeypatch):
+    """Whether each read_audio since went by seeking (the segment close to 0 does not)."""
+    import conclugen.media as media
+
+    taken, seeked = [], media._seeked
+
+    def spy(*args):
+        out = seeked(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(media, "_seeked", spy)
+    return taken
+
+
+def whole_then_sliced(path, rate, start, end) -> np.ndarray:
+    """The segment as read_audio read it before seeking: the whole track decoded, then cut."""
+    import conclugen.media as media
+
+    with av.open(str(path)) as container:
+        stream, first, last = media._audio_range(container, rate, start, end)
+        whole = media._decoded(container.decode(stream), rate, None)
+    return whole[first:last].astype(np.float32) / 32768
+
+
+def assert_same_segment(path, rate, start, end, lsb=0, seeks=None):
+    """read_audio's segment is the whole track's sliced, within ``lsb`` 16-bit steps, read by
+    seeking as ``seeks[-1]`` says (a segment near 0 is read from the start, the others seek)."""
+    got, want = read_audio(path, rate, start, end), whole_then_sliced(path, rate, start, end)
+    assert len(got) == len(want)
+    if len(want):
+        assert np.abs(got - want).max() <= lsb / 32768
+    if seeks is not None:
+        assert seeks[-1] == (start > 1.0)
+
+
+@pytest.mark.parametrize(("name", "args", "rate", "channels", "lsb"), SEEKABLE)
+def test_audio_segment_read_by_seeking_is_the_whole_track_sliced(
+    tmp_path, seeks, name, args, rate, channels, lsb
+):
+    path = tmp_path / name
+    seek_file(path, args, rate, channels)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert (stream.sample_rate, stream.channels) == (rate, channels)
+    for start, end in SEGMENTS:
+        for out_rate in (16000, 22050):
+            assert_same_segment(path, out_rate, start, end, lsb, seeks)
+    assert len(read_audio(path, 16000, 12.5, 14.0)) == 0  # past the end (read from the start)
+    assert abs(len(read_audio(path, 16000, 11.0, None)) / 16000 - 1.0) < 0.05
+
+
+def test_audio_segment_read_by_seeking_with_a_late_track(tmp_path, seeks):
+    """A track starting 0.5 s into the file (non-zero start_time): its place is kept."""
+    path = tmp_path / "late.mp4"
+    seek_file(path, NO_PNS, 44100, 2, offset=0.5)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert float(stream.start_time * stream.time_base) > 0.4
+        late = float(stream.start_time * stream.time_base)
+    for start, end in [(0.2, 3.0), (4.0, 6.5), (9.99, None), (12.0, 12.6)]:
+        assert_same_segment(path, 16000, start, end, seeks=seeks)
+    at = round((4.0 - late) * 16000)  # the whole track's sample playing at 4 s
+    np.testing.assert_array_equal(read_audio(path, 16000, 4.0, 6.5), read_audio(path)[at:][:40000])
+
+
+def test_aac_noise_substitution_after_a_seek_is_other_noise_of_the_same_energy(tmp_path, seeks):
+    """FFmpeg's AAC decoder fills noise-coded bands (PNS) from a generator it never resets, so
+    after a seek those bands hold other noise: the band energies agree within 0.1 dB, the
+    waveform differs only by that noise (here loud white noise, most of the spectrum)."""
+    path = tmp_path / "noisy.m4a"
+    seek_file(path, ["-c:a", "aac"], 44100, 2, noise=0.1)
+    got, want = read_audio(path, 16000, 4.3, 9.3), whole_then_sliced(path, 16000, 4.3, 9.3)
+    assert seeks[-1] and len(got) == len(want) == 80000
+    bands = np.array_split(np.arange(40001), 16)  # 500-Hz bands of the 0-8 kHz spectrum
+    power = [np.abs(np.fft.rfft(x)) ** 2 for x in (got, want)]
+    ratio_db = [10 * np.log10(power[0][b].sum() / power[1][b].sum()) for b in bands]
+    assert np.abs(ratio_db).max() < 0.1
+    assert np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)) < 0.2
+
+
+def test_audio_whose_timestamps_cannot_place_samples_is_read_from_the_start(tmp_path, seeks):
+    """Matroska counts milliseconds: AAC's 1024 samples at 44.1 kHz and FLAC's 8192 at 96 kHz
+    get rounded timestamps, so these tracks are decoded from the start."""
+    for name, args, rate in [("aac.mkv", NO_PNS, 44100), ("flac.mkv", ["-c:a", "flac"], 96000)]:
+        seek_file(tmp_path / name, args, rate, 2)
+        assert_same_segment(tmp_path / name, 16000, 5.0, 6.0)
+    assert seeks == [False, False]
+
+
+def test_audio_that_changes_rate_midway_is_read_from_the_start(tmp_path, seeks):
+    """Concatenated ADTS at two rates: a seek cannot place samples, the whole track is read."""
+    parts = []
+    for rate in (44100, 22050):
+        part = tmp_path / f"{rate}.aac"
+        tone_file(part, rate, 1, "aac", seconds=3.0)
+        parts.append(part.read_bytes())
+    path = tmp_path / "joined.aac"
+    path.write_bytes(b"".join(parts))
+    got = read_audio(path, 16000, 4.0, 5.0)
+    np.testing.assert_array_equal(got, whole_then_sliced(path, 16000, 4.0, 5.0))
+    assert seeks == [False]
+
+
+# ------------------------------------------------------------------------------------------------
 # Hostile files: probe gives a MediaError with a reason, or works
 
 
