@@ -266,9 +266,12 @@ def read_audio(
 
 #: Segments starting later than this (seconds) into the track are read by seeking.
 SEEK_AFTER = 1.0
-#: Decoded before the first sample kept after a seek, so that the decoder's state (AAC's MDCT
-#: overlap, MP3's bit reservoir, Opus's pre-roll of 80 ms) is what decoding from the start has.
+#: Decoded before the first sample kept after a seek (seconds, and at least so many frames), so
+#: that the decoder's state is what decoding from the start has: AAC's MDCT overlap takes a
+#: frame, Opus asks 80 ms, FFmpeg's MP3 decoder gives silence and then other samples for up to
+#: 20 frames at 22.05 kHz (measured; 8 at 44.1 kHz).
 DECODER_PREROLL = 0.25
+DECODER_PREROLL_FRAMES = 48
 #: Output samples a fresh resampler gives before its filter (tens of taps) only sees real input.
 RESAMPLER_WARMUP = 256
 
@@ -344,7 +347,7 @@ def _seeked(container, stream, rate: int, first: int, last: int | None):
     step_in, step_out = r_in // math.gcd(r_in, rate), rate // math.gcd(r_in, rate)
     at = (first - RESAMPLER_WARMUP) // step_out * step_out  # output sample the resampler starts
     begin = at // step_out * step_in  # ... and the input sample it starts at
-    preroll = int(DECODER_PREROLL * r_in)
+    preroll = max(int(DECODER_PREROLL * r_in), DECODER_PREROLL_FRAMES * anchor.samples)
     target = anchor.pts + int((begin - head.samples - preroll) / r_in / tb)
     container.seek(target, stream=stream, backward=True)
     resampler, chunks, have, expect = _resampler(rate), [], 0, None

@@ -250,7 +250,9 @@ def test_audio_starting_after_the_video_keeps_its_place(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Audio segments read by seeking: what decoding the whole track and slicing gives
 
-SPEECHLIKE = "0.4*sin(2*PI*(220+60*sin(2*PI*0.7*t))*t)*(0.6+0.4*sin(2*PI*3*t))"  # a wobbling tone
+SPEECHLIKE = (
+    "0.4*sin(2*PI*220*t-85.7*cos(2*PI*0.7*t))*(0.6+0.4*sin(2*PI*3*t))"  # 220 +- 60 Hz, 3 Hz AM
+)
 NO_PNS = ["-c:a", "aac", "-aac_pns", "0"]  # noise substitution: see the test after next
 SEEKABLE = [  # (name, codec arguments, input rate, channels, LSBs of difference allowed)
     ("aac.mp4", NO_PNS, 44100, 2, 0),
