@@ -9,14 +9,21 @@ Trains the same model (4096-d representations, inputs video 4096 / audio 1024 / 
   collate, batch 4096, each batch copied to the device (the usual PyTorch recipe).
 
 Prints samples/s and seconds per epoch for both, their ratio, the data-feeding time alone, and
-the projected time of an epoch over 1 M samples. Usage::
+the projected time of an epoch over 1 M samples.
+
+``--precisions fp32 bf16`` instead times ``--steps`` resident steps in each precision (forced,
+whatever ``auto`` would pick: conclugen.torchutil.resolve_precision, printed too) from the same
+initialisation, and prints seconds per step and the fp32 / bf16 ratio, and each precision's
+last loss. Usage::
 
     python benchmarks/pretrain_throughput.py [--samples 8192] [--device cpu|cuda] [--method M]
+        [--precisions fp32 bf16 [--steps 3]]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -33,10 +40,16 @@ from conclugen.pretrain import (
     sample_views,
     train_step,
 )
+from conclugen.torchutil import cpu_flags, resolve_precision
 
 # The synthetic features are the tests' (tests/synthetic.py), under the repository's root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.synthetic import synthetic_features  # noqa: E402
+
+
+def bf16_flags() -> list[str]:
+    """The CPU flags that bear on bf16: AMX tiles and AVX-512 BF16."""
+    return sorted(f for f in cpu_flags() if f.startswith("amx") or f == "avx512_bf16")
 
 
 class PerSample(Dataset):
@@ -69,6 +82,8 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--method", default="conclugen")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per precision")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -98,7 +113,7 @@ def main() -> None:
         f"{args.samples} samples, batch {args.batch_size}, dims {PAPER_DIMS}, rep {hp['rep_dim']}"
     )
 
-    def step(batch):
+    def step(batch, hp=hp):
         queue: list[torch.Tensor] = []  # k-means over the current batch: same cost both ways
         return train_step(model, optimizer, batch, method, hp, terms, queue, gen)
 
@@ -126,6 +141,29 @@ def main() -> None:
                 step(batch)
         sync(device)
         return time.perf_counter() - t0
+
+    if args.precisions:
+        auto = resolve_precision("auto", device)
+        print(f"precision auto -> {auto} here (cpu flags: {' '.join(bf16_flags()) or 'none'})")
+        initial = copy.deepcopy(model.state_dict())
+        per_step = {}
+        for precision in args.precisions:
+            model.load_state_dict(initial)
+            optimizer.state.clear()
+            hp_p = dict(hp, precision=precision)
+            batch = next(resident_batches())
+            for _ in range(args.warmup):
+                step(batch, hp_p)
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                out = step(batch, hp_p)
+            sync(device)
+            per_step[precision] = (time.perf_counter() - t0) / args.steps
+            print(f"{precision}: {per_step[precision]:8.3f} s/step, loss {out['total'].item():.4f}")
+        if {"fp32", "bf16"} <= set(per_step):
+            print(f"ratio fp32 / bf16 step time: {per_step['fp32'] / per_step['bf16']:.2f}x")
+        return
 
     for _ in range(args.warmup):
         step(next(resident_batches()))

@@ -15,8 +15,9 @@ multi-label over 6 emotions (label = intensity > 0, BCE with logits and ``pos_we
 
 Training (:func:`evaluate`), as :mod:`conclugen.pretrain`: the whole feature set on the device,
 index batches from a seeded permutation, AdamW with the dataset's learning rate and weight decay
-(paper appendix, Sec. 6), cosine annealing with warm restarts stepped per epoch, bf16 autocast on
-CUDA. Choices where the paper is silent, with reasons:
+(paper appendix, Sec. 6), cosine annealing with warm restarts stepped per epoch, bf16 autocast
+where the device multiplies bf16 natively (``precision``: conclugen.torchutil.autocast).
+Choices where the paper is silent, with reasons:
 
 - Class weights (``class_weights``): ``"balanced"`` (default) weighs class c by N / (C n_c) on the
   train split, for CAER and MELD alike; CMU-MOSEI gets pos_weight_l = #neg_l / #pos_l, as the
@@ -66,7 +67,7 @@ from conclugen.featstore import MODALITIES, FeatureSet, read_features
 from conclugen.io import atomic_path, write_parquet
 from conclugen.metrics import classification_metrics
 from conclugen.model import load_model, representation_head
-from conclugen.torchutil import make_scheduler, resolve_device
+from conclugen.torchutil import autocast, make_scheduler, resolve_device, resolve_precision
 
 log = logging.getLogger("conclugen")
 
@@ -97,6 +98,7 @@ HPARAMS: dict = dict(
     augment=True,  # train on the store's augmented copies where it has them (features.augment)
     rep_dim=4096,  # supervised only; pretrained heads keep their own
     train_fraction=1.0,  # share of the train labels (label_subset); validation and test whole
+    precision="auto",  # bf16 autocast where the device has it natively (torchutil.native_bf16)
 )
 
 
@@ -351,7 +353,7 @@ def evaluate(
     wd = TASKS[dataset]["weight_decay"]
     weight_decay = wd if hp["weight_decay"] is None else hp["weight_decay"]
     device = torch.device(resolve_device(device or "auto"))
-    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    precision = resolve_precision(hp["precision"], device)
 
     num_outputs = len(classes)
     torch.manual_seed(seed)  # init and dropout; the batch order draws from ``gen``
@@ -382,19 +384,19 @@ def evaluate(
 
     if frozen:  # the heads never change: compute every representation once
         model.heads.requires_grad_(False)
-        with torch.no_grad(), torch.autocast(**autocast):
+        with torch.no_grad(), autocast(device, precision):
             everyone = torch.arange(len(feats), device=device).split(hp["batch_size"])
             reps = torch.cat([model.represent(*batch(i)) for i in everyone]).float()
 
     def logits(idx: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(**autocast):
+        with autocast(device, precision):
             out = model.classify(reps[idx]) if frozen else model(*batch(idx))
         return out.float()
 
     def train_logits(idx: torch.Tensor) -> torch.Tensor:
         if not copies:
             return logits(idx)
-        with torch.autocast(**autocast):
+        with autocast(device, precision):
             if frozen:
                 with torch.no_grad():
                     rep = model.represent(*train_batch(idx))

@@ -4,8 +4,9 @@ BYOL and DINO, the negative-free pretext tasks of SS-VAERR (Jegorova et al.), on
 A method is data, not code: which loss terms it sums, which modalities it sees, and its learning
 rate and weight decay (:data:`METHODS`). One loop trains them all (:func:`pretrain`): the whole
 feature set lives on the device, batches are index tensors from a seeded permutation, AdamW with
-a linear warm-up then cosine annealing with warm restarts, bf16 autocast on CUDA, a resumable
-checkpoint every epoch. BYOL and DINO add a :class:`Pretext`: a trainable predictor or prototype
+a linear warm-up then cosine annealing with warm restarts, bf16 autocast where the device
+multiplies bf16 natively (``precision``: conclugen.torchutil.autocast), a resumable checkpoint
+every epoch. BYOL and DINO add a :class:`Pretext`: a trainable predictor or prototype
 layer, and a target (teacher) network that only an exponential moving average updates.
 
 Outputs in ``out_dir``: ``last.ckpt`` and ``history.csv`` every epoch; at the end
@@ -35,7 +36,7 @@ from conclugen import losses as L
 from conclugen.featstore import MODALITIES, FeatureSet, read_features
 from conclugen.io import atomic_path
 from conclugen.model import ConCluGenModel, save_model
-from conclugen.torchutil import make_scheduler, resolve_device
+from conclugen.torchutil import autocast, make_scheduler, resolve_device, resolve_precision
 
 log = logging.getLogger("conclugen")
 
@@ -119,6 +120,7 @@ HPARAMS: dict = dict(
     weight_decay=None,  # likewise
     train_split="train",
     eval_samples=1000,  # held out of the training split for retrieval (at most a quarter)
+    precision="auto",  # bf16 autocast where the device has it natively (torchutil.native_bf16)
 )
 
 
@@ -385,8 +387,7 @@ def train_step(
 ) -> dict[str, torch.Tensor]:
     """One optimiser step, then a :class:`Pretext`'s target EMA with ``momentum``; returns the
     detached unweighted terms and ``total``."""
-    device_type = next(model.parameters()).device.type
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device_type == "cuda"):
+    with autocast(next(model.parameters()).device, hp["precision"]):
         values = compute_losses(model, batch, method, hp, terms, queue, gen, pretext, teacher_temp)
     total = combine(values, hp["weights"], hp["combine"])
     optimizer.zero_grad(set_to_none=True)
@@ -406,14 +407,16 @@ def make_batch(feats: dict[str, torch.Tensor], views, idx, method, gen) -> dict:
 
 
 @torch.no_grad()
-def embed(probe: ConCluGenModel, modality: str, x: torch.Tensor) -> torch.Tensor:
+def embed(
+    probe: ConCluGenModel, modality: str, x: torch.Tensor, precision: str = "auto"
+) -> torch.Tensor:
     """L2-normalised projections of ``x`` by ``probe``, a train-mode copy of the model, so that
     the projection head's BatchNorm normalises by the statistics of ``x`` itself, as in
     training. Its running statistics are no use here: the shared head sees each modality's
     batch in turn, so they blend all modalities, and in eval mode one modality's projections
     then collapse onto a single hub (every query retrieving the same sample)."""
     device = next(probe.parameters()).device
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device, precision):
         return probe({modality: x.to(device).float()})[modality]["proj"].float()
 
 
@@ -423,11 +426,13 @@ def cross_modal_recall_at_1(
     split: str | None = None,
     pairs=(("video", "text"), ("video", "audio")),
     max_samples: int = 1000,
+    precision: str = "auto",
 ) -> dict[str, dict]:
     """Recall@1 of cross-modal retrieval in the shared projection space: for each query
     (e.g. a video) of the samples of ``split`` that have both modalities (the first
     ``max_samples``), is its own sample's other modality (text, audio) the nearest by cosine?
-    Returns ``{"video->text": {"recall_at_1", "n", "chance"}, ...}`` for the pairs the model has."""
+    Embeddings in ``precision`` (:func:`embed`). Returns ``{"video->text": {"recall_at_1", "n",
+    "chance"}, ...}`` for the pairs the model has."""
     in_split = torch.ones(len(feats), dtype=torch.bool)
     if split is not None:
         in_split = torch.from_numpy(feats.split == split)
@@ -440,8 +445,8 @@ def cross_modal_recall_at_1(
         idx = keep.nonzero().squeeze(1)[:max_samples]
         if len(idx) < 2:
             continue
-        eq = embed(probe, q, feats.features[q][idx.to(feats.features[q].device)])
-        ek = embed(probe, k, feats.features[k][idx.to(feats.features[k].device)])
+        eq = embed(probe, q, feats.features[q][idx.to(feats.features[q].device)], precision)
+        ek = embed(probe, k, feats.features[k][idx.to(feats.features[k].device)], precision)
         hits = (eq @ ek.T).argmax(1) == torch.arange(len(idx), device=eq.device)
         result[f"{q}->{k}"] = dict(
             recall_at_1=hits.float().mean().item(), n=len(idx), chance=1.0 / len(idx)
@@ -547,13 +552,14 @@ def pretrain(
     if n < min_batch:
         raise ValueError(f"{n} training samples are too few (at least {min_batch} needed)")
     log.info(
-        "pretrain %s: %d samples (%d held out), %s, %s, %s",
+        "pretrain %s: %d samples (%d held out), %s, %s, %s, %s",
         name,
         n,
         len(heldout),
         mods,
         terms,
         device,
+        resolve_precision(hp["precision"], device),
     )
 
     torch.manual_seed(hp["seed"])
@@ -570,7 +576,7 @@ def pretrain(
     )
     scheduler = make_scheduler(optimizer, hp)
     gen = torch.Generator().manual_seed(hp["seed"])  # all training randomness draws from it
-    retrieval_init = cross_modal_recall_at_1(model, heldout)
+    retrieval_init = cross_modal_recall_at_1(model, heldout, precision=hp["precision"])
 
     fingerprint = _fingerprint(method, hp, train)
     ckpt_path = out_dir / "last.ckpt"
@@ -668,7 +674,7 @@ def pretrain(
         raise ValueError(f"no epochs to train (epochs={hp['epochs']})")
     _write_history(history, out_dir)  # also when a finished run is resumed (no epoch left)
     report = {}
-    for pair, r in cross_modal_recall_at_1(model, heldout).items():
+    for pair, r in cross_modal_recall_at_1(model, heldout, precision=hp["precision"]).items():
         init = retrieval_init[pair]["recall_at_1"]
         report[pair] = dict(init=init, pretrained=r["recall_at_1"], chance=r["chance"], n=r["n"])
         log.info(

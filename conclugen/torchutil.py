@@ -1,6 +1,7 @@
 """Device and precision choices shared by every GPU-capable stage."""
 
 import fcntl
+import functools
 import itertools
 import logging
 import os
@@ -37,21 +38,54 @@ def make_scheduler(optimizer, hp: dict):
     )
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where it does not exist)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    flags = (ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags"))
+    return frozenset(next(flags, ()))
+
+
 def native_bf16(device: str | torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU, or a CPU with AMX tiles
-    (oneDNN then runs bf16 convolutions ~4x faster than fp32; without AMX they are slower)."""
-    if torch.device(device).type == "cuda":
-        return True
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    """Whether ``device`` multiplies bf16 in hardware, fast enough to be worth autocasting to.
+
+    A CUDA GPU whose compute capability has bf16 (Ampere on; not emulated), or a CPU with AMX
+    tiles (``amx_bf16`` in /proc/cpuinfo, or torch's own check): oneDNN then runs bf16 matrix
+    products and convolutions several times faster than fp32. ``avx512_bf16`` alone (Cooper
+    Lake, Zen 4: dot products, no tiles) does not count: a pretraining step in bf16 took 1.7x
+    the fp32 one on such a CPU (docs/benchmarks.md), whatever torch.backends.cpu.
+    get_cpu_capability() says (AVX512 there, as on an AMX CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(False)
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        return "amx_bf16" in cpu_flags() or bool(amx())
+    return False
 
 
 def resolve_precision(name: str, device: str | torch.device) -> str:
     """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; other names pass through."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; expected auto, bf16 or fp32")
     if name == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if name not in ("bf16", "fp32"):
-        raise ValueError(f"unknown precision {name!r}; expected auto, bf16 or fp32")
     return name
+
+
+def autocast(device: str | torch.device, precision: str) -> torch.autocast:
+    """The autocast context of a training or inference step on ``device``: bf16 where
+    ``precision`` (auto, bf16, fp32) resolves to it (:func:`resolve_precision`), else off.
+    Losses stay fp32 whatever it is (conclugen.losses)."""
+    device = torch.device(device)
+    bf16 = resolve_precision(precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 _HELD_GPU_LOCKS = []  # open lock files: a claim lasts as long as the process
