@@ -35,6 +35,16 @@ DAMAGED_TOLERANCE = 0.1
 #: Sample aspect ratios outside [1/MAX_SAR, MAX_SAR] are taken for broken headers and ignored (a
 #: real anamorphic format stays within 2:1; a bogus 255:1 would blow a frame up 255 times).
 MAX_SAR = 4
+#: Segments starting later than this (seconds) into the track are read by seeking.
+SEEK_AFTER = 1.0
+#: Decoded before the first sample kept after a seek (seconds, and at least so many frames), so
+#: that the decoder's state is what decoding from the start has: AAC's MDCT overlap takes a
+#: frame, Opus asks 80 ms, FFmpeg's MP3 decoder gives silence and then other samples for up to
+#: 20 frames at 22.05 kHz (measured; 8 at 44.1 kHz).
+DECODER_PREROLL = 0.25
+DECODER_PREROLL_FRAMES = 48
+#: Output samples a fresh resampler gives before its filter (tens of taps) only sees real input.
+RESAMPLER_WARMUP = 256
 
 
 class MediaError(Exception):
@@ -252,28 +262,18 @@ def read_audio(
     try:
         with av.open(str(path)) as container:
             stream, first, last = _audio_range(container, sample_rate, start, end)
-            seeked = _seeked(container, stream, sample_rate, first, last)
-        if seeked is None:
+            if first - RESAMPLER_WARMUP < SEEK_AFTER * sample_rate:
+                read = _decoded(container.decode(stream), sample_rate, last), 0
+            else:
+                read = _seeked(container, stream, sample_rate, first, last)
+        if read is None:  # the seek could not vouch for its samples: from the start after all
             with av.open(str(path)) as container:
-                stream, first, last = _audio_range(container, sample_rate, start, end)
-                seeked = _decoded(container.decode(stream), sample_rate, last), 0
+                read = _decoded(container.decode(container.streams.audio[0]), sample_rate, last), 0
     except av.FFmpegError as e:
         raise MediaError(f"audio not decodable: {e}") from None
-    audio, at = seeked  # at: the index of audio[0] in the whole track
+    audio, at = read  # at: the index of audio[0] in the whole track
     stop = None if last is None else last - at
     return audio[first - at : stop].astype(np.float32) / 32768
-
-
-#: Segments starting later than this (seconds) into the track are read by seeking.
-SEEK_AFTER = 1.0
-#: Decoded before the first sample kept after a seek (seconds, and at least so many frames), so
-#: that the decoder's state is what decoding from the start has: AAC's MDCT overlap takes a
-#: frame, Opus asks 80 ms, FFmpeg's MP3 decoder gives silence and then other samples for up to
-#: 20 frames at 22.05 kHz (measured; 8 at 44.1 kHz).
-DECODER_PREROLL = 0.25
-DECODER_PREROLL_FRAMES = 48
-#: Output samples a fresh resampler gives before its filter (tens of taps) only sees real input.
-RESAMPLER_WARMUP = 256
 
 
 def _audio_range(container, sample_rate: int, start: float, end: float | None):
@@ -335,8 +335,6 @@ def _seeked(container, stream, rate: int, first: int, last: int | None):
     on a whole sample, and keep the first frame's format (else None: the caller decodes from the
     start).
     """
-    if first - RESAMPLER_WARMUP < SEEK_AFTER * rate:
-        return None
     frames = container.decode(stream)
     head, anchor = next(frames, None), next(frames, None)
     if anchor is None or anchor.pts is None or _setup(anchor) != _setup(head):

@@ -63,7 +63,7 @@ def native_bf16(device: str | torch.device) -> bool:
     get_cpu_capability() says (AVX512 there, as on an AMX CPU)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(False)
+        return torch.cuda.is_bf16_supported(False)  # False without a GPU
     if device.type == "cpu":
         amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
         return "amx_bf16" in cpu_flags() or bool(amx())

@@ -32,7 +32,6 @@ from conclugen.lookalike.weights import (
     write_resdavenet,
     write_torchvision_resnet,
 )
-from conclugen.torchutil import resolve_precision
 from conclugen.weights import load_checkpoint, resolve_model
 
 TINY = (4, 8, 16, 32)  # ResNet stage widths small enough for CPU tests
@@ -498,17 +497,3 @@ def test_bf16_inference_is_close_and_deterministic(tiny_models, name):
     assert torch.equal(first, second)
     error = (first.float() - want).norm() / want.norm()
     assert 0 < error < 0.03
-
-
-def test_precision_resolution(monkeypatch):
-    from conclugen import torchutil
-
-    assert resolve_precision("fp32", "cuda") == "fp32"
-    assert resolve_precision("bf16", "cpu") == "bf16"
-    assert resolve_precision("auto", "cuda") == "bf16"
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert torchutil.native_bf16("cpu") and resolve_precision("auto", "cpu") == "bf16"
-    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
-        resolve_precision("fp8", "cpu")

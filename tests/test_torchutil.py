@@ -77,7 +77,6 @@ def test_auto_precision_follows_the_hardware(monkeypatch, device, flags, amx, cu
 
     monkeypatch.setattr(torchutil, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_bf16 is not None)
     emulated = []
     monkeypatch.setattr(
         torch.cuda, "is_bf16_supported", lambda e=True: emulated.append(e) or bool(cuda_bf16)
