@@ -19,12 +19,12 @@ whole validation split's for early stopping.
 Training is the classification protocols' (:func:`conclugen.downstream.evaluate`): the features
 resident on the device, AdamW with MOSEI's lr and weight decay, cosine warm restarts per epoch,
 augmented copies where the store has them, early stopping and model selection on the validation
-loss, bf16 autocast on CUDA; label efficiency (``train_fraction``) is the classification tasks'
-only. Reported on the test split, on the de-normalised predictions
-(:func:`conclugen.metrics.regression_metrics`): CCC on the whole test set, MSE and Pearson r per
-target, and the sentiment's binary (negative vs non-negative) and 7-class accuracy. SS-VAERR's
-"frozen" protocol froze only the first layer of an end-to-end network; ours (``linear``) freezes
-the whole representation heads on precomputed features.
+loss, bf16 autocast as ``precision`` says (conclugen.torchutil.autocast); label efficiency
+(``train_fraction``) is the classification tasks' only. Reported on the test split, on the
+de-normalised predictions (:func:`conclugen.metrics.regression_metrics`): CCC on the whole test
+set, MSE and Pearson r per target, and the sentiment's binary (negative vs non-negative) and
+7-class accuracy. SS-VAERR's "frozen" protocol froze only the first layer of an end-to-end
+network; ours (``linear``) freezes the whole representation heads on precomputed features.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from conclugen.downstream import (
 from conclugen.featstore import FeatureSet, read_features
 from conclugen.io import atomic_path, write_parquet
 from conclugen.metrics import regression_metrics
-from conclugen.torchutil import make_scheduler, resolve_device
+from conclugen.torchutil import autocast, make_scheduler, resolve_device, resolve_precision
 
 log = logging.getLogger("conclugen")
 
@@ -168,7 +168,7 @@ def evaluate_regression(
     wd = TASKS[task.dataset]["weight_decay"]
     weight_decay = wd if hp["weight_decay"] is None else hp["weight_decay"]
     device = torch.device(resolve_device(device or "auto"))
-    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    precision = resolve_precision(hp["precision"], device)
 
     torch.manual_seed(seed)
     width = n_targets * (1 + 2 * bins)
@@ -193,7 +193,7 @@ def evaluate_regression(
 
     if frozen:  # the heads never change: every representation once
         model.heads.requires_grad_(False)
-        with torch.no_grad(), torch.autocast(**autocast):
+        with torch.no_grad(), autocast(device, precision):
             everyone = torch.arange(len(feats), device=device).split(hp["batch_size"])
             reps = torch.cat([model.represent(*batch(i)) for i in everyone]).float()
 
@@ -201,7 +201,7 @@ def evaluate_regression(
         inputs, mask = batch(idx)
         if train and copies:
             inputs = {**inputs, **draw_copies(copies, idx, gen)}
-        with torch.autocast(**autocast):
+        with autocast(device, precision):
             if frozen and not (train and copies):
                 out = model.classify(reps[idx])
             elif frozen:
