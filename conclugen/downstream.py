@@ -329,6 +329,128 @@ def loss_weights(target: torch.Tensor, multilabel: bool, num_outputs: int) -> to
     return torch.where(counts > 0, n / (num_outputs * counts.clamp(min=1)), 0.0)
 
 
+@dataclass
+class Fit:
+    """A trained read-out (:func:`train_readout`): ``outputs`` [N, K] of every sample from the
+    best-validation state (float32, on the device), one ``history`` row per epoch, the ``best``
+    epoch's row and the augmented ``copies`` per train clip it drew from (0: none)."""
+
+    outputs: torch.Tensor
+    history: pd.DataFrame
+    best: dict
+    copies: int
+
+
+def train_readout(
+    model: Classifier,
+    protocol: str,
+    feats: FeatureSet,
+    index: dict[str, torch.Tensor],
+    criterion,
+    val_fields,
+    hp: dict,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    precision: str,
+    seed: int,
+    name: str,
+) -> Fit:
+    """The protocols' training loop, the classification and the continuous-label tasks' alike:
+    the features resident on the device, index batches from a permutation seeded by ``seed``,
+    one augmented copy per sample and modality where the store has them (``hp["augment"]``),
+    AdamW and :func:`~conclugen.torchutil.make_scheduler` stepped per epoch, early stopping and
+    model selection on ``criterion(outputs, idx)`` of the validation split. ``index`` holds
+    each split's rows; ``val_fields(outputs, idx)`` adds the task's validation figures to the
+    epoch's history row. The model ends in the best state, in eval mode."""
+    mods = list(model.heads)
+    frozen = protocol in ("linear", "vision")
+    x = {m: feats.features[m].to(device) for m in mods}  # resident for the whole run
+    present = {m: feats.present[m].to(device) for m in mods}
+    # Augmented copies of the train split (zeros elsewhere, never read there).
+    copies = {}
+    if hp["augment"] and feats.augmented:
+        copies = {m: feats.augmented[m].to(device) for m in mods if m in feats.augmented}
+    n_copies = int(next(iter(copies.values())).shape[1]) if copies else 0
+    gen = torch.Generator().manual_seed(seed)
+
+    def batch(idx: torch.Tensor):  # gather from the resident features, float16 -> float32
+        return {m: x[m][idx].float() for m in mods}, {m: present[m][idx] for m in mods}
+
+    if frozen:  # the heads never change: compute every representation once
+        model.heads.requires_grad_(False)
+        with torch.no_grad(), autocast(device, precision):
+            everyone = torch.arange(len(feats), device=device).split(hp["batch_size"])
+            reps = torch.cat([model.represent(*batch(i)) for i in everyone]).float()
+
+    def forward(idx: torch.Tensor, train: bool) -> torch.Tensor:
+        inputs, mask = batch(idx)
+        if train and copies:  # one augmented copy per modality, where there are any
+            inputs = {**inputs, **draw_copies(copies, idx, gen)}
+        with autocast(device, precision):
+            if frozen and not (train and copies):
+                out = model.classify(reps[idx])
+            elif frozen:
+                with torch.no_grad():
+                    rep = model.represent(inputs, mask)
+                out = model.classify(rep)
+            else:
+                out = model(inputs, mask)
+        return out.float()
+
+    @torch.no_grad()
+    def infer(idx: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        out = torch.cat([forward(i, False) for i in idx.split(hp["batch_size"])])
+        model.train(was_training)
+        return out
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda"
+    )
+    scheduler = make_scheduler(optimizer, hp)
+    n_train = len(index["train"])
+    log.info(
+        "%s seed %d: %s, %d/%d/%d samples, lr %s, wd %s, %s, %s",
+        name, seed, mods, n_train, len(index["val"]), len(index["test"]), lr, weight_decay,
+        device, f"{n_copies} augmented copies per train clip" if copies else "no augmentation",
+    )  # fmt: skip
+    history, best, best_state = [], None, None
+    model.train()
+    for epoch in range(hp["max_epochs"]):
+        t0 = time.perf_counter()
+        perm = index["train"][torch.randperm(n_train, generator=gen).to(device)]
+        total = torch.zeros((), device=device)  # one host sync per epoch
+        batches = perm.split(hp["batch_size"])
+        for idx in batches:
+            loss = criterion(forward(idx, True), idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        row = dict(epoch=epoch, lr=optimizer.param_groups[0]["lr"])
+        scheduler.step()  # per epoch, as the authors' scheduler
+        val = index["val"]
+        val_out = infer(val)
+        row["train_loss"] = total.item() / len(batches)
+        row["val_loss"] = criterion(val_out, val).item()
+        row.update(val_fields(val_out, val))
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        log.debug("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+        if best is None or row["val_loss"] < best["val_loss"]:
+            best, best_state = row, copy.deepcopy(model.state_dict())
+        elif epoch - best["epoch"] >= hp["patience"]:
+            break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    outputs = infer(torch.arange(len(feats), device=device))
+    return Fit(outputs, pd.DataFrame(history), best, n_copies)
+
+
 def evaluate(
     task: Task,
     protocol: str,
@@ -356,12 +478,8 @@ def evaluate(
     precision = resolve_precision(hp["precision"], device)
 
     num_outputs = len(classes)
-    torch.manual_seed(seed)  # init and dropout; the batch order draws from ``gen``
+    torch.manual_seed(seed)  # init and dropout; the batch order draws from its own generator
     model = build_classifier(protocol, pretrained, feats.dims, num_outputs, hp).to(device)
-    mods = list(model.heads)
-    frozen = protocol in ("linear", "vision")
-    x = {m: feats.features[m].to(device) for m in mods}  # resident for the whole run
-    present = {m: feats.present[m].to(device) for m in mods}
     target = task.target.to(device)
     index = {s: np.flatnonzero(feats.split == s) for s in SPLITS}
     if hp["train_fraction"] < 1:
@@ -369,102 +487,22 @@ def evaluate(
         keep = label_subset(feats.sample_id[train], task.target[train], hp["train_fraction"], seed)
         index["train"] = train[keep]
     index = {s: torch.from_numpy(i).to(device) for s, i in index.items()}
-    # Augmented copies of the train split (zeros elsewhere, never read there).
-    copies = {}
-    if hp["augment"] and feats.augmented:
-        copies = {m: feats.augmented[m].to(device) for m in mods if m in feats.augmented}
-    n_copies = int(next(iter(copies.values())).shape[1]) if copies else 0
-
-    def batch(idx: torch.Tensor):  # gather from the resident features, float16 -> float32
-        return {m: x[m][idx].float() for m in mods}, {m: present[m][idx] for m in mods}
-
-    def train_batch(idx: torch.Tensor):  # one augmented copy per modality, where there are any
-        inputs, mask = batch(idx)
-        return {**inputs, **draw_copies(copies, idx, gen)}, mask
-
-    if frozen:  # the heads never change: compute every representation once
-        model.heads.requires_grad_(False)
-        with torch.no_grad(), autocast(device, precision):
-            everyone = torch.arange(len(feats), device=device).split(hp["batch_size"])
-            reps = torch.cat([model.represent(*batch(i)) for i in everyone]).float()
-
-    def logits(idx: torch.Tensor) -> torch.Tensor:
-        with autocast(device, precision):
-            out = model.classify(reps[idx]) if frozen else model(*batch(idx))
-        return out.float()
-
-    def train_logits(idx: torch.Tensor) -> torch.Tensor:
-        if not copies:
-            return logits(idx)
-        with autocast(device, precision):
-            if frozen:
-                with torch.no_grad():
-                    rep = model.represent(*train_batch(idx))
-                out = model.classify(rep)
-            else:
-                out = model(*train_batch(idx))
-        return out.float()
-
-    @torch.no_grad()
-    def infer(idx: torch.Tensor) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        out = torch.cat([logits(i) for i in idx.split(hp["batch_size"])])
-        model.train(was_training)
-        return out
-
     weights = loss_weights(target[index["train"]], multilabel, num_outputs)
     if hp["class_weights"] == "none":
         weights = torch.ones_like(weights)
     if multilabel:
-        criterion = nn.BCEWithLogitsLoss(pos_weight=weights)
+        loss = nn.BCEWithLogitsLoss(pos_weight=weights)
     else:
-        criterion = nn.CrossEntropyLoss(weight=weights)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda"
-    )
-    scheduler = make_scheduler(optimizer, hp)
-    gen = torch.Generator().manual_seed(seed)
-    n_train = len(index["train"])
-    log.info(
-        f"downstream {dataset}/{protocol} seed {seed}: {mods}, {n_train}/{len(index['val'])}/"
-        f"{len(index['test'])} samples, lr {lr}, wd {weight_decay}, {device}, "
-        + (f"{n_copies} augmented copies per train clip" if copies else "no augmentation")
-    )
+        loss = nn.CrossEntropyLoss(weight=weights)
 
-    history, best, best_state = [], None, None
-    model.train()
-    for epoch in range(hp["max_epochs"]):
-        t0 = time.perf_counter()
-        perm = index["train"][torch.randperm(n_train, generator=gen).to(device)]
-        total = torch.zeros((), device=device)  # one host sync per epoch
-        batches = perm.split(hp["batch_size"])
-        for idx in batches:
-            loss = criterion(train_logits(idx), target[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-        row = dict(epoch=epoch, lr=optimizer.param_groups[0]["lr"])
-        scheduler.step()  # per epoch, as the authors' scheduler
-        val_logits = infer(index["val"])
-        val_target = target[index["val"]]
-        row["train_loss"] = total.item() / len(batches)
-        row["val_loss"] = criterion(val_logits, val_target).item()
-        row["val_accuracy"] = _metrics(val_target, val_logits, multilabel, classes)["accuracy"]
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        log.debug("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
-        if best is None or row["val_loss"] < best["val_loss"]:
-            best = row
-            best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best["epoch"] >= hp["patience"]:
-            break
+    def val_accuracy(out, idx):
+        return {"val_accuracy": _metrics(target[idx], out, multilabel, classes)["accuracy"]}
 
-    model.load_state_dict(best_state)
-    model.eval()
-    scores = infer(torch.arange(len(feats), device=device))
+    fit = train_readout(
+        model, protocol, feats, index, lambda out, idx: loss(out, target[idx]), val_accuracy,
+        hp, lr, weight_decay, device, precision, seed, f"downstream {dataset}/{protocol}",
+    )  # fmt: skip
+    best, scores = fit.best, fit.outputs
     test = index["test"]
     metrics = _metrics(target[test], scores[test], multilabel, classes)
     val = _metrics(target[index["val"]], scores[index["val"]], multilabel, classes)
@@ -473,24 +511,25 @@ def evaluate(
         protocol=protocol,
         seed=seed,
         pretrained=None if pretrained is None else str(pretrained),
-        modalities=mods,
+        modalities=list(model.heads),
         best_epoch=best["epoch"],
-        epochs=len(history),
+        epochs=len(fit.history),
         val={k: val[k] for k in ("accuracy", "f1", "precision", "recall")},
         val_loss=best["val_loss"],
-        n_train=n_train,
+        n_train=len(index["train"]),
         n_val=len(index["val"]),
         n_test=len(test),
         loss_weights=weights.tolist(),
-        augmented_copies=n_copies,
+        augmented_copies=fit.copies,
         hparams=dict(hp, lr=lr, weight_decay=weight_decay),
     )
     log.info(
-        f"downstream {dataset}/{protocol} seed {seed}: best epoch {best['epoch']} of "
-        f"{len(history)}, test accuracy {metrics['accuracy']:.4f}, f1 {metrics['f1']:.4f}"
-    )
+        "downstream %s/%s seed %d: best epoch %d of %d, test accuracy %.4f, f1 %.4f",
+        dataset, protocol, seed, best["epoch"], len(fit.history), metrics["accuracy"],
+        metrics["f1"],
+    )  # fmt: skip
     predictions = _predictions(feats, target, scores, multilabel, classes)
-    return Evaluation(metrics, predictions, pd.DataFrame(history), model.cpu())
+    return Evaluation(metrics, predictions, fit.history, model.cpu())
 
 
 def _metrics(target, logits, multilabel, classes) -> dict:
@@ -521,15 +560,16 @@ def _predictions(feats: FeatureSet, target, scores, multilabel, classes) -> pd.D
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike) -> None:
-    """``metrics.json`` (with the per-epoch history), ``predictions.parquet``,
-    ``confusion.png`` of the test split and the best-epoch ``classifier.safetensors``
-    (:func:`save_classifier`), each written atomically."""
+    """``metrics.json`` (with the per-epoch history), ``predictions.parquet``, the best-epoch
+    ``classifier.safetensors`` (:func:`save_classifier`) and, for a classification run,
+    ``confusion.png`` of the test split, each written atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = dict(evaluation.metrics, history=evaluation.history.to_dict("records"))
     write_parquet(evaluation.predictions, out_dir / "predictions.parquet")
     save_classifier(evaluation.model, out_dir / "classifier.safetensors")
-    _plot_confusion(evaluation.metrics, out_dir / "confusion.png")
+    if "confusion" in evaluation.metrics:
+        _plot_confusion(evaluation.metrics, out_dir / "confusion.png")
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
 
@@ -575,6 +615,36 @@ def representations(
     return rep, task.target, task.classes
 
 
+def evaluate_cell(
+    out_dir: str | os.PathLike,
+    dataset: str,
+    method: str,
+    protocols: list[str],
+    seeds: int,
+    evaluate_run,
+    metrics: tuple[str, ...],
+) -> pd.DataFrame:
+    """Every protocol and seed of one (dataset, method) cell: ``evaluate_run(protocol, seed)``'s
+    :class:`Evaluation` written to its :func:`run_dir` (:func:`write_evaluation`), then
+    ``out_dir/runs.csv``, last: one row per run with dataset, method, protocol, seed, the test
+    ``metrics``, best_epoch and epochs."""
+    rows = []
+    for protocol in protocols:
+        for seed in range(seeds):
+            run = evaluate_run(protocol, seed)
+            write_evaluation(run, run_dir(out_dir, protocol, seed))
+            m = run.metrics
+            rows.append(
+                dict(dataset=dataset, method=method, protocol=protocol, seed=seed)
+                | {k: m[k] for k in metrics}
+                | dict(best_epoch=m["best_epoch"], epochs=m["epochs"])
+            )
+    runs = pd.DataFrame(rows)
+    with atomic_path(Path(out_dir) / "runs.csv") as tmp:
+        runs.to_csv(tmp, index=False)
+    return runs
+
+
 def evaluate_method(
     features_path: str | os.PathLike,
     manifest_path: str | os.PathLike,
@@ -587,23 +657,11 @@ def evaluate_method(
     hparams: dict | None = None,
     device: str | torch.device | None = None,
 ) -> pd.DataFrame:
-    """Every protocol and seed of one (dataset, method) cell: each run's files in its
-    :func:`run_dir` (:func:`write_evaluation`), then ``out_dir/runs.csv`` (one row
-    per run: dataset, method, protocol, seed, the four test metrics, best_epoch, epochs), last."""
-    out_dir = Path(out_dir)
+    """:func:`evaluate_cell` of :func:`evaluate` runs; runs.csv holds the four test metrics
+    (accuracy, f1, precision, recall)."""
     task = load_task(features_path, manifest_path, dataset)  # once: every run reads the same
-    rows = []
-    for protocol in protocols:
-        for seed in range(seeds):
-            run = evaluate(task, protocol, pretrained, hparams, seed, device)
-            write_evaluation(run, run_dir(out_dir, protocol, seed))
-            m = run.metrics
-            rows.append(
-                dict(dataset=dataset, method=method, protocol=protocol, seed=seed)
-                | {k: m[k] for k in ("accuracy", "f1", "precision", "recall")}
-                | dict(best_epoch=m["best_epoch"], epochs=m["epochs"])
-            )
-    runs = pd.DataFrame(rows)
-    with atomic_path(out_dir / "runs.csv") as tmp:
-        runs.to_csv(tmp, index=False)
-    return runs
+    return evaluate_cell(
+        out_dir, dataset, method, protocols, seeds,
+        lambda protocol, seed: evaluate(task, protocol, pretrained, hparams, seed, device),
+        ("accuracy", "f1", "precision", "recall"),
+    )  # fmt: skip

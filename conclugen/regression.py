@@ -29,13 +29,9 @@ network; ours (``linear``) freezes the whole representation heads on precomputed
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,15 +46,13 @@ from conclugen.downstream import (
     TASKS,
     Evaluation,
     build_classifier,
-    draw_copies,
+    evaluate_cell,
     resolve_hparams,
-    run_dir,
-    save_classifier,
+    train_readout,
 )
 from conclugen.featstore import FeatureSet, read_features
-from conclugen.io import atomic_path, write_parquet
 from conclugen.metrics import regression_metrics
-from conclugen.torchutil import autocast, make_scheduler, resolve_device, resolve_precision
+from conclugen.torchutil import resolve_device, resolve_precision
 
 log = logging.getLogger("conclugen")
 
@@ -173,44 +167,12 @@ def evaluate_regression(
     torch.manual_seed(seed)
     width = n_targets * (1 + 2 * bins)
     model = build_classifier(protocol, pretrained, feats.dims, width, hp).to(device)
-    mods = list(model.heads)
-    frozen = protocol in ("linear", "vision")
-    x = {m: feats.features[m].to(device) for m in mods}
-    present = {m: feats.present[m].to(device) for m in mods}
     index = {s: torch.from_numpy(np.flatnonzero(feats.split == s)).to(device) for s in SPLITS}
     coding = fit_coding(task.values[index["train"].cpu()], bins)
     z = coding.normalise(task.values).to(device)
     bin_of = losses.bin_index(z.cpu(), coding.edges).to(device)
     class_of = losses.nearest_centroid(z.cpu(), coding.centroids).to(device)
     centroids = coding.centroids.to(device)
-    copies = {}
-    if hp["augment"] and feats.augmented:
-        copies = {m: feats.augmented[m].to(device) for m in mods if m in feats.augmented}
-    gen = torch.Generator().manual_seed(seed)
-
-    def batch(idx):
-        return {m: x[m][idx].float() for m in mods}, {m: present[m][idx] for m in mods}
-
-    if frozen:  # the heads never change: every representation once
-        model.heads.requires_grad_(False)
-        with torch.no_grad(), autocast(device, precision):
-            everyone = torch.arange(len(feats), device=device).split(hp["batch_size"])
-            reps = torch.cat([model.represent(*batch(i)) for i in everyone]).float()
-
-    def forward(idx, train: bool):
-        inputs, mask = batch(idx)
-        if train and copies:
-            inputs = {**inputs, **draw_copies(copies, idx, gen)}
-        with autocast(device, precision):
-            if frozen and not (train and copies):
-                out = model.classify(reps[idx])
-            elif frozen:
-                with torch.no_grad():
-                    rep = model.represent(inputs, mask)
-                out = model.classify(rep)
-            else:
-                out = model(inputs, mask)
-        return out.float()
 
     def criterion(out, idx):
         value, bin_logits, class_logits = split_outputs(out, n_targets, bins)
@@ -218,55 +180,15 @@ def evaluate_regression(
             weights, value, z[idx], bin_logits, bin_of[idx], class_logits, class_of[idx], centroids
         )
 
-    @torch.no_grad()
-    def infer(idx):
-        was_training = model.training
-        model.eval()
-        out = torch.cat([forward(i, False) for i in idx.split(hp["batch_size"])])
-        model.train(was_training)
-        return out
+    def val_ccc(out, idx):
+        return {"val_ccc": losses.ccc(out[:, 0], z[idx, 0]).item()}
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda"
-    )
-    scheduler = make_scheduler(optimizer, hp)
-    n_train = len(index["train"])
-    log.info(
-        "regression %s/%s seed %d: %s, %d/%d/%d samples, loss weights %s, lr %s, wd %s, %s",
-        task.dataset, protocol, seed, mods, n_train, len(index["val"]), len(index["test"]),
-        weights, lr, weight_decay, device,
+    log.info("regression %s/%s seed %d: loss weights %s", task.dataset, protocol, seed, weights)
+    fit = train_readout(
+        model, protocol, feats, index, criterion, val_ccc, hp, lr, weight_decay, device,
+        precision, seed, f"regression {task.dataset}/{protocol}",
     )  # fmt: skip
-    history, best, best_state = [], None, None
-    model.train()
-    for epoch in range(hp["max_epochs"]):
-        t0 = time.perf_counter()
-        perm = index["train"][torch.randperm(n_train, generator=gen).to(device)]
-        total = torch.zeros((), device=device)
-        batches = perm.split(hp["batch_size"])
-        for idx in batches:
-            loss = criterion(forward(idx, True), idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-        row = dict(epoch=epoch, lr=optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        val = index["val"]
-        val_out = infer(val)
-        row["train_loss"] = total.item() / len(batches)
-        row["val_loss"] = criterion(val_out, val).item()
-        row["val_ccc"] = losses.ccc(val_out[:, 0], z[val, 0]).item()
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        if best is None or row["val_loss"] < best["val_loss"]:
-            best, best_state = row, copy.deepcopy(model.state_dict())
-        elif epoch - best["epoch"] >= hp["patience"]:
-            break
-
-    model.load_state_dict(best_state)
-    model.eval()
-    out = infer(torch.arange(len(feats), device=device))
+    best, out = fit.best, fit.outputs
     pred = coding.denormalise(split_outputs(out, n_targets, bins)[0].cpu())
     test, val = index["test"].cpu(), index["val"].cpu()
     metrics = regression_metrics(task.values[test].numpy(), pred[test].numpy(), task.targets)
@@ -276,43 +198,31 @@ def evaluate_regression(
         protocol=protocol,
         seed=seed,
         pretrained=None if pretrained is None else str(pretrained),
-        modalities=mods,
+        modalities=list(model.heads),
         loss_weights=weights,
         bins=bins,
         best_epoch=best["epoch"],
-        epochs=len(history),
+        epochs=len(fit.history),
         val={k: val_metrics[k] for k in RUN_METRICS},
         val_loss=best["val_loss"],
-        n_train=n_train,
+        n_train=len(index["train"]),
         n_val=len(val),
         n_test=len(test),
         coding={k: getattr(coding, k).tolist() for k in ("mean", "std", "edges", "centroids")},
-        augmented_copies=int(next(iter(copies.values())).shape[1]) if copies else 0,
+        augmented_copies=fit.copies,
         hparams=dict(hp, lr=lr, weight_decay=weight_decay),
     )
     log.info(
         "regression %s/%s seed %d: best epoch %d of %d, test sentiment CCC %.4f, MSE %.4f, "
         "acc2 %.4f, acc7 %.4f",
-        task.dataset, protocol, seed, best["epoch"], len(history), metrics["ccc"],
+        task.dataset, protocol, seed, best["epoch"], len(fit.history), metrics["ccc"],
         metrics["mse"], metrics["acc2"], metrics["acc7"],
     )  # fmt: skip
     frame = pd.DataFrame({"sample_id": feats.sample_id, "split": feats.split})
     for j, name in enumerate(task.targets):
         frame[f"target_{name}"] = task.values[:, j].numpy()
         frame[f"predicted_{name}"] = pred[:, j].numpy()
-    return Evaluation(metrics, frame, pd.DataFrame(history), model.cpu())
-
-
-def write_regression(evaluation: Evaluation, out_dir: str | os.PathLike) -> None:
-    """``metrics.json`` (with the per-epoch history), ``predictions.parquet`` and the
-    best-epoch ``classifier.safetensors``, each written atomically."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_parquet(evaluation.predictions, out_dir / "predictions.parquet")
-    save_classifier(evaluation.model, out_dir / "classifier.safetensors")
-    record = dict(evaluation.metrics, history=evaluation.history.to_dict("records"))
-    with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
+    return Evaluation(metrics, frame, fit.history, model.cpu())
 
 
 def evaluate_regression_method(
@@ -329,25 +239,13 @@ def evaluate_regression_method(
     loss_weights: dict[str, float] | None = None,
     bins: int = losses.CONTINUOUS_BINS,
 ) -> pd.DataFrame:
-    """Every protocol and seed of one (dataset, method, loss) cell: each run's files in its
-    :func:`~conclugen.downstream.run_dir`, then ``out_dir/runs.csv`` (one row per run: dataset,
-    method, protocol, seed, :data:`RUN_METRICS`, best_epoch, epochs), last."""
-    out_dir = Path(out_dir)
+    """:func:`~conclugen.downstream.evaluate_cell` of :func:`evaluate_regression` runs with
+    the loss combination ``loss_weights``; runs.csv holds :data:`RUN_METRICS`."""
     task = load_regression_task(features_path, manifest_path, dataset)
-    rows = []
-    for protocol in protocols:
-        for seed in range(seeds):
-            run = evaluate_regression(
-                task, protocol, pretrained, hparams, seed, device, loss_weights, bins
-            )
-            write_regression(run, run_dir(out_dir, protocol, seed))
-            m = run.metrics
-            rows.append(
-                dict(dataset=dataset, method=method, protocol=protocol, seed=seed)
-                | {k: m[k] for k in RUN_METRICS}
-                | dict(best_epoch=m["best_epoch"], epochs=m["epochs"])
-            )
-    runs = pd.DataFrame(rows)
-    with atomic_path(out_dir / "runs.csv") as tmp:
-        runs.to_csv(tmp, index=False)
-    return runs
+
+    def evaluate_run(protocol, seed):
+        return evaluate_regression(
+            task, protocol, pretrained, hparams, seed, device, loss_weights, bins
+        )
+
+    return evaluate_cell(out_dir, dataset, method, protocols, seeds, evaluate_run, RUN_METRICS)

@@ -68,4 +68,4 @@ rule regression:
     params:
         settings=regression_settings,
     script:
-        "../workflow/scripts/regression.py"
+        "../workflow/scripts/downstream.py"
