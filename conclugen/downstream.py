@@ -362,7 +362,8 @@ def train_readout(
     AdamW and :func:`~conclugen.torchutil.make_scheduler` stepped per epoch, early stopping and
     model selection on ``criterion(outputs, idx)`` of the validation split. ``index`` holds
     each split's rows; ``val_fields(outputs, idx)`` adds the task's validation figures to the
-    epoch's history row. The model ends in the best state, in eval mode."""
+    epoch's history row. Training and validation run under ``precision``'s autocast; the
+    returned outputs come from the best state in fp32, in eval mode."""
     mods = list(model.heads)
     frozen = protocol in ("linear", "vision")
     x = {m: feats.features[m].to(device) for m in mods}  # resident for the whole run
@@ -447,7 +448,9 @@ def train_readout(
 
     model.load_state_dict(best_state)
     model.eval()
-    outputs = infer(torch.arange(len(feats), device=device))
+    with torch.no_grad():  # reported in fp32 whatever trained, as an exported model predicts
+        everyone = torch.arange(len(feats), device=device).split(hp["batch_size"])
+        outputs = torch.cat([model(*batch(i)).float() for i in everyone])
     return Fit(outputs, pd.DataFrame(history), best, n_copies)
 
 
