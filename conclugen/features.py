@@ -1,6 +1,9 @@
-"""Frozen-backbone features of one shard, one backbone at a time.
+"""Frozen-backbone features of one shard.
 
-Four roles, each one backbone (:mod:`conclugen.backbones`) and one job per (dataset, shard, role):
+Four roles, each one backbone (:mod:`conclugen.backbones`) and one shard store. Audio and text run
+one role per call (:func:`extract_shard`); the two video roles run together
+(:func:`extract_video_shards`), each chunk of a clip decoded once at 16 fps for both
+(:class:`SharedVideoClips`):
 
 - ``video2d``: 2D ResNet on frames at 1 fps (every 16th frame of the 16 fps grid the face tracks
   use), avgpool vector per frame, **mean over frames**;
@@ -32,12 +35,12 @@ without it (each member alone), so its batch-mates keep their features. Errors t
 clip's (:func:`conclugen.ledger.is_fatal`: out of memory, a broken device, missing files) fail
 the job.
 
-Augmented views (Instance-Cont): for datasets in ``views.datasets`` the jobs of the roles in
+Augmented views (Instance-Cont): for datasets in ``views.datasets`` the roles in
 ``views.roles`` (3D only by default, as the authors) also yield K features of augmented clips:
 random resized crop (taken inside the face box), horizontal flip, colour jitter, grayscale and
 Gaussian blur (:class:`ViewRecipe`, the authors' SimCLR values by default), with parameters
 drawn once per clip (temporally consistent) from a generator seeded by (seed, sample id, view),
-so the 2D and 3D jobs augment the same view identically and a rerun reproduces it.
+so the 2D and 3D backbones see the same view identically and a rerun reproduces it.
 
 Downstream augmentation (:class:`Augment`, the authors' augmented downstream data): for
 datasets in ``augment.datasets`` every clip of the train split also yields K augmented copies
@@ -466,6 +469,17 @@ def describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:500]
 
 
+def clip_error(error: Exception) -> str:
+    """The ledger reason of an exception raised while decoding or cropping a clip: a media
+    file's own reason (:class:`~conclugen.media.MediaError`), else :func:`describe`. An error
+    that is not the clip's (:func:`is_fatal`) is raised again."""
+    if isinstance(error, MediaError):
+        return str(error)
+    if is_fatal(error):
+        raise error
+    return describe(error)
+
+
 def _each_or_alone(forward, items: list) -> list:
     """``forward(items)``, one output per item; when that raises an error that is not fatal
     (:func:`is_fatal`), every item is run again alone, so one clip whose input makes the model or
@@ -539,10 +553,15 @@ class VideoClips(torch.utils.data.Dataset):
             n = len(self.grid(clip)[1])
             self.items += [(i, a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
 
+    @property
+    def step(self) -> int:
+        """This role samples every ``step``-th position of the 16 fps grid."""
+        return FPS if self.role == "video2d" else 1
+
     def grid(self, clip: dict) -> tuple[np.ndarray, np.ndarray]:
         """The clip's 16 fps times and the positions on that grid this role samples."""
         times = sample_times(clip["start"], clip["end"], FPS)
-        return times, np.arange(0, len(times), FPS if self.role == "video2d" else 1)
+        return times, np.arange(0, len(times), self.step)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -552,23 +571,22 @@ class VideoClips(torch.utils.data.Dataset):
         clip = self.clips[i]
         last = k + 1 == len(self.items) or self.items[k + 1][0] != i
         try:
-            return ClipInputs(clip["sample_id"], self.chunk(clip, a, b), last=last)
-        except MediaError as e:
-            return ClipInputs(clip["sample_id"], None, error=str(e), last=last)
+            times, index = self.grid(clip)
+            inputs = self.cropped(clip, a, b, *self.read(clip["video"], times[index[a:b]]))
         except Exception as e:
-            if is_fatal(e):
-                raise
-            return ClipInputs(clip["sample_id"], None, error=describe(e), last=last)
+            return ClipInputs(clip["sample_id"], None, error=clip_error(e), last=last)
+        return ClipInputs(clip["sample_id"], inputs, last=last)
 
-    def chunk(self, clip: dict, a: int, b: int) -> torch.Tensor:
-        """Sampled frames ``a:b`` of a clip, cropped: [V, n, 3, S, S] (2D) or windows (3D)."""
-        times, index = self.grid(clip)
+    def cropped(self, clip: dict, a: int, b: int, frames: np.ndarray,
+                found: np.ndarray) -> torch.Tensor:  # fmt: skip
+        """Sampled frames ``a:b`` of a clip, decoded (``frames``, ``found``: :meth:`read` of
+        their times), cropped: [V, n, 3, S, S] (2D) or windows (3D)."""
+        index = self.grid(clip)[1]
         track = self.boxes.get(clip["sample_id"])
         if track is None:
             boxes = np.tile([0, 0, clip["width"], clip["height"]], (len(index), 1))
         else:
             boxes = track[np.minimum(index, len(track) - 1)]
-        frames, found = self.read(clip["video"], times[index[a:b]])
         # A clip always has its first frame; frames past the video's real end are dropped.
         keep = found | (np.arange(a, b) == 0)
         sample_id = clip["sample_id"]
@@ -577,6 +595,59 @@ class VideoClips(torch.utils.data.Dataset):
             params += [copy_params(sample_id, k, self.augment) for k in range(self.augment.count)]
         crops = crop_frames(frames[keep], boxes[a:b][keep], self.size, params, pool_boxes=boxes)
         return crops if self.role == "video2d" else windows(crops)
+
+
+class SharedVideoClips(torch.utils.data.Dataset):
+    """Both video roles' chunks from one decode: each item decodes ``chunk_frames`` frames of a
+    clip's 16 fps grid once (:meth:`VideoClips.read`) and hands every role its own sampled
+    frames of them (``video2d`` every 16th), cropped by that role's :class:`VideoClips`
+    (:meth:`VideoClips.cropped`): item ``{role: ClipInputs}``.
+
+    Each role's inputs are those of its own :class:`VideoClips` over the same clips, in chunks of
+    other sizes: its boxes, views and copies, its first-frame and past-the-end rules, and its
+    pooling factor (the whole clip's boxes of that role) are applied as there, and ``read`` picks
+    the frame on screen at each time, so the 1 fps frames of a 16 fps decode are those decoded
+    at 1 fps. The roles' views are the same views (drawn per sample and view), each role cropping
+    its own frames. ``chunk_frames`` is a multiple of :data:`WINDOW` (whole 3D windows); a
+    ``video2d`` chunk holds ``chunk_frames / 16`` frames. A decoding error is every role's error
+    for the clip; a cropping error only its role's.
+    """
+
+    def __init__(self, readers: dict[str, VideoClips], chunk_frames: int = CHUNK_FRAMES):
+        if chunk_frames <= 0 or chunk_frames % WINDOW:
+            raise ValueError(f"chunk_frames {chunk_frames}: needs a multiple of {WINDOW}")
+        self.readers = readers
+        self.clips = next(iter(readers.values())).clips
+        self.items = []  # (clip, first and end position of the chunk on the 16 fps grid)
+        for i, clip in enumerate(self.clips):
+            n = len(sample_times(clip["start"], clip["end"], FPS))
+            self.items += [(i, a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict[str, ClipInputs]:
+        i, a, b = self.items[k]
+        clip = self.clips[i]
+        sample_id = clip["sample_id"]
+        last = k + 1 == len(self.items) or self.items[k + 1][0] != i
+        try:
+            times = sample_times(clip["start"], clip["end"], FPS)
+            frames, found = VideoClips.read(clip["video"], times[a:b])
+        except Exception as e:
+            failed = ClipInputs(sample_id, None, error=clip_error(e), last=last)
+            return dict.fromkeys(self.readers, failed)
+        out = {}
+        for role, reader in self.readers.items():
+            first, end = -(-a // reader.step), -(-b // reader.step)  # its sampled frames here
+            picked = np.arange(first, end) * reader.step - a
+            try:
+                inputs = reader.cropped(clip, first, end, frames[picked], found[picked])
+            except Exception as e:
+                out[role] = ClipInputs(sample_id, None, error=clip_error(e), last=last)
+            else:
+                out[role] = ClipInputs(sample_id, inputs, last=last)
+        return out
 
 
 def mel_filters() -> torch.Tensor:
@@ -738,23 +809,49 @@ def run_video(runner, chunks: Iterable[ClipInputs], batch_size: int) -> Iterator
     (a running sum over the clip's chunks), running ``batch_size`` inputs per forward pass
     gathered across chunks and clips. Results come in the clips' order. A chunk whose inputs
     make the model raise (:func:`_each_or_alone`) fails its clip with that message."""
-    pools = _Pools()
-    pending: list[ClipInputs] = []
-    units = 0
+    batches = VideoBatches(runner, batch_size)
     for chunk in chunks:
+        yield from batches.add(chunk)
+    yield from batches.flush()
+
+
+def run_videos(batches: dict[str, VideoBatches],
+               items: Iterable[dict[str, ClipInputs]]) -> Iterator[tuple[str, Result]]:  # fmt: skip
+    """:func:`run_video` of several roles fed by one stream of :class:`SharedVideoClips` items:
+    ``(role, result)``, each role's results in the clips' order."""
+    for item in items:
+        for role, chunk in item.items():
+            yield from ((role, r) for r in batches[role].add(chunk))
+    for role, pool in batches.items():
+        yield from ((role, r) for r in pool.flush())
+
+
+class VideoBatches:
+    """:func:`run_video`'s state, fed one chunk at a time: the chunks waiting for a forward pass
+    and the clips' running sums."""
+
+    def __init__(self, runner, batch_size: int):
+        self.runner, self.batch_size = runner, batch_size
+        self.pools = _Pools()
+        self.pending: list[ClipInputs] = []
+        self.units = 0
+
+    def add(self, chunk: ClipInputs) -> list[Result]:
+        """Take one chunk; run the pending ones once they fill a batch: the clips finished."""
         if chunk.error is not None:
-            pools.decide(Result(chunk.sample_id, None, error=chunk.error))
-        elif chunk.sample_id not in pools.decided and chunk.inputs.shape[1]:
-            pending.append(chunk)
-            units += chunk.inputs.shape[0] * chunk.inputs.shape[1]
+            self.pools.decide(Result(chunk.sample_id, None, error=chunk.error))
+        elif chunk.sample_id not in self.pools.decided and chunk.inputs.shape[1]:
+            self.pending.append(chunk)
+            self.units += chunk.inputs.shape[0] * chunk.inputs.shape[1]
         if chunk.last:
-            pools.finished.append(chunk.sample_id)
-        if units >= batch_size:
-            _flush_video(runner, pending, batch_size, pools)
-            pending, units = [], 0
-            yield from pools.ready()
-    _flush_video(runner, pending, batch_size, pools)
-    yield from pools.ready()
+            self.pools.finished.append(chunk.sample_id)
+        return self.flush() if self.units >= self.batch_size else []
+
+    def flush(self) -> list[Result]:
+        """Run the pending chunks: the results of the clips whose last chunk has arrived."""
+        _flush_video(self.runner, self.pending, self.batch_size, self.pools)
+        self.pending, self.units = [], 0
+        return self.pools.ready()
 
 
 def _flush_video(runner, pending: list[ClipInputs], batch_size: int, pools: _Pools) -> None:
@@ -999,9 +1096,11 @@ def extract_shard(
     """
     views = views if role in VIDEO_ROLES else 0
     if role in VIDEO_ROLES:
-        data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed, chunk_frames,
-                          recipe, augment)  # fmt: skip
-        runner = VideoRunner(model, mean, std, device, role == "video3d", precision)
+        data, runner = _video_parts(
+            role, clips, chunk_frames, model=model, device=device, boxes=boxes,
+            crop_size=crop_size, mean=mean, std=std, views=views, view_seed=view_seed,
+            precision=precision, recipe=recipe, augment=augment,
+        )  # fmt: skip
         results = run_video(runner, decoded(data, workers), batch_size)
     elif role == "audio":
         # Batches of similar length waste little on padding; rows return to the clips' order.
@@ -1013,15 +1112,67 @@ def extract_shard(
         results = text_results(model, clips, batch_size, device, augment)
     else:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
-    dim = model.feature_dim
+    results = progress(results, len(clips), f"{role} clips")
+    return _shard_features(role, results, clips, model.feature_dim, views, augment.count, ledger)
+
+
+def extract_video_shards(
+    clips: pd.DataFrame,
+    roles: dict[str, dict],
+    ledgers: dict,
+    workers: int = 1,
+    chunk_frames: int = CHUNK_FRAMES,
+) -> dict[str, ShardFeatures]:
+    """:func:`extract_shard` of several video roles from one decode of each chunk of a clip
+    (:class:`SharedVideoClips`): ``roles`` maps each role to the keywords of its
+    :func:`extract_shard` call, all of ``model``, ``device``, ``batch_size``, ``boxes``,
+    ``crop_size``, ``mean``, ``std``, ``views``, ``view_seed``, ``precision``, ``recipe`` and
+    ``augment``; ``ledgers`` each role's ledger. Each role's shard equals its own
+    :func:`extract_shard`'s up to float rounding (its frames arrive in chunks of other sizes,
+    so its batches and running sums group other frames). A clip that cannot be decoded is an
+    entry in every role's ledger; one whose crops or model input fail, only in that role's."""
+    readers, batches = {}, {}
+    for role, kw in roles.items():
+        kw = dict(kw)
+        batch_size = kw.pop("batch_size")
+        readers[role], runner = _video_parts(role, clips, chunk_frames, **kw)
+        batches[role] = VideoBatches(runner, batch_size)
+    data = SharedVideoClips(readers, chunk_frames)
+    results = {role: [] for role in roles}
+    pairs = run_videos(batches, decoded(data, workers))
+    for role, result in progress(pairs, len(roles) * len(clips), f"{'+'.join(roles)} results"):
+        results[role].append(result)
+    shards = {}
+    for role, kw in roles.items():
+        dim, views, copies = kw["model"].feature_dim, kw["views"], kw["augment"].count
+        shards[role] = _shard_features(role, results[role], clips, dim, views, copies,
+                                       ledgers[role])  # fmt: skip
+    return shards
+
+
+def _video_parts(
+    role: str, clips: pd.DataFrame, chunk_frames: int, *, model, device: str, boxes,
+    crop_size: int, mean, std, views: int, view_seed: int, precision: str, recipe: ViewRecipe,
+    augment: Augment,
+) -> tuple[VideoClips, VideoRunner]:  # fmt: skip
+    """A video role's reader and runner from :func:`extract_shard`'s keywords."""
+    data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed, chunk_frames,
+                      recipe, augment)  # fmt: skip
+    return data, VideoRunner(model, mean, std, device, role == "video3d", precision)
+
+
+def _shard_features(role: str, results: Iterable[Result], clips: pd.DataFrame, dim: int,
+                    views: int, copies: int, ledger) -> ShardFeatures:  # fmt: skip
+    """One role's shard from its clips' results: failed clips to the ledger, rows of the
+    others (zeros where a modality or a copy is absent) in the clips' order."""
     kept, feats, present = [], [], []
-    for r in progress(results, len(clips), f"{role} clips"):
+    for r in results:
         if r.error is not None:
             ledger.drop(r.sample_id, r.error)
             continue
         kept.append(r.sample_id)
         present.append(r.present and r.feature is not None)
-        rows = torch.zeros(1 + views + augment.count, dim)  # no copies: not train, or absent
+        rows = torch.zeros(1 + views + copies, dim)  # no copies: not train, or absent
         if r.feature is not None:
             rows[: len(r.feature)] = r.feature
         feats.append(rows)
@@ -1029,7 +1180,7 @@ def extract_shard(
         rank = {sample_id: i for i, sample_id in enumerate(clips["sample_id"])}
         order = sorted(range(len(kept)), key=lambda i: rank[kept[i]])
         kept, feats, present = ([x[i] for i in order] for x in (kept, feats, present))
-    stacked = torch.stack(feats) if feats else torch.zeros(0, 1 + views + augment.count, dim)
+    stacked = torch.stack(feats) if feats else torch.zeros(0, 1 + views + copies, dim)
     split = clips.set_index("sample_id").loc[kept, "split"].to_numpy() if kept else np.array([])
     return ShardFeatures(
         sample_id=np.array(kept, dtype=str),
@@ -1037,7 +1188,7 @@ def extract_shard(
         feature=stacked[:, 0],
         present=torch.tensor(present, dtype=torch.bool),
         views=stacked[:, 1 : 1 + views] if views else None,
-        augmented=stacked[:, 1 + views :] if augment.count else None,
+        augmented=stacked[:, 1 + views :] if copies else None,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,13 +15,15 @@ import torch
 import zarr
 
 from conclugen import featstore
-from conclugen.featstore import ShardFeatures, merge_shards, open_shard, write_shard
+from conclugen.featstore import VIDEO_ROLES, ShardFeatures, merge_shards, open_shard, write_shard
 from conclugen.features import (
     N_FFT,
+    NO_AUGMENT,
     AudioClips,
     AudioRunner,
     Augment,
     ClipInputs,
+    SharedVideoClips,
     VideoClips,
     ViewParams,
     ViewRecipe,
@@ -29,6 +32,7 @@ from conclugen.features import (
     copy_params,
     crop_frames,
     extract_shard,
+    extract_video_shards,
     masked,
     mel_filters,
     run_audio,
@@ -404,6 +408,113 @@ def test_long_clip_in_chunks_equals_the_whole_clip(long_video, tiny_backbones, r
     assert [p.last for p in parts] == [False, False, True]
     one = VideoClips(clips, role, boxes, 16, views=2, chunk_frames=4096)[0]
     assert torch.equal(torch.cat([p.inputs for p in parts], 1), one.inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Both video backbones from one decode per clip
+
+
+def video_keywords(models: dict, views: dict, boxes=None, augment=NO_AUGMENT) -> dict:
+    """extract_video_shards' keywords per role: those of the role's own extract_shard call."""
+    shared = {"device": "cpu", "batch_size": 5, "boxes": boxes or {}, "crop_size": 16,
+              "mean": [0.5] * 3, "std": [0.25] * 3, "view_seed": 7, "precision": "fp32",
+              "recipe": ViewRecipe(), "augment": augment}  # fmt: skip
+    return {r: {"model": m, "views": views.get(r, 0), **shared} for r, m in models.items()}
+
+
+def tiny_models(tiny_backbones) -> dict:
+    return {"video2d": tiny_backbones[0], "video3d": tiny_backbones[1]}
+
+
+def ledgers_of(roles) -> dict[str, FailureLedger]:
+    return {role: FailureLedger(f"features/{role}") for role in roles}
+
+
+def test_both_video_roles_cost_one_decoder_open_per_clip(videos, tiny_backbones, monkeypatch):
+    names = ["ramp40", "still", "ramp10"]  # each within one chunk
+    clips = clips_table(videos, names, {"ramp40": 40, "still": 20, "ramp10": 10})
+    opened = []
+    real_open = av.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", counting_open)  # what conclugen.media decodes with
+    roles = video_keywords(tiny_models(tiny_backbones), {"video3d": 2})
+    shards = extract_video_shards(clips, roles, ledgers_of(roles), workers=0)
+    assert sorted(opened) == sorted(clips["video"])  # one open per clip for both roles
+    assert all(shard.sample_id.tolist() == names for shard in shards.values())
+    opened.clear()
+    for role, kw in roles.items():
+        extract_shard(role, clips, ledger=FailureLedger("features"), workers=0, **kw)
+    assert len(opened) == 2 * len(names)  # a job per role: one open per clip and role
+
+
+@pytest.fixture
+def mixed_clips(videos, long_video, tmp_path):
+    """Short clips, a broken file and the long clip with its face track (9 chunks of 16 frames
+    at 16 fps), train and test clips; with the track as boxes."""
+    path, track = long_video
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    names = ["ramp40", "long", "broken", "still", "ramp10"]
+    lengths = {"ramp40": 40, "long": 0, "broken": 16, "still": 20, "ramp10": 10}
+    clips = clips_table(dict(videos, long=path, broken=broken), names, lengths)
+    clips.loc[1, ["start", "end", "width", "height"]] = [2.3, 11.0, 96, 72]  # 139 frames
+    clips["split"] = ["train", "train", "test", "test", "train"]
+    return clips, {"long": track[int(2.3 * 16) :]}
+
+
+def test_shared_chunks_hold_each_roles_own_inputs(mixed_clips):
+    clips, boxes = mixed_clips
+    augment = Augment(count=1, seed=3)
+    kw = {"view_seed": 7, "augment": augment}
+    views = {"video2d": 1, "video3d": 2}
+    readers = {r: VideoClips(clips, r, boxes, 16, views[r], **kw) for r in VIDEO_ROLES}
+    data = SharedVideoClips(readers, chunk_frames=16)
+    for role in VIDEO_ROLES:
+        whole = VideoClips(clips, role, boxes, 16, views[role], chunk_frames=4096, **kw)
+        for i, sample_id in enumerate(clips["sample_id"]):
+            parts = [data[k][role] for k, item in enumerate(data.items) if item[0] == i]
+            assert [p.last for p in parts] == [False] * (len(parts) - 1) + [True]
+            if sample_id == "broken":
+                assert all("not decodable" in p.error for p in parts)
+                continue
+            # Exactly the role's own crops, views and copies (2D: 1 frame per 16-frame chunk).
+            assert torch.equal(torch.cat([p.inputs for p in parts], 1), whole[i].inputs)
+    assert len([k for k, item in enumerate(data.items) if item[0] == 1]) == 9
+
+
+def test_shared_decode_gives_the_separate_roles_features(mixed_clips, tiny_backbones):
+    clips, boxes = mixed_clips
+    views = {"video2d": 1, "video3d": 2}
+    roles = video_keywords(tiny_models(tiny_backbones), views, boxes, Augment(count=1, seed=3))
+    ledgers = ledgers_of(roles)
+    shared = extract_video_shards(clips, roles, ledgers, workers=0, chunk_frames=32)
+    for role, kw in roles.items():
+        ledger = FailureLedger(f"features/{role}")
+        alone = extract_shard(role, clips, ledger=ledger, workers=0, **kw)
+        assert ledgers[role].rows == ledger.rows and [r[0] for r in ledger.rows] == ["broken"]
+        got = shared[role]
+        assert got.sample_id.tolist() == alone.sample_id.tolist() == ["ramp40", "long", "still",
+                                                                       "ramp10"]  # fmt: skip
+        assert torch.equal(got.present, alone.present) and (got.split == alone.split).all()
+        # The same inputs, batched and summed in other groups: equal up to float rounding.
+        for name in ("feature", "views", "augmented"):
+            assert torch.allclose(getattr(got, name), getattr(alone, name), rtol=1e-5, atol=1e-6)
+
+
+def test_a_clip_failing_in_one_video_role_is_that_roles_entry_only(videos):
+    names = ["ramp40", "still", "ramp10"]
+    clips = clips_table(videos, names, {"ramp40": 40, "still": 20, "ramp10": 10})
+    roles = video_keywords({"video2d": RejectsRed(), "video3d": MeanColour3D()}, {})
+    ledgers = ledgers_of(roles)
+    shards = extract_video_shards(clips, roles, ledgers, workers=2)
+    assert [(r[0], r[3]) for r in ledgers["video2d"].rows] == [("still", "dropped")]
+    assert not ledgers["video3d"].rows
+    assert shards["video2d"].sample_id.tolist() == ["ramp40", "ramp10"]
+    assert shards["video3d"].sample_id.tolist() == names
 
 
 def reference_spectrogram(audio: np.ndarray, filters: torch.Tensor) -> torch.Tensor:
