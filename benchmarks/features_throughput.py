@@ -33,7 +33,9 @@ yuv420p made by ffmpeg, 25 fps, 8 s, full-frame crops as VoxCeleb2 has no face t
 time per clip (all threads of this process, so per core) of the pure decode (every frame
 through PyAV, no conversion), then of ``VideoClips`` items (decode, RGB, crop, augment) for
 each video role with ``--views`` Instance-Cont views (the demo's pretraining set: 2) and
-without; each as a multiple of the decode and as clips/s per core.
+without, then of ``SharedVideoClips`` items (what rule features_video prepares: one decode for
+both roles, views on the 3D frames only as the configs have them) against the two roles'
+separate items; each as a multiple of the decode and as clips/s per core.
 
 ``--forward-only`` skips decoding and times one forward pass per backbone on random inputs of a
 batch's size: the model as loaded (fp32) against its inference form
@@ -64,6 +66,7 @@ from conclugen import backbones
 from conclugen.features import (
     AudioClips,
     AudioRunner,
+    SharedVideoClips,
     VideoClips,
     VideoRunner,
     extract_shard,
@@ -322,16 +325,30 @@ def preparation(args) -> None:
         decode = sum(cpu_seconds(lambda p=p: pure_decode(p), r) for p in clips["video"]) / n
         print(f"{n} VoxCeleb2-like clips (224x224 H.264, 25 fps, 8 s), crop {args.crop_size}, "
               f"CPU time per clip (1 torch thread)")  # fmt: skip
-        print(f"{'what':34} {'ms/clip':>8} {'x decode':>9} {'clips/s/core':>13}")
-        print(f"{'pure decode (PyAV, every frame)':34} {decode * 1000:8.1f} {1:9.2f} "
-              f"{1 / decode:13.2f}")  # fmt: skip
+        print(f"{'what':44} {'ms/clip':>8} {'x decode':>9} {'clips/s/core':>13}")
+
+        def row(what: str, seconds: float) -> None:
+            print(f"{what:44} {seconds * 1000:8.1f} {seconds / decode:9.2f} {1 / seconds:13.2f}",
+                  flush=True)  # fmt: skip
+
+        def prepared(data) -> float:
+            return cpu_seconds(lambda: [data[k] for k in range(len(data))], r) / n
+
+        row("pure decode (PyAV, every frame)", decode)
+        alone = {}
         for role in ("video3d", "video2d"):
             for views in (0, args.views):
-                data = VideoClips(clips, role, {}, args.crop_size, views)
-                seconds = cpu_seconds(lambda d=data: [d[k] for k in range(len(d))], r) / n
-                what = f"{role} prepared, {views} views"
-                print(f"{what:34} {seconds * 1000:8.1f} {seconds / decode:9.2f} "
-                      f"{1 / seconds:13.2f}", flush=True)  # fmt: skip
+                alone[role, views] = prepared(VideoClips(clips, role, {}, args.crop_size, views))
+                row(f"{role} prepared, {views} views", alone[role, views])
+        for views in (0, args.views):
+            row(f"video2d + video3d apart, 3D {views} views",
+                alone["video3d", views] + alone["video2d", 0])  # fmt: skip
+            readers = {
+                "video2d": VideoClips(clips, "video2d", {}, args.crop_size),
+                "video3d": VideoClips(clips, "video3d", {}, args.crop_size, views),
+            }
+            row(f"video2d + video3d one decode, 3D {views} views",
+                prepared(SharedVideoClips(readers)))  # fmt: skip
 
 
 def main() -> None:

@@ -241,11 +241,14 @@ def load_checked(config: dict[str, Any], schema_path: str | os.PathLike) -> dict
     return config
 
 
-# The rule whose jobs read what a missing_inputs line names (by its key's first part), and the
-# wildcard that the key's second part gives: datasets.caer.* -> the download of caer only.
+# The rule whose jobs read what a missing_inputs line names (by its key's first two parts, else
+# its first), and the wildcard that the key's second part gives: datasets.caer.* -> the download
+# of caer only; features.audio.* -> the audio jobs; a video backbone's -> every video job.
 READ_BY = {
     "datasets": ("download", "dataset"),
-    "features": ("features", "backbone"),
+    "features.video2d": ("features_video", None),
+    "features.video3d": ("features_video", None),
+    "features": ("features", "role"),
     "subtitles": ("subtitles", None),
     "exclusions": ("manifest", None),
 }
@@ -258,7 +261,7 @@ def needed_missing(problems: list[str], jobs) -> list[str]:
     needed = []
     for problem in problems:
         key = problem.split(":", 1)[0].split(".")
-        rule, wildcard = READ_BY.get(key[0], (None, None))
+        rule, wildcard = READ_BY.get(".".join(key[:2])) or READ_BY.get(key[0], (None, None))
         if rule is None or any(
             name == rule and (wildcard is None or wildcards.get(wildcard) == key[1])
             for name, wildcards in jobs

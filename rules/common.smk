@@ -22,11 +22,17 @@ LOOKALIKE_GENERATOR = hashlib.sha256(
     )
 ).hexdigest()
 
+FEATURE_ROLES = ["video2d", "video3d", "audio", "text"]
+# The video backbones share one job per shard (rule features_video, one decode per clip for
+# both); every other role is a job of its own (rule features, wildcard `role`).
+VIDEO_ROLES = ["video2d", "video3d"]
+SINGLE_ROLES = [role for role in FEATURE_ROLES if role not in VIDEO_ROLES]
+
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "none",
     shard=r"\d+",
-    role="video2d|video3d|audio|text",
+    role="|".join(SINGLE_ROLES),
     method="|".join([*config["pretrain"]["methods"], "supervised"]),
     fraction=r"[0-9.e-]+",
     loss="|".join(config["downstream"]["regression"]["losses"]) or "none",
@@ -99,7 +105,6 @@ def stage_ledgers(wildcards):
     ]
 
 
-FEATURE_ROLES = ["video2d", "video3d", "audio", "text"]
 DEMO_WEIGHTS = ["resnet18.pth", "r3d18_K_200ep.pth", "davenet.pth"]
 
 
@@ -108,31 +113,55 @@ def weights_spec(role):
     return cfg[weights_key(role)]
 
 
-def features_input(wildcards):
-    """A feature job's inputs: its shard's clips, face tracks, subtitles and (demo) weights."""
-    d, s, role = wildcards.dataset, wildcards.shard, wildcards.role
+def shard_features_input(d, s, roles):
+    """The inputs of a feature job of ``roles``: its shard's clips, face tracks, subtitles
+    (text) and (demo) weights."""
     inputs = {
         "manifest": f"results/{d}/manifest.parquet",
         "probe": f"results/{d}/probe/{s}.parquet",
     }
     if d in FACE_DATASETS:
         inputs["faces"] = f"results/{d}/faces/{s}.parquet"
-    if role == "text" and d in config["subtitles"]["datasets"]:
+    if "text" in roles and d in config["subtitles"]["datasets"]:
         inputs["subtitles"] = f"results/{d}/subtitles/{s}.parquet"
-    if produced_by_workflow(weights_spec(role), config):
-        inputs["weights"] = weights_spec(role)
+    weights = [
+        weights_spec(r) for r in roles if produced_by_workflow(weights_spec(r), config)
+    ]
+    if weights:
+        inputs["weights"] = weights
     return inputs
 
 
+def features_input(wildcards):
+    """The inputs of a one-role feature job (rule features)."""
+    return shard_features_input(wildcards.dataset, wildcards.shard, [wildcards.role])
+
+
+def video_features_input(wildcards):
+    """The inputs of a shard's video job (rule features_video), with both backbones' weights."""
+    return shard_features_input(wildcards.dataset, wildcards.shard, VIDEO_ROLES)
+
+
 def feature_settings(wildcards):
-    """The settings one feature job depends on: its backbone's, the views of its dataset and
-    role (features.views), and its modality's downstream copies (features.augment)."""
+    """The settings one feature job of one role depends on (:func:`role_settings`)."""
+    return role_settings(wildcards.dataset, wildcards.role)
+
+
+def video_feature_settings(wildcards):
+    """The settings of a shard's video job, role -> :func:`role_settings`: a change to either
+    backbone's reruns the job, so both stores (one decode feeds them both)."""
+    return {role: role_settings(wildcards.dataset, role) for role in VIDEO_ROLES}
+
+
+def role_settings(dataset, role):
+    """The settings one backbone's features depend on: its backbone's, the views of its
+    dataset and role (features.views), and its modality's downstream copies
+    (features.augment)."""
     cfg = config["features"]
     views, augment = cfg["views"], cfg["augment"]
-    role = wildcards.role
-    with_views = wildcards.dataset in views["datasets"] and role in views["roles"]
-    copies = augment["count"] if wildcards.dataset in augment["datasets"] else 0
-    modality = "video" if role in ("video2d", "video3d") else role
+    with_views = dataset in views["datasets"] and role in views["roles"]
+    copies = augment["count"] if dataset in augment["datasets"] else 0
+    modality = "video" if role in VIDEO_ROLES else role
     # Which jobs get views; the rest of the settings say how they are drawn.
     which = ("datasets", "roles", "count", "seed")
     recipe = {k: v for k, v in views.items() if k not in which}

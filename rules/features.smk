@@ -1,5 +1,34 @@
+rule features_video:
+    """Both video backbones' frozen features of one shard: each clip decoded once at 16 fps,
+    video2d fed every 16th frame; one store and one failure ledger per backbone."""
+    input:
+        unpack(video_features_input),
+    output:
+        video2d=directory("results/{dataset}/features/video2d/{shard}.zarr"),
+        video3d=directory("results/{dataset}/features/video3d/{shard}.zarr"),
+        video2d_failures="results/{dataset}/failures/features/video2d/{shard}.tsv",
+        video3d_failures="results/{dataset}/failures/features/video3d/{shard}.tsv",
+    log:
+        "results/logs/features_video/{dataset}/{shard}.log",
+    benchmark:
+        "results/benchmarks/features_video/{dataset}/{shard}.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: config["features"]["workers"] + 1
+    resources:
+        mem_mb=16000,
+        runtime=growing_runtime(12 * 60),
+        gpu=gpus(config["features"]),
+    params:
+        features=video_feature_settings,
+        max_failure_fraction=config["max_failure_fraction"],
+    script:
+        "../workflow/scripts/features.py"
+
+
 rule features:
-    """One backbone's frozen features of one shard (decoding workers feed cross-clip batches)."""
+    """One backbone's frozen features of one shard (decoding workers feed cross-clip batches):
+    the roles other than video2d and video3d (rule features_video)."""
     input:
         unpack(features_input),
     output:

@@ -235,14 +235,18 @@ def test_a_missing_input_refuses_only_the_jobs_that_read_it():
         "features.audio.weights: /data/w.pth does not exist",
         "subtitles.model: large-v3 is not in the cache (...)",
         "exclusions: /x/exclusions.yaml does not exist",
+        "features.video3d.weights: /data/r3d.pth does not exist",
     ]
     assert needed_missing(missing, [("weights", {}), ("download", {"dataset": "meld"})]) == []
     assert needed_missing(missing, [("download", {"dataset": "caer"})]) == missing[:1]
-    jobs = [("features", {"dataset": "meld", "backbone": "audio", "shard": "0"})]
+    jobs = [("features", {"dataset": "meld", "role": "audio", "shard": "0"})]
     assert needed_missing(missing, jobs) == missing[1:2]
-    jobs += [("features", {"dataset": "meld", "backbone": "video2d", "shard": "0"})]
+    jobs += [("features", {"dataset": "meld", "role": "text", "shard": "0"})]
     assert needed_missing(missing, jobs) == missing[1:2]
-    assert needed_missing(missing, [("subtitles", {}), ("manifest", {})]) == missing[2:]
+    # Both video backbones are read by the shard's one video job.
+    jobs += [("features_video", {"dataset": "meld", "shard": "0"})]
+    assert needed_missing(missing, jobs) == [missing[1], missing[4]]
+    assert needed_missing(missing, [("subtitles", {}), ("manifest", {})]) == missing[2:4]
 
 
 def test_a_partial_overlay_is_refused_with_the_command_that_reads_it(tmp_path, monkeypatch):

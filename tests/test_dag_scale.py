@@ -13,7 +13,8 @@ def test_a_full_size_dry_run_plans_one_job_per_shard_and_stage(tmp_path):
         assert (tmp_path / "results" / dataset / "manifest.parquet").stat().st_size > n
     shards = sum(SHARDS.values())
     assert counts["probe"] == shards
-    assert counts["features"] == 4 * shards  # video2d, video3d, audio, text
+    assert counts["features"] == 2 * shards  # audio, text
+    assert counts["features_video"] == shards  # video2d and video3d from one decode
     assert counts["faces"] == shards - SHARDS["voxceleb2"]  # VoxCeleb2 is not cropped
     assert counts["subtitles"] == SHARDS["voxceleb2"] + SHARDS["caer"]
     assert counts["features_merge"] == counts["failures"] == counts["dataset_stats"] == 4

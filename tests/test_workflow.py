@@ -360,7 +360,7 @@ def test_killed_features_job_reruns_to_the_same_output(demo_run):
     run_snakemake(args, workdir)  # uninterrupted
     reference = zarr.open_group(target, mode="r")
     reference = {name: reference[name][:] for name in ("sample_id", "feature", "views")}
-    log = workdir / "results/logs/features/voxceleb2/video3d/0.log"
+    log = workdir / "results/logs/features_video/voxceleb2/0.log"
     log.unlink()
     run_snakemake([*args, "--force", "-n"], workdir)  # the forced rerun is possible
     cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
