@@ -14,8 +14,9 @@ def test_workstation_profile_runs_gpu_jobs_one_per_gpu(tmp_path):
     assert "Using profile" in log and "workstation" in log
     profile = yaml.safe_load((ROOT / "workstation" / "profile.yaml").read_text())
     assert profile["resources"] == ["gpu=1"]  # at most one GPU job at a time, per GPU
-    features = log[log.index("rule features:") :].split("\n\n")[0]
-    assert "gpu=1" in features  # device auto: a GPU stage asks for one
+    for rule in ("features", "features_video"):
+        job = log[log.index(f"rule {rule}:") :].split("\n\n")[0]
+        assert "gpu=1" in job  # device auto: a GPU stage asks for one
 
 
 def test_slurm_profile_sets_what_the_readme_promises():
