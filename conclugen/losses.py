@@ -2,9 +2,11 @@
 
 Equation numbers refer to "Multi-Task Multi-Modal Self-Supervised Learning for Facial Expression
 Recognition" (ConCluGen, CVPRW 2024), except the negative-free pretext losses, which cite their
-own papers: BYOL (Grill et al., NeurIPS 2020) and DINO (Caron et al., ICCV 2021), and the
-downstream losses on continuous labels, which cite SS-VAERR (Jegorova et al., "SS-VAERR:
-Self-Supervised Apparent Emotional Reaction Recognition from Video", Eq. 1-6). Similarities
+own papers: BYOL (Grill et al., NeurIPS 2020) and DINO (Caron et al., ICCV 2021), the
+modality-pairwise loss of MPUC (Franceschini et al., "Multimodal Emotion Recognition with
+Modality-Pairwise Unsupervised Contrastive Loss", ICPR 2022, Eq. 1-2), and the downstream losses
+on continuous labels, which cite SS-VAERR (Jegorova et al., "SS-VAERR: Self-Supervised Apparent
+Emotional Reaction Recognition from Video", Eq. 1-6). Similarities
 and cross-entropies are computed in float32 whatever the autocast dtype of the inputs, so bf16
 training does not round the logits.
 """
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 MARGIN = 0.001  # delta of Eq. 3-4 and Eq. 10
-TEMPERATURE = 0.07  # tau of Eq. 1 (authors' simclr_temperature)
+TEMPERATURE = 0.07  # tau of Eq. 1 (authors' simclr_temperature), also MPUC's (Sec. III-D)
 DINO_STUDENT_TEMP = 0.1  # tau_s (DINO Sec. 3.1 and its code's default)
 DINO_TEACHER_TEMP = 0.04  # tau_t (DINO's code default; the paper warms it up to 0.07)
 DINO_CENTER_MOMENTUM = 0.9  # m of DINO Eq. 4
@@ -78,6 +80,58 @@ def info_nce_loss(
     b = p1.shape[0]
     target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(s.device)
     return F.cross_entropy(s, target)
+
+
+def pairwise_contrastive_loss(
+    anchor: torch.Tensor, other: torch.Tensor, temperature: float = TEMPERATURE
+) -> torch.Tensor:
+    """MPUC's L^{m,n} (Franceschini et al. Eq. 1): anchors from modality m, positive and
+    negatives from modality n only, so L^{m,n} != L^{n,m} in general.
+
+    ``anchor`` and ``other`` are the projections of modalities m and n, [V, B, d] (V temporal
+    views of the same B clips, V = 1 or 2; [B, d] is one view); sim = cosine / tau.
+
+    - One view: Eq. 1 as printed, averaged over the B anchors instead of summed:
+      -log(exp(s_ii) / sum_{j != i} exp(s_ij)) with s_ij = sim(z_i^m, z_j^n) / tau; the
+      denominator leaves the positive out (the indicator 1[i != j]), so B >= 2.
+    - Two views, as the authors' code (SupCon-style, positives from the other view): the 2B
+      anchors are m's rows of both views; the positive of view v of clip i is n's row of clip i
+      in the other view; n's row of clip i in the same view is dropped from numerator and
+      denominator, so the denominator runs over the other 2B - 1 rows of n, the positive
+      included; each anchor's -log term is divided by 2 (their code divides the positives'
+      log-likelihood by their count + 1) and the terms are averaged over the 2B anchors.
+    """
+    z_m, z_n = (x if x.dim() == 3 else x[None] for x in (anchor, other))
+    views, b = z_m.shape[:2]
+    if z_n.shape[:2] != (views, b) or views not in (1, 2) or views * b < 2:
+        shapes = f"{tuple(anchor.shape)}, {tuple(other.shape)}"
+        raise ValueError(f"need [V, B, d] views of the same clips, V 1 or 2, V B >= 2: {shapes}")
+    z_m = F.normalize(z_m.reshape(views * b, -1).float(), dim=1)
+    z_n = F.normalize(z_n.reshape(views * b, -1).float(), dim=1)
+    s = (z_m @ z_n.T) / temperature
+    own = torch.eye(len(s), dtype=torch.bool, device=s.device)  # the same clip in the same view
+    others = s.masked_fill(own, float("-inf"))
+    if views == 1:
+        return (torch.logsumexp(others, dim=1) - s.diagonal()).mean()
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(s.device)
+    return F.cross_entropy(others, target) / 2
+
+
+def mpuc_loss(
+    projections: Sequence[torch.Tensor], temperature: float = TEMPERATURE
+) -> torch.Tensor:
+    """MPUC's final loss (Franceschini et al. Eq. 2): :func:`pairwise_contrastive_loss` L^{m,n}
+    averaged over the |M|(|M| - 1) ordered pairs of distinct modalities (both (m, n) and
+    (n, m): the loss is asymmetric). ``projections``: one per modality, each [V, B, d]."""
+    if len(projections) < 2:
+        raise ValueError(f"MPUC needs at least 2 modalities, got {len(projections)}")
+    terms = [
+        pairwise_contrastive_loss(p, q, temperature)
+        for i, p in enumerate(projections)
+        for j, q in enumerate(projections)
+        if i != j
+    ]
+    return sum(terms) / len(terms)
 
 
 def reconstruction_loss(

@@ -80,6 +80,77 @@ def test_info_nce_prefers_matching_views():
     assert L.info_nce_loss(x, near) < L.info_nce_loss(x, near[torch.randperm(32, generator=g)])
 
 
+def _cos(u: list[float], v: list[float]) -> float:
+    return sum(a * b for a, b in zip(u, v, strict=True)) / math.hypot(*u) / math.hypot(*v)
+
+
+def _pairwise_by_hand(m: list, n: list, tau: float) -> float:
+    """MPUC's L^{m,n} with two views, term by term: ``m``, ``n`` are [view][clip] vectors."""
+    b, total = len(m[0]), 0.0
+    for v in (0, 1):
+        for i in range(b):
+            pos = math.exp(_cos(m[v][i], n[1 - v][i]) / tau)
+            kept = [(w, j) for w in (0, 1) for j in range(b) if (w, j) != (v, i)]
+            den = sum(math.exp(_cos(m[v][i], n[w][j]) / tau) for w, j in kept)
+            total += -math.log(pos / den) / 2
+    return total / (2 * b)
+
+
+# Two modalities, B = 3 clips, two temporal views each (not unit length: sim is the cosine).
+# m's clips are spread apart, n's close together: n's negatives are hard ones for m's anchors.
+MPUC_M = [[[1.0, 0.0], [0.6, 0.8], [0.0, 2.0]], [[0.8, 0.6], [0.0, 1.0], [-1.0, 1.0]]]
+MPUC_N = [[[1.0, 0.1], [1.0, 0.3], [0.9, 0.5]], [[1.0, 0.2], [0.8, 0.4], [1.0, 0.6]]]
+
+
+def test_mpuc_matches_hand_computation():
+    m, n = (torch.tensor(x, dtype=torch.float64) for x in (MPUC_M, MPUC_N))
+    tau = 0.5
+    mn, nm = _pairwise_by_hand(MPUC_M, MPUC_N, tau), _pairwise_by_hand(MPUC_N, MPUC_M, tau)
+    assert L.pairwise_contrastive_loss(m, n, tau).item() == pytest.approx(mn, rel=1e-6)
+    assert L.pairwise_contrastive_loss(n, m, tau).item() == pytest.approx(nm, rel=1e-6)
+    assert abs(mn - nm) > 0.1  # negatives from one modality only: asymmetric
+    assert L.mpuc_loss([m, n], tau).item() == pytest.approx((mn + nm) / 2, rel=1e-6)
+    # Every view of every clip the same unit vector e_i: the positive has cosine 1 and the other
+    # 2B - 2 rows left in the denominator cosine 0, so each term is log(1 + 4 e^(-1/tau)) / 2.
+    same = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)
+    assert L.mpuc_loss([same, same], tau).item() == pytest.approx(
+        math.log(1 + 4 * math.exp(-1 / tau)) / 2, rel=1e-6
+    )
+
+
+def test_mpuc_with_one_view_is_eq_1_as_printed():
+    m, n = MPUC_M[0], MPUC_N[0]
+    tau = 0.07
+    by_hand = 0.0
+    for i in range(3):  # the denominator leaves the positive out: 1[i != j]
+        pos = math.exp(_cos(m[i], n[i]) / tau)
+        by_hand += -math.log(
+            pos / sum(math.exp(_cos(m[i], n[j]) / tau) for j in range(3) if j != i)
+        )
+    got = L.pairwise_contrastive_loss(torch.tensor(m), torch.tensor(n), tau).item()
+    assert got == pytest.approx(by_hand / 3, rel=1e-5)
+    one_view = [torch.tensor(x)[None] for x in (m, n)]  # [1, B, d] is the same as [B, d]
+    assert L.pairwise_contrastive_loss(*one_view, tau).item() == pytest.approx(got)
+
+
+def test_mpuc_averages_every_ordered_pair_and_prefers_matching_clips():
+    g = torch.Generator().manual_seed(4)
+    mods = [torch.randn(2, 8, 6, generator=g) for _ in range(3)]
+    pairs = [L.pairwise_contrastive_loss(p, q) for p in mods for q in mods if p is not q]
+    assert len(pairs) == 6
+    assert L.mpuc_loss(mods).item() == pytest.approx(sum(pairs).item() / 6, rel=1e-6)
+    x = torch.randn(2, 16, 8, generator=g)
+    near = x + 0.05 * torch.randn(2, 16, 8, generator=g)
+    shuffled = near[:, torch.randperm(16, generator=g)]
+    assert L.mpuc_loss([x, near]) < L.mpuc_loss([x, shuffled])
+    with pytest.raises(ValueError):
+        L.mpuc_loss([x])
+    with pytest.raises(ValueError):
+        L.pairwise_contrastive_loss(x, near[:, :8])  # not the same clips
+    with pytest.raises(ValueError):
+        L.pairwise_contrastive_loss(torch.randn(3, 4, 8), torch.randn(3, 4, 8))  # 3 views
+
+
 def test_reconstruction_is_mse_summed_over_modalities():
     r = [torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0, 3.0]])]
     t = [torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0, 1.0]])]
