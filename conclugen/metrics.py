@@ -15,6 +15,10 @@ torchmetrics or scikit-learn:
   support both are plain accuracy sum_c TP_c / N (the support cancels the denominator), which is
   why Acc. == Recall in every row of the paper's CAER table (Tab. 5).
 
+Multi-label evaluations also get the CMU-MOSEI literature's per-emotion metrics, averaged over
+the emotions (:func:`emotion_metrics`; MPUC, Franceschini et al. ICPR 2022, reports them):
+the weighted accuracy (TP N / P + TN) / 2N and the weighted F1 of each emotion as a binary task.
+
 Inputs may be numpy arrays, lists or torch tensors (converted on the host).
 """
 
@@ -161,9 +165,41 @@ def multilabel_metrics(targets, predictions, threshold: float = THRESHOLD) -> di
     each per-label value of :func:`per_label_metrics` averaged over labels with weight
     support_l = TP_l + FN_l, i.e. sum_l support_l * value_l / sum_l support_l (labels without
     positives weigh 0). Accuracy is therefore sum_l pos_l (TP_l + TN_l) / N / sum_l pos_l, not
-    the "weighted accuracy" (TP N / P + TN) / 2N of the MOSEI literature."""
+    the "weighted accuracy" (TP N / P + TN) / 2N of the MOSEI literature
+    (:func:`emotion_metrics`)."""
     pl = per_label_metrics(multilabel_confusion(targets, predictions, threshold))
     return {k: _weighted_mean(pl[k], pl["support"]) for k in METRICS}
+
+
+def per_label_weighted(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-label values of the CMU-MOSEI literature from [L, 2, 2] confusion matrices, each an
+    array [L], with P = TP + FN positives and N = TN + FP negatives in the targets:
+
+    weighted_accuracy_l = (TP N / P + TN) / 2N = (TP / P + TN / N) / 2 (Tong et al., ACL 2017,
+    as MPUC's code computes it: the mean of the recalls of both classes, balanced accuracy);
+    weighted_f1_l = (P F1_pos + N F1_neg) / (P + N) with F1_pos = 2 TP / (2 TP + FP + FN) and
+    F1_neg = 2 TN / (2 TN + FN + FP): the F1 of both classes weighted by their support
+    (scikit-learn ``f1_score(average='weighted')`` of the binary label, as MPUC's code).
+
+    A ratio with a zero denominator is 0 (zero_division=0), so an emotion without positives
+    (or negatives) has a weighted accuracy of at most 1/2; MPUC's code would divide by zero.
+    """
+    m = np.asarray(confusion, dtype=np.int64)
+    tn, fp, fn, tp = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    pos, neg = tp + fn, tn + fp
+    f1_pos = _safe_divide(2 * tp, 2 * tp + fp + fn)
+    f1_neg = _safe_divide(2 * tn, 2 * tn + fn + fp)
+    return {
+        "weighted_accuracy": (_safe_divide(tp, pos) + _safe_divide(tn, neg)) / 2,
+        "weighted_f1": _safe_divide(pos * f1_pos + neg * f1_neg, pos + neg),
+    }
+
+
+def emotion_metrics(targets, predictions, threshold: float = THRESHOLD) -> dict[str, float]:
+    """The per-emotion ``weighted_accuracy`` and ``weighted_f1`` of :func:`per_label_weighted`,
+    each averaged over the L emotions with equal weight (MPUC's Table II "average")."""
+    pl = per_label_weighted(multilabel_confusion(targets, predictions, threshold))
+    return {k: float(np.mean(v)) if v.size else 0.0 for k, v in pl.items()}
 
 
 # --- entry point -------------------------------------------------------------------------------
@@ -183,19 +219,24 @@ def classification_metrics(
     Multi-label: ``targets`` [N, L] in {0,1}, ``predictions`` [N, L] in {0,1} or scores
     (thresholded at ``threshold``). Returns ``accuracy, f1, precision, recall`` (support-weighted
     floats in [0, 1], see the module docstring), ``per_class`` (a dict of per-class lists:
-    ``support, precision, recall, f1`` and, multi-label, ``accuracy``; plus ``names`` when given)
-    and ``confusion`` ([C][C] counts, rows = true; multi-label [L][2][2] as [[TN, FP], [FN, TP]]).
+    ``support, precision, recall, f1`` and, multi-label, ``accuracy``, ``weighted_accuracy`` and
+    ``weighted_f1``; plus ``names`` when given) and ``confusion`` ([C][C] counts, rows = true;
+    multi-label [L][2][2] as [[TN, FP], [FN, TP]]). Multi-label also returns
+    ``weighted_accuracy`` and ``weighted_f1``, their means over labels (:func:`emotion_metrics`).
     """
+    emotions = {}
     if multilabel:
         confusion = multilabel_confusion(targets, predictions, threshold)
-        per_class = per_label_metrics(confusion)
+        per_class = per_label_metrics(confusion) | per_label_weighted(confusion)
         accuracy = per_class["accuracy"]
+        emotions = emotion_metrics(targets, predictions, threshold)
     else:
         confusion = confusion_matrix(targets, predictions, num_classes)
         per_class = per_class_metrics(confusion)
         accuracy = per_class["recall"]  # per-class accuracy TP/(TP+FN) (module docstring)
     summary = {"accuracy": _weighted_mean(accuracy, per_class["support"])}
     summary |= {k: _weighted_mean(per_class[k], per_class["support"]) for k in METRICS[1:]}
+    summary |= emotions
     if class_names is not None and len(class_names) != len(confusion):
         raise ValueError(f"{len(class_names)} class names for {len(confusion)} classes")
     per_class_out: dict[str, list] = {k: v.tolist() for k, v in per_class.items()}

@@ -101,6 +101,47 @@ def test_multilabel_hand_computed():
     assert metrics.multilabel_metrics(ML_TARGETS, logits)["f1"] == pytest.approx(12 / 35)
 
 
+# The MOSEI literature's per-emotion metrics on the same case (P positives, N negatives):
+# label 0: P 3, N 2: w-acc (TP N / P + TN) / 2N = (2*2/3 + 0) / 4 = 1/3;
+#          F1_pos 4/7, F1_neg 2TN / (2TN + FN + FP) = 0/3 -> weighted F1 (3*4/7 + 2*0) / 5 = 12/35
+# label 1: P 2, N 3: w-acc (0 + 3) / 6 = 1/2; F1_pos 0, F1_neg 6/8 -> (2*0 + 3*3/4) / 5 = 9/20
+# label 2: P 0, N 5: w-acc (0 (no positives) + 4) / 10 = 2/5; F1_neg 8/9 -> (5*8/9) / 5 = 8/9
+# averaged over the three labels: w-acc (1/3 + 1/2 + 2/5) / 3 = 37/90,
+#                                 weighted F1 (12/35 + 9/20 + 8/9) / 3
+ML_WACC = [1 / 3, 1 / 2, 2 / 5]
+ML_WF1 = [12 / 35, 9 / 20, 8 / 9]
+
+
+def test_emotion_metrics_hand_computed():
+    out = metrics.emotion_metrics(ML_TARGETS, ML_PROBS)
+    assert out["weighted_accuracy"] == pytest.approx(37 / 90)
+    assert out["weighted_f1"] == pytest.approx(sum(ML_WF1) / 3)
+    full = metrics.classification_metrics(ML_TARGETS, ML_PROBS, multilabel=True)
+    assert {k: full[k] for k in out} == pytest.approx(out)
+    assert full["per_class"]["weighted_accuracy"] == pytest.approx(ML_WACC)
+    assert full["per_class"]["weighted_f1"] == pytest.approx(ML_WF1)
+    assert "weighted_accuracy" not in metrics.classification_metrics(TARGETS, PREDS, False)
+    # Balanced accuracy, not accuracy: always predicting "absent" scores 1/2 on a rare emotion.
+    rare = np.array([[1], [0], [0], [0], [0], [0], [0], [0]])
+    assert metrics.emotion_metrics(rare, np.zeros_like(rare))["weighted_accuracy"] == 0.5
+    assert metrics.emotion_metrics(rare, rare) == {"weighted_accuracy": 1.0, "weighted_f1": 1.0}
+
+
+def test_emotion_metrics_match_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((400, 6)) < [0.5, 0.3, 0.2, 0.1, 0.05, 0.02]).astype(int)
+    probs = np.clip(rng.random((400, 6)) * 0.7 + 0.3 * y, 0, 1)
+    yhat = (probs > 0.5).astype(int)
+    assert y.min(0).max() == 0 and y.max(0).min() == 1  # both classes in every label
+    out = metrics.emotion_metrics(y, probs)
+    wacc = [balanced_accuracy_score(y[:, j], yhat[:, j]) for j in range(6)]
+    wf1 = [f1_score(y[:, j], yhat[:, j], average="weighted") for j in range(6)]
+    assert out["weighted_accuracy"] == pytest.approx(np.mean(wacc))
+    assert out["weighted_f1"] == pytest.approx(np.mean(wf1))
+
+
 def test_no_support_gives_zero_not_nan():
     out = metrics.classification_metrics([[0, 0], [0, 0]], [[1, 0], [0, 0]], multilabel=True)
     assert [out[k] for k in metrics.METRICS] == [0.0, 0.0, 0.0, 0.0]
