@@ -63,7 +63,7 @@ import torch.nn as nn
 
 from conclugen import figures
 from conclugen.data.manifest import read_manifest
-from conclugen.featstore import MODALITIES, FeatureSet, read_features
+from conclugen.featstore import MODALITIES, PAPER_MODALITIES, FeatureSet, read_features
 from conclugen.io import atomic_path, write_parquet
 from conclugen.metrics import classification_metrics
 from conclugen.model import load_model, representation_head
@@ -220,11 +220,13 @@ def build_classifier(
     protocol: str, pretrained, dims: dict[str, int], num_outputs: int, hp: dict
 ) -> Classifier:
     """The protocol's classifier over the modalities it uses (those of the pretrained model, or
-    of the features for ``supervised``; video only for ``vision``), in canonical order."""
+    for ``supervised`` the paper's video, audio and text the features have, keypoints not: the
+    baseline of ConCluGen's tables; video only for ``vision``), in canonical order."""
     if protocol == "supervised":
         if pretrained is not None:
             raise ValueError("the supervised protocol trains from scratch; pass pretrained=None")
-        heads = {m: representation_head(m, d, hp["rep_dim"]) for m, d in dims.items()}
+        heads = {m: representation_head(m, dims[m], hp["rep_dim"])
+                 for m in PAPER_MODALITIES if m in dims}  # fmt: skip
         return Classifier(heads, hp["rep_dim"], num_outputs, hp["dropout"])
     if pretrained is None:
         raise ValueError(f"the {protocol} protocol needs a pretrained model.pt")

@@ -7,12 +7,15 @@ Layout (a zarr v3 group)::
     video            [N, Dv]    float16 by default (2D || 3D features, 4096 at paper size)
     audio            [N, Da]    (1024)
     text             [N, Dt]    (768)
+    keypoints        [N, 80]    datasets with face tracks: MTCNN's five landmarks encoded over
+                                time (:mod:`conclugen.keypoints`; MPUC's fourth modality)
     {m}_present      [N]        bool: the sample has modality m (absent rows hold zeros)
     video_views      [N, K, Dv'] optional: features of K augmented clips (Instance-Cont); they
                                  correspond to columns view_columns [a, b) of ``video``
     {m}_augmented    [N, K', D_m] optional: K' augmented copies per sample of modality m
-                                 (downstream augmentation); zeros where the split is not train
-                                 and where the modality is absent
+                                 (downstream augmentation; the backbones' modalities only, not
+                                 keypoints); zeros where the split is not train and where the
+                                 modality is absent
     attrs: modalities (list, canonical order), dims ({m: D}), views (K), view_columns ([a, b]
            when views are stored), augmented (K', 0 without copies), complete (True)
 
@@ -49,9 +52,11 @@ from zarr.codecs import BloscCodec
 
 from conclugen.io import atomic_path
 
-MODALITIES = ("video", "audio", "text")  # canonical order; MMS pairs follow it
+MODALITIES = ("video", "audio", "text", "keypoints")  # canonical order; MMS pairs follow it
+PAPER_MODALITIES = MODALITIES[:3]  # ConCluGen's; keypoints are MPUC's (Franceschini et al.)
 VIDEO_ROLES = ("video2d", "video3d")  # their features side by side make ``video``
-ROLES = (*VIDEO_ROLES, "audio", "text")  # one shard store per role
+ROLES = (*VIDEO_ROLES, "audio", "text")  # one shard store per role and backbone
+KEYPOINTS_ROLE = "keypoints"  # a shard store computed from the face tracks, without a backbone
 PAPER_DIMS = {"video": 4096, "audio": 1024, "text": 768}
 CHUNK_BYTES = 16 << 20
 COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
@@ -334,23 +339,28 @@ def merge_shards(
     """Join per-shard, per-role stores into one features store (:func:`write_features`);
     returns N.
 
-    ``shards``: role -> shard store paths (same shard order for every role). A sample is kept
-    when both video roles have it; audio and text rows follow it (absent when missing). Rows are
-    copied shard by shard (:class:`ShardRows`), so a dataset larger than memory streams through.
+    ``shards``: role -> shard store paths (same shard order for every role): the video roles,
+    and audio, text and keypoints where the dataset has them. A sample is kept when both video
+    roles have it; the other roles' rows follow it (absent when missing). Rows are copied shard
+    by shard (:class:`ShardRows`), so a dataset larger than memory streams through.
 
     Views: those of the video roles whose shards have them (attr ``view_roles``), concatenated
     in role order; ``view_columns`` [a, b] are the columns of ``video`` they correspond to.
-    Augmented copies: ``{m}_augmented`` for every modality (video = 2D || 3D) when every role
-    has them (attr ``augmented``: K, the fewest any shard has); zeros where a role lacks a row.
+    Augmented copies: ``{m}_augmented`` for every backbone's modality (video = 2D || 3D) when
+    every backbone role has them (attr ``augmented``: K, the fewest any shard has); zeros where
+    a role lacks a row. Keypoints have none, so adding them leaves the other arrays as they are.
     """
     missing = set(VIDEO_ROLES) - set(shards)
     if missing:
         raise ValueError(f"merging needs the video roles; missing {sorted(missing)}")
+    unknown = set(shards) - {*ROLES, KEYPOINTS_ROLE}
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}")
     counts = {len(paths) for paths in shards.values()}
     if len(counts) != 1:
         raise ValueError("every role needs the same number of shards")
     groups = {role: [open_shard(p) for p in paths] for role, paths in shards.items()}
-    mods = ["video"] + [m for m in ("audio", "text") if m in groups]
+    mods = ["video"] + [m for m in MODALITIES[1:] if m in groups]  # role m makes modality m
     dims = {r: int(groups[r][0].attrs["dim"]) for r in groups}
     dims["video"] = dims["video2d"] + dims["video3d"]
     views_of = {r: min(int(g.attrs.get("views", 0)) for g in groups[r]) for r in VIDEO_ROLES}
@@ -358,7 +368,7 @@ def merge_shards(
     n_views = min((views_of[r] for r in view_roles), default=0)
     first = dims["video2d"] if view_roles == ["video3d"] else 0
     view_columns = [first, first + sum(dims[r] for r in view_roles)]
-    n_aug = min(int(g.attrs.get("augmented", 0)) for gs in groups.values() for g in gs)
+    n_aug = min(int(g.attrs.get("augmented", 0)) for r in ROLES if r in groups for g in groups[r])
 
     kept, split, rows = [], [], []  # per shard: kept ids, their split, {role: row in its shard}
     for k in range(counts.pop()):
@@ -402,7 +412,8 @@ def merge_shards(
         views = column("video", "views", view_roles, width, n_views)
     augmented = None
     if n_aug:
-        augmented = {m: column(m, "augmented", roles[m], dims[m], n_aug) for m in mods}
+        augmented = {m: column(m, "augmented", roles[m], dims[m], n_aug)
+                     for m in mods if m != KEYPOINTS_ROLE}  # fmt: skip
     backbones = {
         r: {k: v for k, v in groups[r][0].attrs.items() if k != "complete"} for r in groups
     }

@@ -92,7 +92,7 @@ def shard_stages(dataset):
     stages = ["probe"]
     stages += ["faces"] if dataset in config["faces"]["datasets"] else []
     stages += ["subtitles"] if dataset in config["subtitles"]["datasets"] else []
-    return stages + [f"features/{role}" for role in FEATURE_ROLES]
+    return stages + [f"features/{role}" for role in feature_roles(dataset)]
 
 
 def stage_ledgers(wildcards):
@@ -103,6 +103,12 @@ def stage_ledgers(wildcards):
         for stage in shard_stages(d)
         for s in shards(d)
     ]
+
+
+def feature_roles(dataset):
+    """The shard stores merged into a dataset's features.zarr: the backbones' roles, and the
+    keypoints (rule features_keypoints) where the dataset has face tracks."""
+    return FEATURE_ROLES + (["keypoints"] if dataset in FACE_DATASETS else [])
 
 
 DEMO_WEIGHTS = ["resnet18.pth", "r3d18_K_200ep.pth", "davenet.pth"]
@@ -188,7 +194,7 @@ def feature_shards(wildcards):
             role=role,
             shard=shards(wildcards.dataset),
         )
-        for role in FEATURE_ROLES
+        for role in feature_roles(wildcards.dataset)
     }
 
 

@@ -52,8 +52,33 @@ rule features:
         "../workflow/scripts/features.py"
 
 
+rule features_keypoints:
+    """Keypoint features of one shard from its face tracks' landmarks (no decoding, no backbone)."""
+    input:
+        manifest="results/{dataset}/manifest.parquet",
+        probe="results/{dataset}/probe/{shard}.parquet",
+        faces="results/{dataset}/faces/{shard}.parquet",
+    output:
+        store=directory("results/{dataset}/features/keypoints/{shard}.zarr"),
+        failures="results/{dataset}/failures/features/keypoints/{shard}.tsv",
+    log:
+        "results/logs/features/{dataset}/keypoints/{shard}.log",
+    benchmark:
+        "results/benchmarks/features/{dataset}/keypoints/{shard}.tsv"
+    conda:
+        "../envs/models.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=growing_runtime(30),
+    params:
+        dtype=config["features"]["dtype"],
+        max_failure_fraction=config["max_failure_fraction"],
+    script:
+        "../workflow/scripts/features_keypoints.py"
+
+
 rule features_merge:
-    """All shards and backbones of a dataset in one store (video = 2D || 3D)."""
+    """All shards and roles of a dataset in one store (video = 2D || 3D)."""
     input:
         unpack(feature_shards),
     output:

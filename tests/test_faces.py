@@ -14,6 +14,7 @@ from conclugen import faces
 from conclugen.data.adapters import ADAPTERS
 from conclugen.data.manifest import build_manifest
 from conclugen.faces import centre_box, face_tracks, faces_shard, load_mtcnn, stabilise
+from conclugen.keypoints import keypoint_features
 from conclugen.ledger import FailureLedger
 from conclugen.lookalike import generate
 from conclugen.media import MediaError, probe, read_frames
@@ -46,24 +47,63 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a) + area(b) - inter)
 
 
-def test_mtcnn_finds_the_face_where_it_is(caer):
-    clips, truth = caer
+@pytest.fixture(scope="module")
+def caer_tracks(caer):
+    """Real MTCNN's tracks of the look-alike clips (every other frame examined)."""
+    clips, _ = caer
     ledger = FailureLedger("faces")
-    tracks = list(face_tracks(load_mtcnn(), clips, ledger, detect_every=2, batch_frames=48))
+    return list(face_tracks(load_mtcnn(), clips, ledger, detect_every=2, batch_frames=48))
+
+
+def shown_boxes(track, truth) -> np.ndarray:
+    """The true face box [T, 4] on screen at each of the track's sampled times (25 fps)."""
+    boxes = np.array(list(truth.loc[track.sample_id, "face_boxes"]))
+    return boxes[np.minimum(np.floor(track.times * 25 + 1e-6).astype(int), len(boxes) - 1)]
+
+
+def test_mtcnn_finds_the_face_where_it_is(caer, caer_tracks):
+    _, truth = caer
     hits, looked = 0, 0
-    for track in tracks:
+    for track in caer_tracks:
         if truth.loc[track.sample_id, "bad"] == "no_face":
             continue
-        boxes = np.array(list(truth.loc[track.sample_id, "face_boxes"]))
-        shown = np.minimum(np.floor(track.times * 25 + 1e-6).astype(int), len(boxes) - 1)
+        boxes = shown_boxes(track, truth)
         examined = track.examined
-        good = iou(np.nan_to_num(track.boxes[examined]), boxes[shown[examined]]) >= 0.5
+        good = iou(np.nan_to_num(track.boxes[examined]), boxes[examined]) >= 0.5
         hits += good.sum()
         looked += examined.sum()
         # the smoothed track follows the face on every frame, examined or not
-        assert np.median(iou(track.track, boxes[shown])) >= 0.6
+        assert np.median(iou(track.track, boxes)) >= 0.6
     assert looked > 300
     assert hits / looked >= 0.95, f"face found with IoU >= 0.5 on {hits}/{looked} frames"
+
+
+def test_landmarks_follow_the_moving_face(caer, caer_tracks):
+    _, truth = caer
+    inside, detected, travel = 0, 0, []
+    for track in caer_tracks:
+        if truth.loc[track.sample_id, "bad"] == "no_face":
+            continue
+        found = track.detected
+        box = shown_boxes(track, truth)[found]
+        points = track.landmarks[found]  # [F, 5, 2]: eyes, nose, mouth corners
+        lo, hi = box[:, None, :2], box[:, None, 2:]
+        eyes_mouth = points[:, [0, 1, 3, 4]]
+        inside += ((eyes_mouth >= lo) & (eyes_mouth <= hi)).all((1, 2)).sum()
+        detected += found.sum()
+        # Each point keeps its place in the true box while the face moves and zooms.
+        assert ((points - lo) / (hi - lo)).std(0).max() < 0.06, track.sample_id
+        travel.append(np.ptp((box[:, :2] + box[:, 2:]) / 2, axis=0).max())
+    assert detected > 300
+    assert inside / detected >= 0.95, f"eyes and mouth in the face box on {inside}/{detected}"
+    assert np.median(travel) > 30  # px: the faces do move
+    # The keypoints role reads these tracks as the faces stage stores them.
+    faces = pd.concat([t.to_frame() for t in caer_tracks], ignore_index=True)
+    ids = [t.sample_id for t in caer_tracks]
+    clips = pd.DataFrame({"sample_id": ids, "split": "train"})
+    shard = keypoint_features(clips, faces, FailureLedger("features/keypoints"))
+    assert shard.sample_id.tolist() == ids and bool(shard.present.all())
+    assert torch.isfinite(shard.feature).all() and (shard.feature[:, 40:].abs().sum(1) > 0).all()
 
 
 def test_clip_without_face_goes_to_the_ledger(caer):

@@ -1,9 +1,9 @@
-"""Rule features_merge: every backbone's shard stores of a dataset into features.zarr."""
+"""Rule features_merge: every role's shard stores of a dataset into features.zarr."""
 
-from conclugen.featstore import ROLES, merge_shards
+from conclugen.featstore import merge_shards
 from conclugen.logs import logged
 
 with logged(snakemake.log[0]) as log:
-    shards = {role: list(snakemake.input[role]) for role in ROLES}
+    shards = {role: list(paths) for role, paths in snakemake.input.items()}
     n = merge_shards(shards, snakemake.output[0], snakemake.params.dtype)
-    log.info("%d samples merged into %s", n, snakemake.output[0])
+    log.info("%d samples merged into %s (roles %s)", n, snakemake.output[0], sorted(shards))
