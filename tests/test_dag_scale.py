@@ -16,6 +16,7 @@ def test_a_full_size_dry_run_plans_one_job_per_shard_and_stage(tmp_path):
     assert counts["features"] == 2 * shards  # audio, text
     assert counts["features_video"] == shards  # video2d and video3d from one decode
     assert counts["faces"] == shards - SHARDS["voxceleb2"]  # VoxCeleb2 is not cropped
+    assert counts["features_keypoints"] == counts["faces"]  # MTCNN's landmarks, MPUC's K
     assert counts["subtitles"] == SHARDS["voxceleb2"] + SHARDS["caer"]
     assert counts["features_merge"] == counts["failures"] == counts["dataset_stats"] == 4
     assert counts["pretrain"] == 10  # the paper's 8 methods, BYOL and DINO

@@ -312,8 +312,12 @@ def test_features_store_holds_every_usable_clip(demo_run, dataset):
     workdir, _, _ = demo_run
     fs = read_features(workdir / "results" / dataset / "features.zarr", augmented=True)
     assert set(fs.sample_id) == usable_clips(workdir, dataset)
-    # The demo's backbones: ResNet-18 (512) || 3D ResNet-18 (512), narrow DAVEnet, MiniLM.
-    assert fs.dims == {"video": 1024, "audio": 256, "text": 384}
+    # The demo's backbones: ResNet-18 (512) || 3D ResNet-18 (512), narrow DAVEnet, MiniLM; the
+    # datasets with face tracks also have MPUC's keypoints (MTCNN's landmarks, 80-d).
+    dims = {"video": 1024, "audio": 256, "text": 384}
+    assert fs.dims == dims | ({} if dataset == "voxceleb2" else {"keypoints": 80})
+    if dataset != "voxceleb2":  # faces.no_face: drop, so every clip has a detection
+        assert bool(fs.present["keypoints"].all()) and "keypoints" not in fs.augmented
     assert all(torch.isfinite(x).all() for x in fs.features.values())
     want = truth(workdir, dataset).set_index("sample_id").loc[fs.sample_id]
     no_audio = want["bad"].isin(["no_audio", "silent_audio"]).to_numpy()
