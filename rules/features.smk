@@ -68,7 +68,7 @@ rule features_keypoints:
     conda:
         "../envs/models.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=2000,
         runtime=growing_runtime(30),
     params:
         dtype=config["features"]["dtype"],

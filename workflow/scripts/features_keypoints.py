@@ -9,7 +9,7 @@ import pandas as pd
 from conclugen.data.manifest import read_manifest
 from conclugen.featstore import KEYPOINTS_ROLE, write_shard
 from conclugen.features import shard_clips
-from conclugen.keypoints import FEATURE_DIM, keypoint_features
+from conclugen.keypoints import FEATURE_DIM, POINTS, STATISTICS, keypoint_features
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
 
@@ -22,7 +22,8 @@ with logged(snakemake.log[0]) as log:
     shard = keypoint_features(clips, faces, ledger)
     ledger.write(snakemake.output.failures)
     ledger.check(len(clips), snakemake.params.max_failure_fraction)
-    attrs = {"role": KEYPOINTS_ROLE, "source": "mtcnn 5 landmarks", "encoding": "per-clip"}
+    statistics = [f"{s} of {x}" for x in ("positions", "velocities") for s in STATISTICS]
+    attrs = {"role": KEYPOINTS_ROLE, "points": list(POINTS), "statistics": statistics}
     write_shard(snakemake.output.store, shard, snakemake.params.dtype, attrs)
     log.info(
         "%d clips, %d with keypoints (%d-d), %d dropped (%s)",
