@@ -1,12 +1,13 @@
 """Pretraining in fp32 and in bf16 on the same features: loss curves and time per epoch.
 
-Runs :func:`conclugen.pretrain.pretrain` for each ``--methods`` entry twice from the same seed,
-with ``precision`` forced to fp32 and then to bf16 (whatever ``auto`` would pick: printed), on a
+Runs :func:`conclugen.pretrain.pretrain` for each ``--methods`` entry three times: from the same
+seed with ``precision`` forced to fp32 and then to bf16 (whatever ``auto`` would pick: printed),
+and in fp32 from another seed, the yardstick of what a loss curve varies anyway; on a
 ``features.zarr`` (by default the demo's VoxCeleb2 look-alike, ``results/voxceleb2/features.zarr``
 after ``make demo``) with the demo config's pretraining hyperparameters. Prints per method the
-seconds per epoch in each precision and their ratio, and how far bf16's per-epoch total loss
-strays from fp32's: the largest and the last epoch's relative difference, and the held-out
-recall@1 of both runs. Usage::
+median seconds per epoch in each precision and their ratio, and how far bf16's per-epoch total loss
+strays from fp32's (the largest and the last epoch's relative difference) beside how far the
+other seed's strays, and the held-out recall@1 of the runs. Usage::
 
     python benchmarks/pretrain_precision.py [--features PATH] [--methods conclugen byol]
         [--epochs N] [--device cpu|cuda]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -33,6 +35,12 @@ def run(features: Path, method: str, hp: dict, device: str, out: Path) -> dict:
     """model.pt's record of one pretraining run."""
     path = pretrain(features, out, method_config(method), hp, device)
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def strays(reference: list[float], other: list[float]) -> list[float]:
+    """Per epoch, |other - reference| / |reference|."""
+    pairs = zip(reference, other, strict=True)
+    return [abs(b - a) / max(abs(a), 1e-12) for a, b in pairs]
 
 
 def main() -> None:
@@ -55,23 +63,29 @@ def main() -> None:
     )
     print(
         f"{'method':<14}{'fp32 s/epoch':>13}{'bf16 s/epoch':>13}{'fp32/bf16':>10}"
-        f"{'max rel. loss diff':>20}{'last':>8}{'recall@1 fp32 / bf16':>24}"
+        f"{'bf16: max rel. diff':>20}{'last':>8}{'seed: max':>11}{'last':>8}"
+        f"  {'recall@1 fp32 / bf16 / seed'}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             records = {}
-            for precision in ("fp32", "bf16"):
-                hp = dict(demo, precision=precision)
-                out = Path(tmp) / f"{method}-{precision}"
-                records[precision] = run(args.features, method, hp, args.device, out)
+            runs = {
+                "fp32": dict(precision="fp32"),
+                "bf16": dict(precision="bf16"),
+                "seed": dict(precision="fp32", seed=demo.get("seed", 127) + 1),
+            }
+            for name, change in runs.items():
+                out = Path(tmp) / f"{method}-{name}"
+                records[name] = run(args.features, method, demo | change, args.device, out)
                 retrieval = json.loads((out / "retrieval.json").read_text())
-                records[precision]["recall"] = [v["pretrained"] for v in retrieval.values()]
+                records[name]["recall"] = [v["pretrained"] for v in retrieval.values()]
             curves = {p: [row["total"] for row in r["history"]] for p, r in records.items()}
-            rel = [abs(b - a) / max(abs(a), 1e-12) for a, b in zip(*curves.values(), strict=True)]
-            # the epochs' own training time (history), not the loading and the retrieval
+            rel, noise = (strays(curves["fp32"], curves[o]) for o in ("bf16", "seed"))
+            # the median epoch's own training time (history): not the loading, the retrieval,
+            # or a first epoch's warm-up
             per_epoch = {
-                p: sum(row["seconds"] for row in r["history"]) / len(r["history"])
-                for p, r in records.items()
+                p: statistics.median(row["seconds"] for row in records[p]["history"])
+                for p in ("fp32", "bf16")
             }
             recall = " / ".join(
                 ",".join(f"{v:.2f}" for v in records[p]["recall"]) or "-" for p in records
@@ -79,7 +93,7 @@ def main() -> None:
             print(
                 f"{method:<14}{per_epoch['fp32']:>13.3f}{per_epoch['bf16']:>13.3f}"
                 f"{per_epoch['fp32'] / per_epoch['bf16']:>9.2f}x{max(rel):>20.4f}"
-                f"{rel[-1]:>8.4f}{recall:>24}"
+                f"{rel[-1]:>8.4f}{max(noise):>11.4f}{noise[-1]:>8.4f}  {recall}"
             )
 
 
