@@ -593,7 +593,11 @@ class VideoClips(torch.utils.data.Dataset):
         params = [view_params(sample_id, k, self.view_seed, self.recipe) for k in range(self.views)]
         if clip["split"] == "train":
             params += [copy_params(sample_id, k, self.augment) for k in range(self.augment.count)]
-        crops = crop_frames(frames[keep], boxes[a:b][keep], self.size, params, pool_boxes=boxes)
+        if not keep.all():  # (a copy of every frame otherwise: ~20 MB per 3D chunk)
+            frames, boxes_ab = frames[keep], boxes[a:b][keep]
+        else:
+            boxes_ab = boxes[a:b]
+        crops = crop_frames(frames, boxes_ab, self.size, params, pool_boxes=boxes)
         return crops if self.role == "video2d" else windows(crops)
 
 
@@ -640,7 +644,7 @@ class SharedVideoClips(torch.utils.data.Dataset):
         out = {}
         for role, reader in self.readers.items():
             first, end = -(-a // reader.step), -(-b // reader.step)  # its sampled frames here
-            picked = np.arange(first, end) * reader.step - a
+            picked = slice(first * reader.step - a, end * reader.step - a, reader.step)  # a view
             try:
                 inputs = reader.cropped(clip, first, end, frames[picked], found[picked])
             except Exception as e:
