@@ -93,9 +93,12 @@ def config(workdir, name, **pretrain_hparams):
     cfg = tiny_config()
     for dataset in cfg["datasets"].values():
         dataset["shards"] = 1  # fewer jobs: test_workflow covers sharding
-    # and label efficiency and the continuous labels (each SLURM job costs seconds of polling)
+    # and label efficiency, the continuous labels and CMU-MOSEI, whose jobs are CAER's rules
+    # again (each SLURM job costs seconds of polling)
     cfg["downstream"]["label_efficiency"]["datasets"] = []
     cfg["downstream"]["regression"]["datasets"] = []
+    del cfg["datasets"]["mosei"]
+    cfg["downstream"]["datasets"] = ["caer"]
     # Pretraining long enough to be killed mid-way: the kill comes 5 epochs in, and an epoch of
     # the tiny set takes ~0.03-0.1 s (checkpoint included), so seconds are left after it.
     cfg["pretrain"]["hparams"].update(dict(epochs=300) | pretrain_hparams)
@@ -116,7 +119,7 @@ def test_every_job_is_a_slurm_job(cluster, first_run):
     workdir, _, log, _ = first_run
     rules = submitted_rules(cluster, log)
     planned = re.findall(r"^rule (\w+):$", log, re.M)  # every job but the local target `all`
-    assert len(rules) == len(planned) > 50 and sorted(rules) == sorted(planned)
+    assert len(rules) == len(planned) >= 40 and sorted(rules) == sorted(planned)
     run_id = RUN_ID.search(log).group(1)
     jobs = [j for j in cluster.jobs() if j["name"] == run_id]
     assert len(jobs) == len(rules) and all(j["state"] == "COMPLETED" for j in jobs)
