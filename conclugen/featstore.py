@@ -12,12 +12,15 @@ Layout (a zarr v3 group)::
     {m}_present      [N]        bool: the sample has modality m (absent rows hold zeros)
     video_views      [N, K, Dv'] optional: features of K augmented clips (Instance-Cont); they
                                  correspond to columns view_columns [a, b) of ``video``
+    video_local_views [N, L, Dv'] optional: DINO's L local views (small crops), the same
+                                 columns as ``video_views``, which they need
     {m}_augmented    [N, K', D_m] optional: K' augmented copies per sample of modality m
                                  (downstream augmentation; the backbones' modalities only, not
                                  keypoints); zeros where the split is not train and where the
                                  modality is absent
     attrs: modalities (list, canonical order), dims ({m: D}), views (K), view_columns ([a, b]
-           when views are stored), augmented (K', 0 without copies), complete (True)
+           when views are stored), local_views (L, 0 without them), augmented (K', 0 without
+           copies), complete (True)
 
 A modality may be missing from the store altogether. The pipeline's stores also carry attrs
 ``view_roles`` (the video roles whose views are stored) and ``backbones`` (role -> its shard
@@ -26,10 +29,10 @@ stores' attrs).
 Shard stores (:func:`write_shard`, one per dataset, shard and role, the output of extraction)::
 
     sample_id [N] str, split [N] str, feature [N, D], present [N] bool,
-    views [N, K, D] optional, augmented [N, K', D] optional (zeros where the clip is not a train
-    one or lacks the modality)
-    attrs: the extraction's settings (role, weights, views, ...), dim (D), augmented (K'),
-           complete (True)
+    views [N, K, D] optional, local_views [N, L, D] optional, augmented [N, K', D] optional
+    (zeros where the clip is not a train one or lacks the modality)
+    attrs: the extraction's settings (role, weights, views, local_views, ...), dim (D),
+           augmented (K'), complete (True)
 
 :func:`merge_shards` joins the shard stores of every role into ``features.zarr`` through
 :func:`write_features` (video = 2D || 3D). Every store is written by :func:`write_store`: rows
@@ -73,6 +76,7 @@ class FeatureSet:
     features: dict[str, torch.Tensor]  # modality -> [N, D]
     present: dict[str, torch.Tensor]  # modality -> [N] bool
     views: torch.Tensor | None = None  # [N, K, Dv'] augmented video views (attrs view_columns)
+    local_views: torch.Tensor | None = None  # [N, L, Dv'] DINO's local views (same columns)
     augmented: dict[str, torch.Tensor] | None = None  # modality -> [N, K', D] augmented copies
     attrs: dict = field(default_factory=dict)
 
@@ -102,6 +106,9 @@ class FeatureSet:
             features={m: x[index.to(x.device)] for m, x in self.features.items()},
             present={m: p[index.to(p.device)] for m, p in self.present.items()},
             views=None if self.views is None else self.views[index.to(self.views.device)],
+            local_views=None
+            if self.local_views is None
+            else self.local_views[index.to(self.local_views.device)],
             augmented=augmented,
             attrs=dict(self.attrs),
         )
@@ -117,6 +124,7 @@ class ShardFeatures:
     present: torch.Tensor  # [N] bool
     views: torch.Tensor | None  # [N, K, D]
     augmented: torch.Tensor | None = None  # [N, K', D]: zeros for clips not in the train split
+    local_views: torch.Tensor | None = None  # [N, L, D]: DINO's local views
 
 
 def _chunk_rows(row_shape: tuple[int, ...], dtype) -> int:
@@ -175,16 +183,18 @@ def write_features(
     augmented: dict | None = None,
     view_columns: tuple[int, int] | None = None,
     attrs: dict | None = None,
+    local_views=None,
 ) -> None:
     """Write a features store atomically (see the module docstring for the layout).
 
     ``arrays``: modality -> [N, D]; ``present``: modality -> [N] bool (all True when omitted);
     ``views``: optional [N, K, b - a] augmented video features of ``video``'s columns
-    ``view_columns`` [a, b] (default: all of them); ``augmented``: optional modality ->
-    [N, K', D] augmented copies, the same K' for every modality; ``attrs``: more attributes
-    (not the layout's). Values are stored as ``dtype``. Arrays may be anything sliceable by
-    rows with a ``shape`` (another zarr array, :class:`ShardRows`): they are copied in row
-    blocks, so a store larger than memory streams through.
+    ``view_columns`` [a, b] (default: all of them); ``local_views``: optional [N, L, b - a]
+    DINO's local views of the same columns (only with ``views``); ``augmented``: optional
+    modality -> [N, K', D] augmented copies, the same K' for every modality; ``attrs``: more
+    attributes (not the layout's). Values are stored as ``dtype``. Arrays may be anything
+    sliceable by rows with a ``shape`` (another zarr array, :class:`ShardRows`): they are copied
+    in row blocks, so a store larger than memory streams through.
     """
     sample_id = np.asarray(sample_id).astype(str)
     split = np.asarray(split).astype(str)
@@ -203,6 +213,8 @@ def write_features(
         if views.shape[0] != n or views.shape[2] != b - a:
             raise ValueError("views must be [N, K, b - a] for view_columns [a, b]")
         view_columns = [int(a), int(b)]
+    if local_views is not None and (views is None or local_views.shape[::2] != views.shape[::2]):
+        raise ValueError("local views need views, and their [N, L, b - a] shape")
     augmented = augmented or {}
     copies = {int(x.shape[1]) for x in augmented.values()}
     if set(augmented) - set(mods) or len(copies) > 1:
@@ -216,12 +228,15 @@ def write_features(
         columns |= {m: (arrays[m], dtype), f"{m}_present": (mask, bool)}
     if views is not None:
         columns["video_views"] = (views, dtype)
+    if local_views is not None:
+        columns["video_local_views"] = (local_views, dtype)
     columns |= {f"{m}_augmented": (x, dtype) for m, x in augmented.items()}
     layout = {
         "modalities": mods,
         "dims": {m: int(arrays[m].shape[1]) for m in mods},
         "views": 0 if views is None else int(views.shape[1]),
         **({"view_columns": view_columns} if views is not None else {}),
+        "local_views": 0 if local_views is None else int(local_views.shape[1]),
         "augmented": copies.pop() if copies else 0,
     }
     if set(layout) & set(attrs or {}):
@@ -241,12 +256,14 @@ def read_features(
     dtype: torch.dtype | None = torch.float32,
     views: bool = True,
     augmented: bool = False,
+    local_views: bool = False,
 ) -> FeatureSet:
     """Read a features store (all modalities unless ``modalities`` is given; all samples unless
     ``split`` names one). Features come back as torch tensors of ``dtype`` (None keeps the
     stored dtype, which halves memory for a float16 store); ``views=False`` skips the views;
     ``augmented=True`` also reads the augmented copies of the modalities read (``augmented``
-    stays None when the store has none)."""
+    stays None when the store has none); ``local_views=True`` (with ``views``) DINO's local
+    views (None when the store has none)."""
     group = open_store(path)
     stored = list(group.attrs["modalities"])
     mods = stored if modalities is None else [m for m in MODALITIES if m in modalities]
@@ -264,6 +281,7 @@ def read_features(
 
     sample_id = read_strings(group["sample_id"])
     has_views = views and "video" in mods and group.attrs.get("views", 0) > 0
+    has_local = has_views and local_views and group.attrs.get("local_views", 0) > 0
     copies = None
     if augmented and group.attrs.get("augmented", 0) > 0:
         copies = {m: load(f"{m}_augmented") for m in mods if f"{m}_augmented" in group}
@@ -273,6 +291,7 @@ def read_features(
         features={m: load(m) for m in mods},
         present={m: load(f"{m}_present") for m in mods},
         views=load("video_views") if has_views else None,
+        local_views=load("video_local_views") if has_local else None,
         augmented=copies,
         attrs=dict(group.attrs),
     )
@@ -292,6 +311,8 @@ def write_shard(path: str | os.PathLike, shard: ShardFeatures, dtype: str, attrs
     }
     if shard.views is not None:
         arrays["views"] = (shard.views, dtype)
+    if shard.local_views is not None:
+        arrays["local_views"] = (shard.local_views, dtype)
     if shard.augmented is not None:
         arrays["augmented"] = (shard.augmented, dtype)
     copies = 0 if shard.augmented is None else int(shard.augmented.shape[1])
@@ -346,6 +367,8 @@ def merge_shards(
 
     Views: those of the video roles whose shards have them (attr ``view_roles``), concatenated
     in role order; ``view_columns`` [a, b] are the columns of ``video`` they correspond to.
+    DINO's local views likewise, when every shard of those roles has them (attr
+    ``local_views``: L, the fewest any has).
     Augmented copies: ``{m}_augmented`` for every backbone's modality (video = 2D || 3D) when
     every backbone role has them (attr ``augmented``: K, the fewest any shard has); zeros where
     a role lacks a row. Keypoints have none, so adding them leaves the other arrays as they are.
@@ -366,6 +389,9 @@ def merge_shards(
     views_of = {r: min(int(g.attrs.get("views", 0)) for g in groups[r]) for r in VIDEO_ROLES}
     view_roles = [r for r in VIDEO_ROLES if views_of[r]]
     n_views = min((views_of[r] for r in view_roles), default=0)
+    n_local = min(
+        (int(g.attrs.get("local_views", 0)) for r in view_roles for g in groups[r]), default=0
+    )
     first = dims["video2d"] if view_roles == ["video3d"] else 0
     view_columns = [first, first + sum(dims[r] for r in view_roles)]
     n_aug = min(int(g.attrs.get("augmented", 0)) for r in ROLES if r in groups for g in groups[r])
@@ -410,6 +436,9 @@ def merge_shards(
     if n_views:
         width = view_columns[1] - view_columns[0]
         views = column("video", "views", view_roles, width, n_views)
+    local_views = None
+    if n_views and n_local:
+        local_views = column("video", "local_views", view_roles, width, n_local)
     augmented = None
     if n_aug:
         augmented = {m: column(m, "augmented", roles[m], dims[m], n_aug)
@@ -427,6 +456,7 @@ def merge_shards(
         dtype=dtype,
         augmented=augmented,
         view_columns=view_columns if n_views else None,
+        local_views=local_views,
         attrs={**({"view_roles": view_roles} if n_views else {}), "backbones": backbones},
     )
     return sum(sizes)

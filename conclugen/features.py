@@ -40,7 +40,9 @@ Augmented views (Instance-Cont): for datasets in ``views.datasets`` the roles in
 random resized crop (taken inside the face box), horizontal flip, colour jitter, grayscale and
 Gaussian blur (:class:`ViewRecipe`, the authors' SimCLR values by default), with parameters
 drawn once per clip (temporally consistent) from a generator seeded by (seed, sample id, view),
-so the 2D and 3D backbones see the same view identically and a rerun reproduces it.
+so the 2D and 3D backbones see the same view identically and a rerun reproduces it. The same
+jobs can add DINO's local views (:class:`LocalViews`): more views of the same recipe with
+small crops (0.05-0.4 of the box), drawn from generators of their own.
 
 Downstream augmentation (:class:`Augment`, the authors' augmented downstream data): for
 datasets in ``augment.datasets`` every clip of the train split also yields K augmented copies
@@ -67,7 +69,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -198,6 +200,29 @@ class Augment:
 NO_AUGMENT = Augment()
 
 
+@dataclass(frozen=True)
+class LocalViews:
+    """DINO's local views (config ``features.local_views``): ``count`` more views per clip of
+    the datasets and roles that have views, drawn as those (:class:`ViewRecipe`) but with crops
+    of ``scale`` of the face box's area (DINO's local crops: 0.05-0.4). DINO shows its local
+    crops to the network at 96 px; a frozen backbone here sees every crop at ``crop_size``, so a
+    local view differs from a global one by the smaller area it magnifies, not by resolution."""
+
+    count: int = 0
+    scale: tuple[float, float] = (0.05, 0.4)
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> LocalViews:
+        return cls(**{k: _frozen(v) for k, v in settings.items()})
+
+
+NO_LOCAL_VIEWS = LocalViews()
+# The last key of a local view's generator (:func:`local_view_params`): nonzero, since numpy's
+# SeedSequence ignores trailing zero words, and none of the modality indices of the downstream
+# copies' keys, so it shares its stream with no global view and no copy.
+LOCAL_VIEW_KEY = 1000
+
+
 def clip_rng(seed: int, sample_id: str, *keys: int) -> np.random.Generator:
     """The generator of one clip's draw: (seed, sample id, keys) fix it on every machine."""
     return np.random.default_rng([seed, stable_hash(sample_id), *keys])
@@ -249,6 +274,15 @@ def view_params(sample_id: str, view: int, seed: int, recipe: ViewRecipe = ViewR
     """The Instance-Cont view ``view`` of a clip (:func:`draw_view`), drawn from (seed, sample
     id, view): the 2D and 3D jobs draw the same view, a rerun the same again."""
     return draw_view(clip_rng(seed, sample_id, view), recipe)
+
+
+def local_view_params(sample_id: str, view: int, seed: int, recipe: ViewRecipe = ViewRecipe(),
+                      local: LocalViews = LocalViews()) -> ViewParams:  # fmt: skip
+    """DINO's local view ``view`` of a clip: :func:`draw_view` of ``recipe`` with the crop
+    area ``local.scale``, from (seed, sample id, view, :data:`LOCAL_VIEW_KEY`), so the 2D and 3D
+    jobs draw the same local view."""
+    rng = clip_rng(seed, sample_id, view, LOCAL_VIEW_KEY)
+    return draw_view(rng, replace(recipe, crop_scale=local.scale))
 
 
 def copy_params(sample_id: str, copy: int, augment: Augment) -> ViewParams:
@@ -530,8 +564,9 @@ class VideoClips(torch.utils.data.Dataset):
     An exception raised while preparing a chunk (other than :func:`is_fatal` ones) is its clip's
     error.
 
-    A chunk's inputs hold the plain crop, then ``views`` Instance-Cont views (``recipe``), then,
-    for a clip of the train split, ``augment.count`` downstream copies (:func:`copy_params`).
+    A chunk's inputs hold the plain crop, then ``views`` Instance-Cont views (``recipe``), then
+    ``local.count`` DINO local views (:func:`local_view_params`), then, for a clip of the train
+    split, ``augment.count`` downstream copies (:func:`copy_params`).
     """
 
     read = staticmethod(read_frames)  # (path, times) -> (frames, found)
@@ -539,7 +574,7 @@ class VideoClips(torch.utils.data.Dataset):
     def __init__(self, clips: pd.DataFrame, role: str, boxes: dict[str, np.ndarray],
                  crop_size: int, views: int = 0, view_seed: int = 0,
                  chunk_frames: int = CHUNK_FRAMES, recipe: ViewRecipe = ViewRecipe(),
-                 augment: Augment = NO_AUGMENT):  # fmt: skip
+                 augment: Augment = NO_AUGMENT, local: LocalViews = NO_LOCAL_VIEWS):  # fmt: skip
         if role not in VIDEO_ROLES:
             raise ValueError(f"not a video role: {role}")
         if chunk_frames <= 0 or (role == "video3d" and chunk_frames % WINDOW):
@@ -548,6 +583,7 @@ class VideoClips(torch.utils.data.Dataset):
         self.clips = clips[columns].to_dict("records")
         self.role, self.boxes, self.size = role, boxes, crop_size
         self.views, self.view_seed, self.recipe, self.augment = views, view_seed, recipe, augment
+        self.local = local
         self.items = []  # (clip, first and end sampled frame of the chunk)
         for i, clip in enumerate(self.clips):
             n = len(self.grid(clip)[1])
@@ -591,6 +627,8 @@ class VideoClips(torch.utils.data.Dataset):
         keep = found | (np.arange(a, b) == 0)
         sample_id = clip["sample_id"]
         params = [view_params(sample_id, k, self.view_seed, self.recipe) for k in range(self.views)]
+        params += [local_view_params(sample_id, k, self.view_seed, self.recipe, self.local)
+                   for k in range(self.local.count)]  # fmt: skip
         if clip["split"] == "train":
             params += [copy_params(sample_id, k, self.augment) for k in range(self.augment.count)]
         if not keep.all():  # (a copy of every frame otherwise: ~20 MB per 3D chunk)
@@ -608,13 +646,13 @@ class SharedVideoClips(torch.utils.data.Dataset):
     (:meth:`VideoClips.cropped`): item ``{role: ClipInputs}``.
 
     Each role's inputs are those of its own :class:`VideoClips` over the same clips, in chunks of
-    other sizes: its boxes, views and copies, its first-frame and past-the-end rules, and its
-    pooling factor (the whole clip's boxes of that role) are applied as there, and ``read`` picks
-    the frame on screen at each time, so the 1 fps frames of a 16 fps decode are those decoded
-    at 1 fps. The roles' views are the same views (drawn per sample and view), each role cropping
-    its own frames. ``chunk_frames`` is a multiple of :data:`WINDOW` (whole 3D windows); a
-    ``video2d`` chunk holds ``chunk_frames / 16`` frames. A decoding error is every role's error
-    for the clip; a cropping error only its role's.
+    other sizes: its boxes, views, local views and copies, its first-frame and past-the-end
+    rules, and its pooling factor (the whole clip's boxes of that role) are applied as there,
+    and ``read`` picks the frame on screen at each time, so the 1 fps frames of a 16 fps decode
+    are those decoded at 1 fps. The roles' views are the same views (drawn per sample and view),
+    each role cropping its own frames. ``chunk_frames`` is a multiple of :data:`WINDOW` (whole
+    3D windows); a ``video2d`` chunk holds ``chunk_frames / 16`` frames. A decoding error is
+    every role's error for the clip; a cropping error only its role's.
     """
 
     def __init__(self, readers: dict[str, VideoClips], chunk_frames: int = CHUNK_FRAMES):
@@ -1081,6 +1119,7 @@ def extract_shard(
     audio_window: int | None = AUDIO_WINDOW,
     recipe: ViewRecipe = ViewRecipe(),
     augment: Augment = NO_AUGMENT,
+    local_views: LocalViews = NO_LOCAL_VIEWS,
 ) -> ShardFeatures:
     """Features of ``clips`` (:func:`shard_clips`) for ``role`` with a loaded backbone.
 
@@ -1094,16 +1133,18 @@ def extract_shard(
     fp32 (it is a small share of the time). ``chunk_frames`` (video) and ``audio_window``
     (spectrogram frames; None: whole clips) bound the memory a long clip takes.
 
-    ``recipe`` is the views' augmentation; ``augment`` the downstream copies, which every clip
+    ``recipe`` is the views' augmentation; ``local_views`` DINO's local views (video roles
+    only, ``local_views`` of the shard); ``augment`` the downstream copies, which every clip
     of the train split gets (``augmented``; zeros for the other clips and for absent
     modalities). A copy that fails fails its clip.
     """
     views = views if role in VIDEO_ROLES else 0
+    local = local_views if role in VIDEO_ROLES else NO_LOCAL_VIEWS
     if role in VIDEO_ROLES:
         data, runner = _video_parts(
             role, clips, chunk_frames, model=model, device=device, boxes=boxes,
             crop_size=crop_size, mean=mean, std=std, views=views, view_seed=view_seed,
-            precision=precision, recipe=recipe, augment=augment,
+            precision=precision, recipe=recipe, augment=augment, local_views=local,
         )  # fmt: skip
         results = run_video(runner, decoded(data, workers), batch_size)
     elif role == "audio":
@@ -1117,7 +1158,8 @@ def extract_shard(
     else:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     results = progress(results, len(clips), f"{role} clips")
-    return _shard_features(role, results, clips, model.feature_dim, views, augment.count, ledger)
+    widths = (views, local.count, augment.count)
+    return _shard_features(role, results, clips, model.feature_dim, widths, ledger)
 
 
 def extract_video_shards(
@@ -1131,10 +1173,11 @@ def extract_video_shards(
     (:class:`SharedVideoClips`): ``roles`` maps each role to the keywords of its
     :func:`extract_shard` call, all of ``model``, ``device``, ``batch_size``, ``boxes``,
     ``crop_size``, ``mean``, ``std``, ``views``, ``view_seed``, ``precision``, ``recipe`` and
-    ``augment``; ``ledgers`` each role's ledger. Each role's shard equals its own
-    :func:`extract_shard`'s up to float rounding (its frames arrive in chunks of other sizes,
-    so its batches and running sums group other frames). A clip that cannot be decoded is an
-    entry in every role's ledger; one whose crops or model input fail, only in that role's."""
+    ``augment``, and optionally ``local_views``; ``ledgers`` each role's ledger. Each role's
+    shard equals its own :func:`extract_shard`'s up to float rounding (its frames arrive in
+    chunks of other sizes, so its batches and running sums group other frames). A clip that
+    cannot be decoded is an entry in every role's ledger; one whose crops or model input fail,
+    only in that role's."""
     readers, batches = {}, {}
     for role, kw in roles.items():
         kw = dict(kw)
@@ -1148,27 +1191,31 @@ def extract_video_shards(
         results[role].append(result)
     shards = {}
     for role, kw in roles.items():
-        dim, views, copies = kw["model"].feature_dim, kw["views"], kw["augment"].count
-        shards[role] = _shard_features(role, results[role], clips, dim, views, copies,
-                                       ledgers[role])  # fmt: skip
+        local = kw.get("local_views", NO_LOCAL_VIEWS).count
+        widths = (kw["views"], local, kw["augment"].count)
+        dim = kw["model"].feature_dim
+        shards[role] = _shard_features(role, results[role], clips, dim, widths, ledgers[role])
     return shards
 
 
 def _video_parts(
     role: str, clips: pd.DataFrame, chunk_frames: int, *, model, device: str, boxes,
     crop_size: int, mean, std, views: int, view_seed: int, precision: str, recipe: ViewRecipe,
-    augment: Augment,
+    augment: Augment, local_views: LocalViews = NO_LOCAL_VIEWS,
 ) -> tuple[VideoClips, VideoRunner]:  # fmt: skip
     """A video role's reader and runner from :func:`extract_shard`'s keywords."""
     data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed, chunk_frames,
-                      recipe, augment)  # fmt: skip
+                      recipe, augment, local_views)  # fmt: skip
     return data, VideoRunner(model, mean, std, device, role == "video3d", precision)
 
 
 def _shard_features(role: str, results: Iterable[Result], clips: pd.DataFrame, dim: int,
-                    views: int, copies: int, ledger) -> ShardFeatures:  # fmt: skip
+                    widths: tuple[int, int, int], ledger) -> ShardFeatures:  # fmt: skip
     """One role's shard from its clips' results: failed clips to the ledger, rows of the
-    others (zeros where a modality or a copy is absent) in the clips' order."""
+    others (zeros where a modality or a copy is absent) in the clips' order. ``widths``: the
+    views, local views and copies per clip, the rows after the plain one in that order."""
+    views, local, copies = widths
+    width = 1 + views + local + copies
     kept, feats, present = [], [], []
     for r in results:
         if r.error is not None:
@@ -1176,7 +1223,7 @@ def _shard_features(role: str, results: Iterable[Result], clips: pd.DataFrame, d
             continue
         kept.append(r.sample_id)
         present.append(r.present and r.feature is not None)
-        rows = torch.zeros(1 + views + copies, dim)  # no copies: not train, or absent
+        rows = torch.zeros(width, dim)  # no copies: not train, or absent
         if r.feature is not None:
             rows[: len(r.feature)] = r.feature
         feats.append(rows)
@@ -1184,7 +1231,7 @@ def _shard_features(role: str, results: Iterable[Result], clips: pd.DataFrame, d
         rank = {sample_id: i for i, sample_id in enumerate(clips["sample_id"])}
         order = sorted(range(len(kept)), key=lambda i: rank[kept[i]])
         kept, feats, present = ([x[i] for i in order] for x in (kept, feats, present))
-    stacked = torch.stack(feats) if feats else torch.zeros(0, 1 + views + copies, dim)
+    stacked = torch.stack(feats) if feats else torch.zeros(0, width, dim)
     split = clips.set_index("sample_id").loc[kept, "split"].to_numpy() if kept else np.array([])
     return ShardFeatures(
         sample_id=np.array(kept, dtype=str),
@@ -1192,7 +1239,8 @@ def _shard_features(role: str, results: Iterable[Result], clips: pd.DataFrame, d
         feature=stacked[:, 0],
         present=torch.tensor(present, dtype=torch.bool),
         views=stacked[:, 1 : 1 + views] if views else None,
-        augmented=stacked[:, 1 + views :] if copies else None,
+        augmented=stacked[:, width - copies :] if copies else None,
+        local_views=stacked[:, 1 + views : width - copies] if local else None,
     )
 
 

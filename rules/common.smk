@@ -161,8 +161,8 @@ def video_feature_settings(wildcards):
 
 def role_settings(dataset, role):
     """The settings one backbone's features depend on: its backbone's, the views of its
-    dataset and role (features.views), and its modality's downstream copies
-    (features.augment)."""
+    dataset and role (features.views) and their local views (features.local_views), and its
+    modality's downstream copies (features.augment)."""
     cfg = config["features"]
     views, augment = cfg["views"], cfg["augment"]
     with_views = dataset in views["datasets"] and role in views["roles"]
@@ -177,6 +177,7 @@ def role_settings(dataset, role):
         "views": views["count"] if with_views else 0,
         "view_seed": views["seed"],
         "view_recipe": recipe if with_views else {},
+        "local_views": cfg["local_views"] if with_views else {"count": 0},
         "augment": (
             {"count": copies, "seed": augment["seed"], modality: augment[modality]}
             if copies

@@ -23,6 +23,7 @@ from conclugen.features import (
     AudioRunner,
     Augment,
     ClipInputs,
+    LocalViews,
     SharedVideoClips,
     VideoClips,
     ViewParams,
@@ -33,6 +34,7 @@ from conclugen.features import (
     crop_frames,
     extract_shard,
     extract_video_shards,
+    local_view_params,
     masked,
     mel_filters,
     run_audio,
@@ -190,6 +192,63 @@ def test_views_are_temporally_consistent_and_shared_by_2d_and_3d(videos):
     again = VideoClips(clips, "video2d", {}, 32, views=3, view_seed=5)[0].inputs
     assert torch.equal(v2d, again)
     assert view_params("still", 0, 5) != view_params("still", 0, 6)
+
+
+def test_local_views_follow_the_views_and_are_shared_by_2d_and_3d(videos):
+    clips = clips_table(videos, ["still"], {"still": 20})
+    local = LocalViews(count=2)
+    kw = dict(views=2, view_seed=5, local=local)
+    v2d = VideoClips(clips, "video2d", {}, 32, **kw)[0].inputs
+    v3d = VideoClips(clips, "video3d", {}, 32, **kw)[0].inputs
+    assert v2d.shape == (5, 2, 3, 32, 32)  # plain, 2 views, 2 local views
+    frames3d = v3d.transpose(2, 3).flatten(1, 2)
+    assert torch.equal(v2d[:, 0], frames3d[:, 0])  # the 2D job's local view k is the 3D job's
+    # Local views come after the views, which they leave as they were.
+    plain = VideoClips(clips, "video2d", {}, 32, views=2, view_seed=5)[0].inputs
+    assert torch.equal(v2d[:3], plain)
+    assert not any(torch.equal(v2d[3 + j, 0], v2d[k, 0]) for j in range(2) for k in range(3))
+    frames, _ = read_frames(videos["still"], sample_times(0, 20 / 16, 16)[::16])
+    params = [local_view_params("still", k, 5, local=local) for k in range(2)]
+    expected = crop_frames(frames, np.tile([0, 0, W, H], (len(frames), 1)), 32, params)
+    assert torch.equal(v2d[3:], expected[1:])
+    # Drawn from (seed, sample id, view) on a stream of their own: not a global view's crop.
+    assert local_view_params("still", 0, 5, local=local) == local_view_params("still", 0, 5)
+    assert local_view_params("still", 0, 5) != local_view_params("still", 0, 6)
+    drawn = [(view_params(f"c{i}", k, 0), local_view_params(f"c{i}", k, 0))
+             for i in range(300) for k in range(4)]  # fmt: skip
+    assert all(g.crop != loc.crop for g, loc in drawn)
+    area = np.array([[p.crop[2] * p.crop[3] for p in pair] for pair in drawn])
+    assert 0.3 - 1e-9 <= area[:, 0].min() and area[:, 0].max() > 0.98  # global: 0.3-1
+    assert 0.05 - 1e-9 <= area[:, 1].min() < 0.06 and 0.38 < area[:, 1].max() <= 0.4 + 1e-9
+    # The rest of the recipe is the views': flips and colour operations at its rates.
+    flips = np.mean([loc.flip for _, loc in drawn])
+    jitters = np.mean([loc.jitter is not None for _, loc in drawn])
+    assert abs(flips - 0.5) < 0.05 and abs(jitters - 0.8) < 0.05
+
+
+def test_extraction_stores_the_local_views_through_the_merge(videos, tmp_path):
+    clips = clips_table(videos, ["still", "ramp40"], {"still": 20, "ramp40": 40})
+    local = LocalViews(count=3, scale=(0.05, 0.1))
+    paths = {}
+    for role, model in (("video2d", MeanColour2D()), ("video3d", MeanColour3D())):
+        shard, _ = extract(role, clips, model, workers=0, views=2, local_views=local)
+        assert shard.views.shape == (2, 2, 3) and shard.local_views.shape == (2, 3, 3)
+        paths[role] = [tmp_path / role / "0.zarr"]
+        write_shard(paths[role][0], shard, "float32", {"role": role, "views": 2, "local_views": 3})
+        kw = dict(model=model, device="cpu", batch_size=8, boxes={}, crop_size=32, **IDENTITY,
+                  views=2, view_seed=0, precision="fp32", recipe=ViewRecipe(),
+                  augment=NO_AUGMENT, local_views=local)  # fmt: skip
+        one_decode = extract_video_shards(clips, {role: kw}, ledgers_of([role]), workers=0)[role]
+        assert torch.allclose(one_decode.local_views, shard.local_views, atol=1e-6)
+    audio, _ = extract("audio", clips, StepMap(), local_views=local)  # not a video role: none
+    assert audio.local_views is None
+    out = tmp_path / "features.zarr"
+    merge_shards(paths, out, "float32")
+    fs = featstore.read_features(out, local_views=True)
+    assert fs.attrs["local_views"] == 3 and fs.local_views.shape == (2, 3, 6)
+    assert torch.equal(fs.local_views[:, :, 3:], shard.local_views)
+    assert featstore.read_features(out).local_views is None  # only when asked
+    assert torch.equal(fs.select([1]).local_views, fs.local_views[1:])
 
 
 def test_undecodable_clip_goes_to_the_ledger(videos, tmp_path):
@@ -768,6 +827,8 @@ def test_the_schema_defaults_are_the_recipes_defaults():
     features = schema["properties"]["features"]["properties"]
     views = {k: v["default"] for k, v in features["views"]["properties"].items()}
     assert ViewRecipe.from_settings(views) == ViewRecipe()
+    local = {k: v["default"] for k, v in features["local_views"]["properties"].items()}
+    assert LocalViews.from_settings(local) == LocalViews()
     augment = {k: v["default"] for k, v in features["augment"]["properties"].items()}
     for m in ("video", "audio", "text"):
         augment[m] = {

@@ -17,6 +17,7 @@ from conclugen.data.manifest import read_manifest
 from conclugen.featstore import write_shard
 from conclugen.features import (
     Augment,
+    LocalViews,
     ViewRecipe,
     extract_shard,
     extract_video_shards,
@@ -69,6 +70,7 @@ with logged(snakemake.log[0]) as log:
             views=cfg["views"], view_seed=cfg["view_seed"], precision=precision,
             recipe=ViewRecipe.from_settings(cfg["view_recipe"]),
             augment=Augment.from_settings(cfg["augment"]),
+            local_views=LocalViews.from_settings(cfg["local_views"]),
         )  # fmt: skip
         ledgers[role] = FailureLedger(f"features/{role}")
         attrs[role] = {"role": role, "weights": spec, "views": 0, "crop_size": cfg["crop_size"],
@@ -85,9 +87,12 @@ with logged(snakemake.log[0]) as log:
     for role, (store, failures) in paths.items():
         shard = shards[role]
         views = 0 if shard.views is None else shard.views.shape[1]
-        write_shard(store, shard, settings[role]["dtype"], attrs[role] | {"views": views})
+        local = 0 if shard.local_views is None else shard.local_views.shape[1]
+        counts = {"views": views, "local_views": local}
+        write_shard(store, shard, settings[role]["dtype"], attrs[role] | counts)
         log.info(
-            "%s: %d clips, %d with this modality, %d dropped (%s); %d views, %d augmented copies",
+            "%s: %d clips, %d with this modality, %d dropped (%s); %d views, %d local views, "
+            "%d augmented copies",
             role, len(shard.sample_id), int(shard.present.sum()), len(ledgers[role].dropped),
-            failures, views, settings[role]["augment"]["count"],
+            failures, views, local, settings[role]["augment"]["count"],
         )  # fmt: skip
