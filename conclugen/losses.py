@@ -254,7 +254,7 @@ def dino_loss(
     as DINO's ``DINOLoss``. ``student``, ``teacher``: per view, [B, K] logits (with only the two
     global views, the student's views are the teacher's). The teacher side is detached (DINO's
     stop-gradient)."""
-    targets = [F.softmax((t.detach().float() - center) / teacher_temp, dim=-1) for t in teacher]
+    targets = dino_targets(teacher, center, teacher_temp)
     logs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student]
     terms = [
         -(pt * ls).sum(-1).mean()
@@ -263,6 +263,14 @@ def dino_loss(
         if i != j
     ]
     return sum(terms) / len(terms)
+
+
+def dino_targets(
+    teacher: Sequence[torch.Tensor], center: torch.Tensor, teacher_temp: float = DINO_TEACHER_TEMP
+) -> list[torch.Tensor]:
+    """DINO Eq. 1 for the teacher: P_t = softmax((g_t - c) / tau_t) of each view's [B, K]
+    logits, centred and sharpened, detached (DINO's stop-gradient), in float32."""
+    return [F.softmax((t.detach().float() - center) / teacher_temp, dim=-1) for t in teacher]
 
 
 def dino_center(

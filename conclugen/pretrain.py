@@ -72,10 +72,13 @@ METHODS: dict[str, dict] = {
 TERMS = ("mms", "clustering", "reconstruction", "infonce", "byol", "dino")
 VIEW_TERMS = ("infonce", "byol", "dino")  # trained on the augmented video views alone
 TARGET_TERMS = ("byol", "dino")  # with an EMA target network (:class:`Pretext`)
-# Collapse check of BYOL and DINO (:func:`representation_std`): a collapsed representation has
-# std 0; one spread evenly over the sphere 1 / sqrt(rep_dim). Below this fraction of the latter
-# the log warns.
+# Collapse check of BYOL and DINO (:func:`representation_std`, :func:`collapse_floor`): a
+# collapsed representation has std 0; one spread evenly over the sphere 1 / sqrt(rep_dim).
+# Collapsed: below COLLAPSE_FLOOR of the even spread and below COLLAPSE_FRACTION of the
+# untrained network's std on the same clips (inputs that hardly spread, such as the demo's
+# look-alike video features, start near the first).
 COLLAPSE_FLOOR = 0.1
+COLLAPSE_FRACTION = 0.5
 
 # Everything else. Paper: batch 4096, representation 4096, 8 clusters, a queue of 4 batches,
 # clustering from epoch 12, delta 0.001, tau 0.07. Authors' code: projection 512 with hidden
@@ -193,9 +196,10 @@ class Pretext(nn.Module):
       papers' code, so its BatchNorm normalises by the batch.
     - ``center``: DINO's centre c of the teacher's logits (a buffer, :func:`losses.dino_center`).
 
-    DINO here sees only the 2 global views (two distinct views of ``video_views``, drawn as
-    :func:`sample_views`): its multi-crop local views need small-scale crops from the features
-    stage, which it does not compute yet, so the student and the teacher see the same 2 views.
+    DINO's teacher sees the 2 global views (two distinct views of ``video_views``, drawn as
+    :func:`sample_views`), its student those and every local view of the store's
+    ``video_local_views`` (small crops; features stage, ``features.local_views``), as DINO's
+    multi-crop (:func:`_dino`).
     """
 
     def __init__(self, model: ConCluGenModel, kind: str, hp: dict):
@@ -252,6 +256,25 @@ def teacher_temperature(epoch: int, hp: dict) -> float:
     return start if warm == 1 else start + (end - start) * epoch / (warm - 1)
 
 
+def collapse_floor(rep_dim: int, initial_std: float) -> float:
+    """The rep_std below which a representation counts as collapsed: the lower of
+    ``COLLAPSE_FLOOR / sqrt(rep_dim)`` (a tenth of an even spread) and ``COLLAPSE_FRACTION`` of
+    ``initial_std``, the untrained network's :func:`representation_std` on the same clips."""
+    return min(COLLAPSE_FLOOR / math.sqrt(rep_dim), COLLAPSE_FRACTION * initial_std)
+
+
+@torch.no_grad()
+def teacher_entropy(pretext: Pretext, views: torch.Tensor, teacher_temp: float) -> float:
+    """DINO's own collapse check (Caron et al. Sec. 5.3): the entropy of the teacher's centred,
+    sharpened distribution over the K prototypes on ``views`` [N, Dv] (one batch), averaged
+    over the clips, as a fraction of log K: near 1 when it has gone uniform (the collapse that
+    centring alone leads to), near 0 when one prototype takes every clip (sharpening alone)."""
+    logits = pretext.target["head"](pretext.target["model"]({"video": views})["video"]["proj"])
+    p = L.dino_targets([logits], pretext.center, teacher_temp)[0]
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(1).mean()
+    return entropy.item() / math.log(p.shape[1])
+
+
 @torch.no_grad()
 def representation_std(rep: torch.Tensor) -> torch.Tensor:
     """The collapse check: the std across samples of the L2-normalised representations ``rep``
@@ -306,14 +329,27 @@ def _byol(model: ConCluGenModel, pretext: Pretext, v1, v2) -> torch.Tensor:
     return L.byol_loss(p1, p2, z1, z2)
 
 
-def _dino(model: ConCluGenModel, pretext: Pretext, v1, v2, hp: dict, teacher_temp: float):
-    """DINO's loss on the 2 global views, which pass each network as one batch (as DINO's
-    ``MultiCropWrapper`` does with crops of one size); then the centre's EMA (Eq. 4)."""
-    both = {"video": torch.cat([v1, v2])}
+def _dino(
+    model: ConCluGenModel,
+    pretext: Pretext,
+    globals_: tuple[torch.Tensor, torch.Tensor],
+    local: torch.Tensor | None,
+    hp: dict,
+    teacher_temp: float,
+):
+    """DINO's multi-crop loss (Eq. 3): the teacher sees the 2 global views, the student the
+    globals and the ``local`` views [B, L, Dv] (None: none). The globals pass each network as
+    one batch and the locals the student as another, as DINO's ``MultiCropWrapper`` groups
+    crops of one size (so each group has its own BatchNorm statistics); then the centre's EMA
+    (Eq. 4), over the teacher's outputs only."""
+    both = {"video": torch.cat(globals_)}
     with torch.no_grad():
         teacher = pretext.target["model"](both)["video"]["proj"]
         teacher = pretext.target["head"](teacher).float().chunk(2)
-    student = pretext.head(model(both)["video"]["proj"]).chunk(2)
+    student = list(pretext.head(model(both)["video"]["proj"]).chunk(2))
+    if local is not None:
+        crops = {"video": local.transpose(0, 1).flatten(0, 1)}  # local view by local view
+        student += pretext.head(model(crops)["video"]["proj"]).chunk(local.shape[1])
     loss = L.dino_loss(student, teacher, pretext.center, hp["dino_student_temp"], teacher_temp)
     pretext.center.copy_(L.dino_center(pretext.center, teacher, hp["dino_center_momentum"]))
     return loss
@@ -331,7 +367,8 @@ def compute_losses(
     teacher_temp: float = L.DINO_TEACHER_TEMP,
 ) -> dict[str, torch.Tensor]:
     """The unweighted loss terms of one batch. ``batch`` maps modality -> [B, D] features, plus
-    ``views`` -> ([B, Dv], [B, Dv]) for InfoNCE, BYOL and DINO. The clustering term pushes the
+    ``views`` -> ([B, Dv], [B, Dv]) for InfoNCE, BYOL and DINO, and for DINO ``local_views`` ->
+    [B, L, Dv] when the store has them (:func:`make_batch`). The clustering term pushes the
     detached fused batch onto ``queue`` (FIFO of the last ``queue_batches`` batches). BYOL and
     DINO use ``pretext`` (:class:`Pretext`); DINO updates its centre, with the teacher
     temperature ``teacher_temp``."""
@@ -340,7 +377,8 @@ def compute_losses(
     if "byol" in terms:
         out["byol"] = _byol(model, pretext, *batch["views"])
     if "dino" in terms:
-        out["dino"] = _dino(model, pretext, *batch["views"], hp, teacher_temp)
+        local = batch.get("local_views")
+        out["dino"] = _dino(model, pretext, batch["views"], local, hp, teacher_temp)
     if "infonce" in terms:
         v1, v2 = batch["views"]
         if hp["infonce_joint_batch"]:
@@ -398,11 +436,14 @@ def train_step(
     return {**{t: v.detach() for t, v in values.items()}, "total": total.detach()}
 
 
-def make_batch(feats: dict[str, torch.Tensor], views, idx, method, gen) -> dict:
-    """Gather one batch from the resident features (index tensors, no per-sample Python)."""
+def make_batch(feats: dict[str, torch.Tensor], views, idx, method, gen, local_views=None) -> dict:
+    """Gather one batch from the resident features (index tensors, no per-sample Python): the
+    method's modalities, two views (:func:`sample_views`) and, for DINO, every local view."""
     batch = {m: feats[m][idx].float() for m in method["modalities"] if m in feats}
     if uses_views(method):
         batch["views"] = sample_views(views, idx, gen)
+    if local_views is not None and "dino" in method["terms"]:
+        batch["local_views"] = local_views[idx].float()
     return batch
 
 
@@ -456,14 +497,14 @@ def cross_modal_recall_at_1(
 
 def data_digest(train: FeatureSet, rows: int = 4096) -> str:
     """A digest of the training data: every sample id, and the feature bytes of up to ``rows``
-    evenly spaced samples per modality (and views), so that recomputed features (other weights,
-    crops, precision) are told apart from the ones a checkpoint was trained on, in milliseconds
-    even for a million samples."""
+    evenly spaced samples per modality (and views, local views), so that recomputed features
+    (other weights, crops, precision) are told apart from the ones a checkpoint was trained on,
+    in milliseconds even for a million samples."""
     h = hashlib.blake2b(digest_size=16)
     h.update("\n".join(train.sample_id.tolist()).encode())
     pick = torch.linspace(0, max(len(train) - 1, 0), min(rows, len(train))).long()
     tensors = [train.features[m] for m in sorted(train.features)]
-    tensors += [train.views] if train.views is not None else []
+    tensors += [v for v in (train.views, train.local_views) if v is not None]
     for x in tensors:
         h.update(x[pick.to(x.device)].cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -495,10 +536,16 @@ def _plot_history(history: list[dict], out_dir: Path) -> None:
 def load_training_data(features_path, method: dict, hp: dict) -> tuple[FeatureSet, FeatureSet]:
     """(train, heldout): the ``train_split`` samples that have all the method's modalities, with
     ``eval_samples`` of them (at most a quarter, chosen by the seed) held out for retrieval and
-    never trained on. float16 features stay float16 (half the memory; batches become float32)."""
+    never trained on. float16 features stay float16 (half the memory; batches become float32).
+    DINO also reads the local views, when the store has them."""
     mods, terms = method["modalities"], method["terms"]
     feats = read_features(
-        features_path, mods, split=hp["train_split"], dtype=None, views=uses_views(method)
+        features_path,
+        mods,
+        split=hp["train_split"],
+        dtype=None,
+        views=uses_views(method),
+        local_views="dino" in terms,
     )
     if uses_views(method) and (feats.views is None or feats.views.shape[1] < 2):
         raise ValueError(f"{terms} need >= 2 augmented video views in {features_path}")
@@ -527,8 +574,9 @@ def pretrain(
     k-means queue, epoch and history, so a resumed run ends with the same weights as an
     uninterrupted one. ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint.
     BYOL and DINO also record, per epoch, the target's momentum at the epoch's last step and
-    ``rep_std`` (:func:`representation_std` of the first view of up to 1024 training clips);
-    the log warns when it falls below ``COLLAPSE_FLOOR / sqrt(rep_dim)``.
+    ``rep_std`` (:func:`representation_std` of the first view of up to 1024 training clips)
+    and ``rep_std_floor`` (:func:`collapse_floor`; the log warns below it); DINO also
+    ``teacher_entropy`` (:func:`teacher_entropy`) and ``teacher_temp``.
     """
     hp = resolve_hparams(hparams)
     out_dir = Path(out_dir)
@@ -546,6 +594,7 @@ def pretrain(
     plain = bool(set(terms) - set(VIEW_TERMS))
     x = {m: t.to(device) for m, t in train.features.items()} if plain else {}
     views = train.views.to(device) if train.views is not None else None
+    local = train.local_views.to(device) if train.local_views is not None else None
     n = len(train)
     # BatchNorm needs >= 2 rows and k-means >= k points: a smaller last batch is dropped.
     min_batch = max(2, hp["num_clusters"]) if "clustering" in terms else 2
@@ -561,13 +610,20 @@ def pretrain(
         device,
         resolve_precision(hp["precision"], device),
     )
+    if "dino" in terms:
+        count = 0 if local is None else local.shape[1]
+        log.info("%s: the student sees 2 global and %d local views, the teacher 2", name, count)
 
     torch.manual_seed(hp["seed"])
     dims, columns = view_inputs(train) if uses_views(method) else (train.dims, None)
     model = build_model(method, hp, dims, columns).to(device)
     pretext = Pretext(model, targets[0], hp).to(device) if targets else None
     steps_per_epoch = n // hp["batch_size"] + (n % hp["batch_size"] >= min_batch)
-    collapse_views = views[:1024, 0] if pretext is not None else None
+    collapse_views = views[:1024, 0].float() if pretext is not None else None
+    if pretext is not None:  # before any resume: the untrained network's, as the seed made it
+        with torch.no_grad():
+            initial_std = representation_std(model.heads["video"](collapse_views)).item()
+        floor = collapse_floor(hp["rep_dim"], initial_std)
     optimizer = torch.optim.AdamW(
         trainable_parameters(model, pretext),
         lr=method["lr"] if hp["lr"] is None else hp["lr"],
@@ -615,7 +671,7 @@ def pretrain(
         sums: dict[str, torch.Tensor] = {}  # on the device: one host sync per epoch
         temp = teacher_temperature(epoch, hp)
         for i, idx in enumerate(batches):
-            batch = make_batch(x, views, idx, method, gen)
+            batch = make_batch(x, views, idx, method, gen, local)
             step = epoch * steps_per_epoch + i
             momentum = ema_momentum(step, hp["epochs"] * steps_per_epoch, hp["ema_momentum"])
             values = train_step(
@@ -635,10 +691,11 @@ def pretrain(
             row["momentum"] = momentum
             if "dino" in terms:
                 row["teacher_temp"] = temp
+                row["teacher_entropy"] = teacher_entropy(pretext, collapse_views, temp)
             with torch.no_grad():
-                reps = model.heads["video"](collapse_views.float())
+                reps = model.heads["video"](collapse_views)
             row["rep_std"] = representation_std(reps).item()
-            floor = COLLAPSE_FLOOR / math.sqrt(reps.shape[1])
+            row["rep_std_floor"] = floor
             extra = f", rep_std {row['rep_std']:.4f} (floor {floor:.4f})"
             if row["rep_std"] < floor:
                 log.warning(

@@ -16,6 +16,7 @@ def synthetic_features(
     seed: int = 0,
     views: int = 0,
     augmented: int = 0,
+    local_views: int = 0,
     latent: int = 16,
     noise: float = 0.3,
     missing: dict[str, float] | None = None,
@@ -29,6 +30,8 @@ def synthetic_features(
     after learning to undo the per-modality maps. Views are the video features of jittered
     instance codes (augmentations); so are the ``augmented`` copies, per modality, of the train
     samples (zeros elsewhere and where the modality is absent, as extraction stores them).
+    ``local_views`` (DINO's small crops) are video features of codes jittered twice as much
+    (a small crop shows less of the clip).
     ``missing``: modality -> fraction of samples without it. Returns float32 tensors; splits are
     assigned by a seeded permutation.
     """
@@ -43,8 +46,8 @@ def synthetic_features(
         x = torch.relu(code @ maps[m])  # non-negative, like pooled post-ReLU CNN features
         return x + noise * torch.randn(x.shape, generator=g)
 
-    def jittered(k, m):
-        return observe(z[:, None, :] + 0.3 * torch.randn(n, k, latent, generator=g), m)
+    def jittered(k, m, scale=0.3):
+        return observe(z[:, None, :] + scale * torch.randn(n, k, latent, generator=g), m)
 
     feats = {m: observe(z, m) for m in dims}
     present = {m: torch.ones(n, dtype=torch.bool) for m in dims}
@@ -64,7 +67,9 @@ def synthetic_features(
     copies = {m: jittered(augmented, m) for m in dims} if augmented else None
     for m, x in (copies or {}).items():
         x[~present[m] | torch.from_numpy(split != "train")] = 0
-    attrs = {"modalities": list(dims), "dims": dict(dims), "views": views, "augmented": augmented}
+    local_t = jittered(local_views, "video", 0.6) if local_views else None  # likewise
+    attrs = {"modalities": list(dims), "dims": dict(dims), "views": views, "augmented": augmented,
+             "local_views": local_views}  # fmt: skip
     if views:
         attrs["view_columns"] = [0, dims["video"]]
     return FeatureSet(
@@ -73,6 +78,7 @@ def synthetic_features(
         features=feats,
         present=present,
         views=view_t,
+        local_views=local_t,
         augmented=copies,
         attrs=attrs,
     )

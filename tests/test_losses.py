@@ -303,6 +303,28 @@ def test_dino_loss_matches_hand_computation():
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_dino_multi_crop_loss_pairs_each_teacher_global_with_every_other_student_view():
+    # B = 2, K = 2: 2 global views (teacher and student), 2 local views (student only).
+    student_globals = [[[0.3, -0.1], [0.0, 0.2]], [[1.0, 0.0], [-0.4, 0.4]]]
+    student_locals = [[[0.5, 0.5], [0.2, -0.2]], [[-1.0, 0.3], [0.1, 0.0]]]
+    s = student_globals + student_locals
+    t = [[[0.4, 0.0], [0.1, 0.3]], [[0.0, 0.2], [-0.3, 0.0]]]  # teacher, globals 1 and 2
+    c, ts, tt = [0.05, -0.05], 0.1, 0.04
+
+    def h(tv, sv):  # H(P_t, P_s) of one sample
+        pt = _softmax([a - b for a, b in zip(tv, c, strict=True)], tt)
+        ps = _softmax(sv, ts)
+        return -sum(a * math.log(b) for a, b in zip(pt, ps, strict=True))
+
+    # Eq. 3: teacher global i against student view j != i: (1, 2), (1, l1), (1, l2), (2, 1),
+    # (2, l1), (2, l2); each pair's mean over the batch, then the mean over the 6 pairs.
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]
+    expected = sum((h(t[i][0], s[j][0]) + h(t[i][1], s[j][1])) / 2 for i, j in pairs) / 6
+    got = L.dino_loss([torch.tensor(v) for v in s], [torch.tensor(v) for v in t],
+                      torch.tensor([c]), ts, tt)  # fmt: skip
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_dino_teacher_is_centred_sharpened_and_gets_no_gradient():
     g = torch.Generator().manual_seed(6)
     s1, s2 = (torch.randn(8, 5, generator=g, requires_grad=True) for _ in range(2))

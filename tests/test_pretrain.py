@@ -2,11 +2,13 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 import zarr
 
 from conclugen import config, downstream, featstore
@@ -19,6 +21,7 @@ from conclugen.pretrain import (
     TARGET_TERMS,
     Pretext,
     build_model,
+    collapse_floor,
     compute_losses,
     cross_modal_recall_at_1,
     ema_momentum,
@@ -35,6 +38,7 @@ from conclugen.pretrain import (
 )
 from tests.synthetic import synthetic_features
 
+ROOT = Path(__file__).parents[1]
 DIMS = {"video": 48, "audio": 32, "text": 24}
 TINY = dict(
     batch_size=128,
@@ -146,7 +150,8 @@ def test_each_method_trains_and_records_its_terms(store, tmp_path, name):
     expected = {"epoch", "lr", "total", "seconds", "samples_per_s"}
     expected |= set(terms) | {f"{t}_weighted" for t in terms}
     if set(terms) & set(TARGET_TERMS):  # the target's momentum and the collapse check
-        expected |= {"momentum", "rep_std"} | ({"teacher_temp"} if "dino" in terms else set())
+        expected |= {"momentum", "rep_std", "rep_std_floor"}
+        expected |= {"teacher_temp", "teacher_entropy"} if "dino" in terms else set()
     assert set(history.columns) == expected
     assert len(history) == 3
     for t in terms:
@@ -426,6 +431,32 @@ def test_dino_step_updates_the_centre_by_its_ema_with_the_given_teacher_temperat
     assert torch.allclose(pretext.center, 0.9 * 0.5 + 0.1 * teacher.mean(0, keepdim=True))
 
 
+def test_dino_student_sees_the_local_views_and_the_teacher_does_not():
+    hp, model, pretext, optimizer, batch = _pretext_setup("dino")
+    g = torch.Generator().manual_seed(1)
+    batch["local_views"] = torch.randn(32, 3, DIMS["video"], generator=g)
+    sizes = {"student": [], "teacher": []}
+    for who, net in (("student", model), ("teacher", pretext.target["model"])):
+        net.heads["video"].register_forward_hook(
+            lambda _m, args, _out, who=who: sizes[who].append(len(args[0]))
+        )
+    got = compute_losses(model, batch, METHODS["dino"], hp, ["dino"], [], torch.Generator(),
+                         pretext)["dino"]  # fmt: skip
+    # The globals as one batch through each network; the 3 local views as one more through the
+    # student (DINO's MultiCropWrapper: one forward pass per crop size).
+    assert sizes == {"student": [64, 96], "teacher": [64]}
+    # The loss pairs each teacher global with every other student view (Eq. 3).
+    both = {"video": torch.cat(batch["views"])}
+    local = {"video": batch["local_views"].transpose(0, 1).flatten(0, 1)}
+    with torch.no_grad():
+        teacher = pretext.target["head"](pretext.target["model"](both)["video"]["proj"])
+        student = [*pretext.head(model(both)["video"]["proj"]).chunk(2),
+                   *pretext.head(model(local)["video"]["proj"]).chunk(3)]  # fmt: skip
+    expected = L.dino_loss(student, teacher.chunk(2), torch.zeros(1, 256), 0.1, 0.04)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert student[2].shape == (32, 256) and not torch.allclose(student[2], student[3])
+
+
 def test_representation_std_tells_a_collapse_from_a_spread():
     g = torch.Generator().manual_seed(0)
     spread = torch.randn(2000, 64, generator=g)
@@ -438,13 +469,40 @@ def test_representation_std_tells_a_collapse_from_a_spread():
 def test_byol_and_dino_learn_without_collapsing(store, tmp_path, name):
     path = pretrain(store, tmp_path, method_config(name), dict(TINY, epochs=4), device="cpu")
     h = pd.read_csv(tmp_path / "history.csv")
-    floor = COLLAPSE_FLOOR / math.sqrt(TINY["rep_dim"])
-    assert (h["rep_std"] > floor).all()
+    assert (h["rep_std"] > h["rep_std_floor"]).all()
+    assert (h["rep_std_floor"] <= COLLAPSE_FLOOR / math.sqrt(TINY["rep_dim"])).all()
     assert h["momentum"].is_monotonic_increasing and (h["momentum"] < 1).all()
     if name == "byol":
         assert h["byol"].iloc[-1] < h["byol"].iloc[0]  # the predictor learns the target
     model = load_model(path)  # the online model alone: downstream reads its video head
     assert set(model.heads) == {"video"} and not any("target" in k for k in model.state_dict())
+
+
+def test_collapse_floor_is_the_lower_of_a_tenth_of_an_even_spread_and_half_the_initial():
+    assert collapse_floor(256, 0.03) == pytest.approx(0.1 / 16)  # spread inputs: 0.1 / sqrt(D)
+    assert collapse_floor(256, 0.008) == pytest.approx(0.004)  # narrow ones (the demo's)
+
+
+def test_dino_at_demo_size_neither_collapses_nor_goes_uniform(tmp_path):
+    """DINO with the demo's pretraining settings (config/demo.yaml) on ~100 synthetic clips
+    with 2 views and 4 local views: the representation keeps its spread and the teacher's
+    distribution stays sharp, using many prototypes. The control, the same run with DINO's
+    code default teacher temperature (0.04, the demo's before), goes near uniform: the bound
+    on the entropy is one the old settings fail."""
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())["pretrain"]["hparams"]
+    fs = synthetic_features(130, {"video": 64}, seed=0, views=2, local_views=4)
+    path = tmp_path / "features.zarr"
+    write_features(path, fs.sample_id, fs.split, fs.features, views=fs.views,
+                   local_views=fs.local_views)  # fmt: skip
+    entropy = {}
+    for run, temp in (("demo", demo["dino_teacher_temp"]), ("control", 0.04)):
+        hp = dict(demo, dino_teacher_temp=temp)
+        pretrain(path, tmp_path / run, method_config("dino"), hp, device="cpu")
+        h = pd.read_csv(tmp_path / run / "history.csv")
+        assert len(h) == demo["epochs"] and (h["rep_std"] > h["rep_std_floor"]).all()
+        entropy[run] = h["teacher_entropy"].iloc[-1]
+    assert 0.02 < entropy["demo"] < 0.4  # sharp, not one prototype for every clip
+    assert entropy["control"] > 0.6  # near uniform: DINO's collapse that centring leads to
 
 
 def test_the_config_check_knows_which_methods_need_views():
