@@ -29,6 +29,8 @@ demo: setup
 	@cat results/tables/headline.md
 	@echo "Held-out cross-modal retrieval of the pretrained methods (results/tables/retrieval.md):"
 	@cat results/tables/retrieval.md
+	@echo "Collapse check of BYOL and DINO, rep_std against its floor (results/tables/collapse.md):"
+	@cat results/tables/collapse.md
 	@echo "Label efficiency: weighted F1 with a share of CAER's train labels (results/tables/label_efficiency.md):"
 	@cat results/tables/label_efficiency.md
 	@echo "A held-out look-alike clip (CAER's test split) through the exported ConCluGen model" \

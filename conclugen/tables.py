@@ -676,6 +676,36 @@ def retrieval_summary(reports: dict[str, dict], synthetic: bool = False) -> str:
     return _plain_markdown(retrieval_frame(reports), align, synthetic)
 
 
+def collapse_frame(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The collapse check of the methods with one (BYOL, DINO: ``history.csv`` with
+    ``rep_std``, :func:`conclugen.pretrain.representation_std`): per method its rep_std after
+    the first and the last epoch, the floor, and ``ok`` or ``collapsed`` (last rep_std below
+    the floor). Printed strings, one row per method; methods without the check are left out."""
+    rows = []
+    for method, h in histories.items():
+        if "rep_std" not in h:
+            continue
+        first, last = h["rep_std"].iloc[0], h["rep_std"].iloc[-1]
+        floor = h["rep_std_floor"].iloc[-1]
+        rows.append(
+            [method, str(len(h)), f"{first:.4f}", f"{last:.4f}", f"{floor:.4f}",
+             f"{last / floor:.1f}", "ok" if last >= floor else "collapsed"]
+        )  # fmt: skip
+    columns = ["method", "epochs", "rep_std epoch 1", "rep_std final", "floor", "final / floor",
+               "collapse check"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns, dtype=str)
+
+
+def collapse_summary(histories: dict[str, pd.DataFrame], synthetic: bool = False) -> str:
+    """:func:`collapse_frame` as markdown (what the demo prints last), or a line saying that no
+    pretrained method has the check. ``synthetic``: :data:`SYNTHETIC` comes first."""
+    frame = collapse_frame(histories)
+    if frame.empty:
+        lead = f"**{SYNTHETIC}**\n\n" if synthetic else ""
+        return f"{lead}No pretrained method with a collapse check (byol, dino) in this run.\n"
+    return _plain_markdown(frame, ["---", "---:", "---:", "---:", "---:", "---:", "---"], synthetic)
+
+
 def paper_comparison(runs: pd.DataFrame | None, paper: dict) -> pd.DataFrame:
     """Every cell of Tables 2, 3 and 5 as one row: ``table`` (e.g. "Table 3"), ``row`` (as
     printed; Table 2: "{dataset}: {label}"), ``metric``, ``paper`` (the published number, NaN

@@ -1,10 +1,13 @@
 rule tables:
-    """The paper's Tables 1-5 from every downstream cell, our numbers beside the paper's, and
-    the pretrained methods' cross-modal retrieval."""
+    """The paper's Tables 1-5 from every downstream cell, our numbers beside the paper's, the
+    pretrained methods' cross-modal retrieval and BYOL's and DINO's collapse check."""
     input:
         runs=downstream_runs(),
         retrieval=expand(
             "results/pretrain/{method}/retrieval.json", method=PRETRAIN["methods"]
+        ),
+        histories=expand(
+            "results/pretrain/{method}/history.csv", method=PRETRAIN["methods"]
         ),
     output:
         expand("results/tables/table{n}.{ext}", n=range(1, 6), ext=["md", "csv", "tex"]),
@@ -16,6 +19,7 @@ rule tables:
         runs="results/tables/runs.csv",
         headline="results/tables/headline.md",
         retrieval="results/tables/retrieval.md",
+        collapse="results/tables/collapse.md",
     log:
         "results/logs/tables.log",
     benchmark:

@@ -264,6 +264,22 @@ def test_retrieval_summary_lists_every_method_and_pair():
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
 
 
+def test_collapse_summary_checks_the_methods_that_record_rep_std():
+    histories = {
+        "conclugen": pd.DataFrame({"epoch": [0, 1], "total": [2.0, 1.0]}),  # no collapse check
+        "byol": pd.DataFrame({"rep_std": [0.02, 0.025], "rep_std_floor": [0.00625] * 2}),
+        "dino": pd.DataFrame({"rep_std": [0.01, 0.005], "rep_std_floor": [0.00625] * 2}),
+    }
+    lines = tables.collapse_summary(histories).splitlines()
+    assert lines[2:] == [
+        "| byol | 2 | 0.0200 | 0.0250 | 0.0063 | 4.0 | ok |",
+        "| dino | 2 | 0.0100 | 0.0050 | 0.0063 | 0.8 | collapsed |",
+    ]
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    none = tables.collapse_summary({"conclugen": histories["conclugen"]}, synthetic=True)
+    assert none.startswith("**Synthetic") and "No pretrained method" in none
+
+
 def _outputs(runs, tmp_path, synthetic):
     """Every file the tables rule writes from tables code, as text, keyed by name."""
     built = tables.build_tables(runs, PAPER, synthetic=synthetic)
@@ -277,18 +293,20 @@ def _outputs(runs, tmp_path, synthetic):
         "conclugen": {"video->text": {"init": 0.1, "pretrained": 0.4, "chance": 0.05, "n": 20}}
     }
     texts["retrieval.md"] = tables.retrieval_summary(reports, synthetic=synthetic)
+    history = pd.DataFrame({"rep_std": [0.02], "rep_std_floor": [0.006]})
+    texts["collapse.md"] = tables.collapse_summary({"dino": history}, synthetic=synthetic)
     return texts
 
 
 def test_synthetic_outputs_say_so_and_real_ones_do_not(runs, tmp_path):
     marked = _outputs(runs, tmp_path / "demo", synthetic=True)
     plain = _outputs(runs, tmp_path / "real", synthetic=False)
-    assert len(marked) == 5 * 3 + 3
+    assert len(marked) == 5 * 3 + 4
     for name, text in marked.items():
         assert "synthetic look-alike data" in text.lower(), name
         assert "synthetic" not in plain[name].lower(), name
     # The mark is what a reader meets first: the first line of markdown, LaTeX and the page.
-    for name in ("table5.md", "headline.md", "retrieval.md", "table5.tex"):
+    for name in ("table5.md", "headline.md", "retrieval.md", "collapse.md", "table5.tex"):
         assert "Synthetic look-alike data" in marked[name].splitlines()[0], name
     assert marked["tables.html"].index("Synthetic") < marked["tables.html"].index("<table")
     # Below the mark the markdown tables are the unmarked ones.

@@ -1,10 +1,12 @@
-"""Rule tables: Tables 1-5 (md, csv, tex), one HTML page of them, the headline figures and the
-pretrained methods' cross-modal retrieval. With ``params.synthetic`` (config
-``lookalike.enabled``) every output says it comes from synthetic look-alike data
-(:data:`conclugen.tables.SYNTHETIC`)."""
+"""Rule tables: Tables 1-5 (md, csv, tex), one HTML page of them, the headline figures, the
+pretrained methods' cross-modal retrieval and the collapse check of BYOL and DINO. With
+``params.synthetic`` (config ``lookalike.enabled``) every output says it comes from synthetic
+look-alike data (:data:`conclugen.tables.SYNTHETIC`)."""
 
 import json
 from pathlib import Path
+
+import pandas as pd
 
 from conclugen import tables
 from conclugen.io import atomic_path
@@ -34,3 +36,8 @@ with logged(snakemake.log[0]) as log:
     with atomic_path(snakemake.output.retrieval) as tmp:
         tmp.write_text(retrieval)
     log.info("held-out cross-modal retrieval of the pretrained methods:\n%s", retrieval)
+    histories = {Path(h).parent.name: pd.read_csv(h) for h in snakemake.input.histories}
+    collapse = tables.collapse_summary(histories, synthetic=synthetic)
+    with atomic_path(snakemake.output.collapse) as tmp:
+        tmp.write_text(collapse)
+    log.info("collapse check of the methods with an EMA target:\n%s", collapse)
