@@ -679,20 +679,23 @@ def retrieval_summary(reports: dict[str, dict], synthetic: bool = False) -> str:
 def collapse_frame(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The collapse check of the methods with one (BYOL, DINO: ``history.csv`` with
     ``rep_std``, :func:`conclugen.pretrain.representation_std`): per method its rep_std after
-    the first and the last epoch, the floor, and ``ok`` or ``collapsed`` (last rep_std below
-    the floor). Printed strings, one row per method; methods without the check are left out."""
+    the first and the last epoch, the floor, ``ok`` or ``collapsed`` (last rep_std below the
+    floor) and, for DINO, the last ``teacher_entropy`` (a fraction of log K, near 1: the
+    teacher has gone uniform). Printed strings, one row per method; methods without the check
+    are left out."""
     rows = []
     for method, h in histories.items():
         if "rep_std" not in h:
             continue
         first, last = h["rep_std"].iloc[0], h["rep_std"].iloc[-1]
         floor = h["rep_std_floor"].iloc[-1]
+        entropy = f"{h['teacher_entropy'].iloc[-1]:.2f}" if "teacher_entropy" in h else ""
         rows.append(
             [method, str(len(h)), f"{first:.4f}", f"{last:.4f}", f"{floor:.4f}",
-             f"{last / floor:.1f}", "ok" if last >= floor else "collapsed"]
+             f"{last / floor:.1f}", "ok" if last >= floor else "collapsed", entropy]
         )  # fmt: skip
     columns = ["method", "epochs", "rep_std epoch 1", "rep_std final", "floor", "final / floor",
-               "collapse check"]  # fmt: skip
+               "collapse check", "teacher entropy / log K"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns, dtype=str)
 
 
@@ -703,7 +706,8 @@ def collapse_summary(histories: dict[str, pd.DataFrame], synthetic: bool = False
     if frame.empty:
         lead = f"**{SYNTHETIC}**\n\n" if synthetic else ""
         return f"{lead}No pretrained method with a collapse check (byol, dino) in this run.\n"
-    return _plain_markdown(frame, ["---", "---:", "---:", "---:", "---:", "---:", "---"], synthetic)
+    align = ["---", "---:", "---:", "---:", "---:", "---:", "---", "---:"]
+    return _plain_markdown(frame, align, synthetic)
 
 
 def paper_comparison(runs: pd.DataFrame | None, paper: dict) -> pd.DataFrame:

@@ -268,12 +268,14 @@ def test_collapse_summary_checks_the_methods_that_record_rep_std():
     histories = {
         "conclugen": pd.DataFrame({"epoch": [0, 1], "total": [2.0, 1.0]}),  # no collapse check
         "byol": pd.DataFrame({"rep_std": [0.02, 0.025], "rep_std_floor": [0.00625] * 2}),
-        "dino": pd.DataFrame({"rep_std": [0.01, 0.005], "rep_std_floor": [0.00625] * 2}),
+        "dino": pd.DataFrame(
+            {"rep_std": [0.01, 0.005], "rep_std_floor": [0.00625] * 2, "teacher_entropy": 0.914}
+        ),
     }
     lines = tables.collapse_summary(histories).splitlines()
     assert lines[2:] == [
-        "| byol | 2 | 0.0200 | 0.0250 | 0.0063 | 4.0 | ok |",
-        "| dino | 2 | 0.0100 | 0.0050 | 0.0063 | 0.8 | collapsed |",
+        "| byol | 2 | 0.0200 | 0.0250 | 0.0063 | 4.0 | ok |  |",
+        "| dino | 2 | 0.0100 | 0.0050 | 0.0063 | 0.8 | collapsed | 0.91 |",
     ]
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
     none = tables.collapse_summary({"conclugen": histories["conclugen"]}, synthetic=True)
