@@ -1,11 +1,15 @@
-"""Whisper behind one interface: the real tiny.en (CTranslate2, faster-whisper) reads the
-look-alike speech through voice-activity detection, silence and noise stay silent without being
-decoded, long clips are windowed; repetition loops are caught and retried at higher temperatures
-(scripted backends); one clip's error stays that clip's; the openai-whisper backend loads a
-native checkpoint and decodes a batch."""
+"""Whisper behind one interface: clips packed into shared windows and their words given back
+exactly (constructed timestamps and a scripted backend that hears time-coded audio), long clips
+in overlapping windows merged without doubled or lost words, what a window leaves out decoded
+again; the real tiny.en (CTranslate2, faster-whisper) reads the look-alike speech through
+voice-activity detection, packed clips get their own words, silence and noise stay silent
+without being decoded; repetition loops are caught and retried at higher temperatures (scripted
+backends); one clip's error stays that clip's; the openai-whisper backend loads a native
+checkpoint and decodes a batch."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import zipfile
@@ -19,19 +23,31 @@ from conclugen.ledger import FailureLedger
 from conclugen.lookalike import generate
 from conclugen.media import SILENCE_PEAK, audio_peak, read_audio
 from conclugen.subtitles import (
+    GAP_S,
+    OVERLAP_S,
     SAMPLE_RATE,
     TEMPERATURES,
     WINDOW_S,
+    ClipWord,
+    Part,
+    Piece,
     Transcript,
+    Word,
+    assign,
+    clip_pieces,
     compression_ratio,
+    drop_overlaps,
+    edit_distance,
+    layout,
     load_transcriber,
     longest_loop,
     normalise,
     repetitive,
-    speech_windows,
+    speech_spans,
     subtitles_shard,
+    timed_words,
     transcribe,
-    windows,
+    window_audio,
     word_error_rate,
 )
 
@@ -57,10 +73,172 @@ def test_word_error_rate_on_hand_examples():
         word_error_rate(["a"], ["a", "b"])
 
 
-def test_windows_cut_30_s():
-    audio = np.zeros(61 * SAMPLE_RATE, np.float32)
-    assert [len(w) for w in windows(audio)] == [30 * SAMPLE_RATE, 30 * SAMPLE_RATE, SAMPLE_RATE]
-    assert len(windows(np.zeros(0, np.float32))) == 1
+S = SAMPLE_RATE
+GAP = round(GAP_S * S)
+
+
+def test_layout_packs_pieces_in_order_with_gaps():
+    audios = [np.full(n * S, k + 1, np.float32) for k, n in enumerate((10, 12, 9, 4))]
+    pieces = [Piece(k, 0, len(a)) for k, a in enumerate(audios)]
+    # next fit: 10 + 1 + 12 s fill one window, 9 more would pass 30 s and open the next one
+    assert layout(pieces) == [pieces[:2], pieces[2:]]
+    audio = window_audio(audios, pieces[:2])
+    assert len(audio) == 22 * S + GAP
+    assert (audio[: 10 * S] == 1).all() and (audio[10 * S : 10 * S + GAP] == 0).all()
+    assert (audio[10 * S + GAP :] == 2).all()
+    # two pieces of one clip and one of another: without packing, a window holds one clip's
+    split = [Piece(0, 0, 4 * S), Piece(0, 6 * S, 10 * S), Piece(1, 0, 3 * S)]
+    assert layout(split, pack=False) == [split[:2], split[2:]]
+    assert layout(split) == [split]
+    one = window_audio(audios, split[:2])  # the 2 s between the pieces are not decoded
+    assert len(one) == 8 * S + GAP and (one[4 * S : 4 * S + GAP] == 0).all()
+
+
+def test_words_go_to_the_piece_holding_their_middle():
+    # window: clip 0's seconds 1-3 at 0-2 s, a gap to 3 s, clip 1's seconds 0-1.5 at 3-4.5 s
+    window = [Piece(0, S, 3 * S), Piece(1, 0, 3 * S // 2)]
+    middle = 2 + GAP_S / 2  # of the gap: the two pieces' shares meet there
+    words = (Word(0.0, 0.5, " a"), Word(1.8, middle + 0.2, " b"),  # stretched into the gap
+             Word(middle - 0.1, 3.3, " c"), Word(3.3, 4.5, " d"))  # fmt: skip
+    got = assign(window, words)
+    assert [(w.piece.clip, w.text) for w in got] == [(0, " a"), (0, " b"), (1, " c"), (1, " d")]
+    assert (got[0].start, got[0].end) == pytest.approx((1.0, 1.5))  # seconds in clip 0
+    assert (got[3].start, got[3].end) == pytest.approx((0.3, 1.5))  # in clip 1
+    # every word has one piece, whatever its time: none lost, none doubled
+    many = tuple(Word(t, t + 0.3, f" w{i}") for i, t in enumerate(np.linspace(-1, 6, 71)))
+    assert [w.text for w in assign(window, many)] == [w.text for w in many]
+
+
+class Tokens:
+    """Whisper's token layout in small: text tokens < eot < ... < timestamp tokens."""
+
+    eot, timestamp_begin = 100, 200
+
+    @staticmethod
+    def at(seconds: float) -> int:
+        return 200 + round(seconds / 0.02)
+
+
+def test_word_times_are_clamped_into_their_segment():
+    # "<0.00> a b . <2.00><4.50> c d <6.50>": the alignment stretches "." and "c" over the pause
+    tokens = [Tokens.at(0), 1, 2, 3, Tokens.at(2.0), Tokens.at(4.5), 4, 5, Tokens.at(6.5)]
+    timings = [(" a", 1, 0.0, 0.6), (" b", 1, 0.6, 1.5), (".", 1, 1.5, 3.0),
+               (" c", 1, 3.0, 5.0), (" d", 1, 5.0, 6.9)]  # fmt: skip
+    words = timed_words(Tokens, tokens, timings, 10.0)
+    # "." joins "b" (and its clip); "c" starts with its segment, "d" ends with it
+    assert words == (Word(0.0, 0.6, " a"), Word(0.6, 1.5, " b."), Word(4.5, 5.0, " c"),
+                     Word(5.0, 6.5, " d"))  # fmt: skip
+    # a segment left open (the window ended mid-sentence) ends with the window's audio
+    timings = [(" a", 1, 0.5, 2.0), (" b", 1, 2.0, 9.0)]
+    open_ended = timed_words(Tokens, [Tokens.at(1.0), 1, 2], timings, 5.0)
+    assert open_ended == (Word(1.0, 2.0, " a"), Word(2.0, 5.0, " b"))
+
+
+def truth_words(seconds: float, step: float = 0.8, seed: int = 0):
+    """Words ``(start, end, text)`` of 0.4 s every ``step`` s over ``seconds``: random letters,
+    which no repetition test mistakes for a loop."""
+    rng = np.random.default_rng(seed)
+    times = np.arange(0.2, seconds - 0.4, step)
+    return [(t, t + 0.4, " " + "".join(rng.choice(list("abcdefghij"), 5))) for t in times]
+
+
+def heard(piece: Piece, truth, jitter: float) -> list[ClipWord]:
+    """``truth`` as one window decoding ``piece`` gives it: times off by ``jitter``, a word cut
+    by the window's edge garbled and timed within the window."""
+    low, high = piece.start / S, piece.end / S
+    out = []
+    for start, end, text in truth:
+        if low <= start and end <= high:
+            out.append(ClipWord(piece, start + jitter, end + jitter, text))
+        elif start < high and end > low:
+            out.append(ClipWord(piece, max(start, low), min(end, high), text + "-"))
+    return out
+
+
+def test_overlapping_windows_give_each_word_once():
+    a, b = Piece(0, 0, 30 * S), Piece(0, 25 * S, 50 * S)  # overlapping over 25-30 s
+    truth = truth_words(50)
+    want = [text for _, _, text in truth]
+    both = heard(a, truth, 0.05) + heard(b, truth, -0.05)
+    assert any(w.text.endswith("-") for w in both)  # a word cut by a's end
+    assert [w.text for w in drop_overlaps(both)] == want
+    # the earlier window ended early, leaving out the overlap's words: the later one gives them
+    early = [w for w in heard(a, truth, 0.05) if w.middle < 26] + heard(b, truth, -0.05)
+    assert [w.text for w in drop_overlaps(early)] == want
+    # no word in common: the window giving more words there gives them all
+    other = [w for w in heard(a, truth, 0.05) if w.middle < 25] + [ClipWord(a, 25.5, 25.9, " x")]
+    assert [w.text for w in drop_overlaps(other + heard(b, truth, -0.05))] == want
+
+
+def test_long_spans_are_cut_at_pauses_into_overlapping_windows():
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 0.1, 75 * S).astype(np.float32)  # talk throughout ...
+    pauses = [(28.0, 28.4), (23.0, 23.4), (51.0, 51.4), (46.0, 46.4)]
+    for start, end in pauses:  # ... but for four pauses
+        audio[round(start * S) : round(end * S)] = 0
+    pieces = clip_pieces(3, audio, [(0, len(audio))])
+    assert [p.clip for p in pieces] == [3, 3, 3]
+    assert pieces[0].start == 0 and pieces[-1].end == len(audio)
+    cuts = [pieces[0].end, pieces[1].start, pieces[1].end, pieces[2].start]
+    for cut, (start, end) in zip(cuts, pauses, strict=True):  # each cut in its pause
+        assert start * S <= cut < end * S
+    for p, q in itertools.pairwise(pieces):
+        assert p.end - p.start <= WINDOW_S * S
+        assert OVERLAP_S * S <= p.end - q.start <= 2 * OVERLAP_S * S
+    # a span that fits a window stays whole
+    assert clip_pieces(0, audio, [(S, 29 * S)]) == [Piece(0, S, 29 * S)]
+
+
+def coded(clip: int, seconds: float) -> np.ndarray:
+    """Audio that says where it is: each sample is ``clip + 1 + its time in seconds / 1000``."""
+    return (clip + 1 + np.arange(round(seconds * S)) / S / 1000).astype(np.float32)
+
+
+class Hearing:
+    """A scripted backend for :func:`coded` audio: a window's words are ``truth``'s
+    ``(clip, start, end, text)`` whose time it holds (one cut by the window's edge garbled);
+    with ``early``, a window longer than 25 s ends at 20 s, leaving out the words after."""
+
+    language = "en"
+
+    def __init__(self, truth, early: bool = False):
+        self.truth, self.early, self.windows = truth, early, 0
+
+    def transcribe_windows(self, chunks, temperature=0.0):
+        self.windows += len(chunks)
+        return [self.hear(c) for c in chunks]
+
+    def hear(self, chunk: np.ndarray) -> Part:
+        clip = np.where(chunk > 0, np.floor(chunk).astype(int) - 1, -1)  # -1 in the gaps
+        at = (chunk - np.floor(chunk)) * 1000  # seconds in the clip
+        words = []
+        for k, start, end, text in self.truth:
+            inside = np.flatnonzero((clip == k) & (at >= start) & (at < end))
+            if not len(inside) or (self.early and len(chunk) > 25 * S and inside[0] > 20 * S):
+                continue
+            whole = at[inside[-1]] - at[inside[0]] >= end - start - 0.01  # coded to ~1 ms
+            words.append(Word(inside[0] / S, (inside[-1] + 1) / S, text if whole else text + "-"))
+        words.sort()
+        return Part("".join(w.text for w in words).strip(), "en", -0.2, 0.1, tuple(words))
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_packed_and_overlapped_windows_give_each_clip_its_words(early):
+    """Twelve short clips packed into shared windows and a 70-s one cut into overlapping windows,
+    decoded by a backend that hears time-coded audio: every clip gets exactly its words, in
+    order, none lost at a boundary or doubled in an overlap, also when windows end early."""
+    seconds = [2.5, 3.0, 1.6, 4.2, 2.2, 3.4, 70.0, 2.8, 1.9, 3.7, 2.4, 3.1, 2.6]
+    audios = [coded(k, s) for k, s in enumerate(seconds)]
+    truth = [(k, *word) for k, s in enumerate(seconds) for word in truth_words(s, 0.6, seed=k)]
+    backend = Hearing(truth, early)
+    out = transcribe(backend, audios, batch_size=4, vad=False)
+    for k, t in enumerate(out):
+        want = "".join(text for clip, _, _, text in truth if clip == k).strip()
+        assert t.text == want, (k, t.text, want)
+        assert not t.no_speech and not t.repetitive
+    # 13 clips in 5 windows (one window per clip: 15); windows ending early leave out the long
+    # clip's last 7 s of each of its three, decoded again in one more window
+    assert backend.windows == (6 if early else 5)
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +291,30 @@ def test_whisper_no_speech_rule_without_vad(tiny_en):
 def test_long_clips_are_windowed(tiny_en, speech):
     first, second = speech["audio"][0], speech["audio"][1]
     gap = np.zeros(31 * SAMPLE_RATE, np.float32)
-    long_clip = np.concatenate([first, gap, second])  # > 30 s, two windows of audio
-    for vad in (False, True):  # VAD packs the two speech regions into one window
-        n = len(speech_windows(long_clip)) if vad else len(windows(long_clip))
-        assert n == (1 if vad else 2)
+    long_clip = np.concatenate([first, gap, second])  # > 30 s
+    for vad in (False, True):  # VAD: the two speech regions, packed into one window
+        spans = speech_spans(long_clip) if vad else [(0, len(long_clip))]
+        windows = layout(clip_pieces(0, long_clip, spans))
+        assert len(windows) == (1 if vad else 2)
         (long,) = transcribe(tiny_en, [long_clip], vad=vad)
         check_in_order(long, speech)
-    # speech longer than a window: several VAD windows of at most 30 s, holding nearly all of it
+    # speech longer than a window: VAD regions of at most 30 s, holding nearly all of it
     talk = np.concatenate(list(speech["audio"]))
     assert len(talk) > WINDOW_S * SAMPLE_RATE
-    packed = speech_windows(talk)
-    assert len(packed) >= 2 and all(len(w) <= WINDOW_S * SAMPLE_RATE for w in packed)
-    assert sum(map(len, packed)) >= 0.8 * len(talk)  # the look-alikes talk almost throughout
+    spans = speech_spans(talk)
+    assert len(spans) >= 2 and all(e - s <= WINDOW_S * SAMPLE_RATE for s, e in spans)
+    assert sum(e - s for s, e in spans) >= 0.8 * len(talk)  # the look-alikes talk almost throughout
+
+
+def test_packed_clips_get_their_own_words(tiny_en, speech):
+    """Three espeak clips in one window of the real tiny.en: each gets its own sentence."""
+    counting = Counting(tiny_en)
+    audios, sentences = list(speech["audio"][:3]), list(speech["sentence"][:3])
+    out = transcribe(counting, audios)
+    assert counting.windows == 1
+    for sentence, t in zip(sentences, out, strict=True):
+        # at most one word wrong in these sentences of three to five words
+        assert edit_distance(normalise(sentence), normalise(t.text)) <= 1, (sentence, t.text)
 
 
 def check_in_order(long: Transcript, speech: pd.DataFrame) -> None:
@@ -224,6 +414,7 @@ class Counting:
 
     def __init__(self, backend):
         self.backend, self.windows = backend, 0
+        self.language = backend.language
 
     def transcribe_windows(self, chunks, temperature=0.0):
         self.windows += len(chunks)
@@ -231,15 +422,26 @@ class Counting:
 
 
 class Scripted:
-    """A stand-in backend: ``reply(chunk, temperature)`` is each window's part, and it raises
-    for the whole batch when one window's reply raises; the calls are recorded."""
+    """A stand-in backend: ``reply(chunk, temperature)`` is each window's ``(text, language,
+    avg_logprob, no_speech_prob)``, its words spread evenly over the window; it raises for the
+    whole batch when one window's reply raises; the calls are recorded."""
+
+    language = "en"
 
     def __init__(self, reply):
         self.reply, self.calls = reply, []
 
     def transcribe_windows(self, chunks, temperature=0.0):
         self.calls.append((len(chunks), temperature))
-        return [self.reply(c, temperature) for c in chunks]
+        return [spread(*self.reply(c, temperature), len(c) / SAMPLE_RATE) for c in chunks]
+
+
+def spread(text: str, language: str, logprob: float, prob: float, seconds: float) -> Part:
+    """A part whose words share the window's ``seconds`` evenly."""
+    texts = [f" {w}" for w in text.split()]
+    step = seconds / max(len(texts), 1)
+    words = tuple(Word(i * step, (i + 1) * step, w) for i, w in enumerate(texts))
+    return Part(text, language, logprob, prob, words)
 
 
 def clip_rows(paths: dict[str, str]) -> pd.DataFrame:
@@ -315,7 +517,8 @@ def test_repeated_word_over_windows_is_left_out_of_the_shard(hostile):
     you = Scripted(lambda c, t: ("you", "en", -0.5, 0.2))
     ledger = FailureLedger("subtitles")
     table = subtitles_shard(clips, you, ledger, vad=False)
-    assert you.calls[0] == (16, 0.0) and sum(n for n, t in you.calls if t == 0) == 20
+    assert you.calls[0] == (16, 0.0)  # a batch of 16 windows
+    assert sum(n for n, t in you.calls if t == 0) >= 600 / WINDOW_S  # the whole ten minutes
     row = table.iloc[0]
     assert row["text"] == "" and row["repetitive"] and not row["no_speech"]
     assert [(r[0], r[3]) for r in ledger.rows] == [("noise", "kept")]
@@ -324,7 +527,7 @@ def test_repeated_word_over_windows_is_left_out_of_the_shard(hostile):
 
 def test_one_clip_error_is_that_clips():
     def reply(chunk, temperature):
-        if chunk[0] == 0.5:
+        if (chunk == 0.5).any():
             raise ValueError("tokenizer choked")
         return (f"clip {chunk[0]:.1f}", "en", -0.2, 0.1)
 
@@ -337,7 +540,7 @@ def test_one_clip_error_is_that_clips():
         1: "ValueError: tokenizer choked",
         3: "ValueError: audio has non-finite samples",
     }
-    assert backend.calls[0] == (3, 0.0)  # the batch, then each clip of it alone
+    assert backend.calls[0] == (1, 0.0)  # the three clips in one window, then each alone
     assert sorted(n for n, _ in backend.calls[1:]) == [1, 1, 1]
     with pytest.raises(ValueError, match="choked"):  # without an errors dict it is raised
         transcribe(backend, audios[:2], vad=False)
@@ -351,10 +554,10 @@ def test_one_clip_error_is_that_clips():
 
 def test_shard_drops_the_clip_that_breaks_the_backend(hostile, speech):
     clips = clip_rows({"noise": hostile["noise"], "speech": speech["path"][0]})
-    clips.loc[0, "end"] = 2.0 * WINDOW_S  # two full windows of noise
+    clips.loc[0, "end"] = 2.0 * WINDOW_S  # a minute of noise
 
     def reply(chunk, temperature):
-        if len(chunk) < WINDOW_S * SAMPLE_RATE:  # the speech clip's short window
+        if np.abs(chunk).max() > 0.01:  # the speech clip, far louder than the noise
             raise IndexError("index 3 is out of bounds")
         return ("static", "en", -0.5, 0.2)
 
