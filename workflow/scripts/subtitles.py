@@ -16,7 +16,7 @@ with logged(snakemake.log[0]) as log:
     clips = manifest.merge(pd.read_parquet(snakemake.input.probe), on="sample_id")
     transcriber = configured_transcriber(cfg, resolve_device(cfg["device"]), snakemake.threads)
     ledger = FailureLedger("subtitles")
-    table = subtitles_shard(clips, transcriber, ledger, cfg["batch_size"], cfg["vad"])
+    table = subtitles_shard(clips, transcriber, ledger, cfg["batch_size"], cfg["vad"], cfg["pack"])
     ledger.write(snakemake.output.failures)
     ledger.check(len(clips), snakemake.params.max_failure_fraction)
     write_parquet(table, snakemake.output.subtitles)
