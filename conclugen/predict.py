@@ -154,9 +154,9 @@ class Predictor:
 
     def _subtitles(self, clips: pd.DataFrame, ledger: FailureLedger) -> pd.DataFrame:
         cfg = self.config["subtitles"]
-        table = subtitles_shard(
-            clips, self.transcriber, ledger, cfg["batch_size"], cfg["vad"], cfg["pack"]
-        )
+        pack = cfg.get("pack", True)  # a model exported before `pack` existed
+        table = subtitles_shard(clips, self.transcriber, ledger, cfg["batch_size"], cfg["vad"],
+                                pack)  # fmt: skip
         return clips.assign(text=clips["sample_id"].map(table.set_index("sample_id")["text"]))
 
     def _features(self, role: str, clips: pd.DataFrame, boxes: dict, ledger: FailureLedger):

@@ -632,7 +632,8 @@ def configured_transcriber(cfg: dict, device: str, threads: int):
     """The transcriber a ``subtitles`` config section names, read offline (a model name is its
     cached copy, or :class:`conclugen.weights.MissingWeights` naming it); ``threads`` are
     faster-whisper's CPU threads."""
-    options = {"beam_size": cfg["beam_size"], "language": cfg["language"]}
+    # .get: a model exported before `language` existed decodes as it did (detected per window)
+    options = {"beam_size": cfg["beam_size"], "language": cfg.get("language")}
     if cfg["backend"] == "faster-whisper":
         options |= {"compute_type": cfg["compute_type"], "threads": threads}
     model = whisper_model(cfg["backend"], cfg["model"])
