@@ -153,13 +153,13 @@ def quietest(audio: np.ndarray, start: int, end: int) -> int:
     """The middle sample of the quietest QUIET_S of ``audio[start:end]`` (least energy, in
     steps of 20 ms): a pause between words where there is one."""
     frame, width = SAMPLE_RATE // 50, round(QUIET_S * 50)
-    stretch = audio[max(start, 0) : end].astype(np.float64)
+    stretch = audio[start:end].astype(np.float64)
     n = len(stretch) // frame
-    if n <= width:
+    if n < width:
         return (start + end) // 2
     energy = np.square(stretch[: n * frame]).reshape(n, frame).sum(axis=1)
     total = np.convolve(energy, np.ones(width), mode="valid")  # each QUIET_S from a frame on
-    return max(start, 0) + int(np.argmin(total)) * frame + width * frame // 2
+    return start + int(np.argmin(total)) * frame + width * frame // 2
 
 
 def clip_pieces(clip: int, audio: np.ndarray, spans: list[tuple[int, int]]) -> list[Piece]:
@@ -308,8 +308,8 @@ def timed_words(tokenizer, tokens: list[int], timings, duration: float) -> tuple
         if words and not any(c.isalnum() for c in text):
             words[-1] = words[-1]._replace(text=words[-1].text + text)
             continue
-        begin = min(max(begin, low), high)
-        words.append(Word(begin, min(max(end, begin), high), text))
+        begin = float(min(max(begin, low), high))
+        words.append(Word(begin, float(min(max(end, begin), high)), text))
     return tuple(words)
 
 
@@ -534,18 +534,16 @@ class FasterWhisper:
         out: list[list[tuple]] = [[] for _ in chunks]
         for lang in dict.fromkeys(languages):
             tokenizer = self._tokenizer(lang)
-            mine = [i for i, x in enumerate(languages) if x == lang
-                    and any(t < tokenizer.eot for t in tokens[i])]  # fmt: skip
-            if not mine:
+            mine = [i for i, x in enumerate(languages) if x == lang]
+            text = [[t for t in tokens[i] if t < tokenizer.eot] for i in mine]
+            if not any(text):
                 continue
             if len(mine) == len(chunks):
                 features = encoded
             else:
                 features = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[mine]))
-            aligned = self.model.find_alignment(
-                tokenizer, [[t for t in tokens[i] if t < tokenizer.eot] for i in mine], features,
-                [len(chunks[i]) // HOP for i in mine],
-            )  # fmt: skip
+            frames = [len(chunks[i]) // HOP for i in mine]
+            aligned = self.model.find_alignment(tokenizer, text, features, frames)
             for i, words in zip(mine, aligned, strict=True):
                 out[i] = [(w["word"], len(w["tokens"]), w["start"], w["end"]) for w in words]
         return out
