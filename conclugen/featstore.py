@@ -18,9 +18,14 @@ Layout (a zarr v3 group)::
                                  (downstream augmentation; the backbones' modalities only, not
                                  keypoints); zeros where the split is not train and where the
                                  modality is absent
+    {m}_windows      [N, W, D_m] optional: the features of W temporal windows per sample of
+                                 modality m (MPUC's views; conclugen.features.window_span: the
+                                 same seconds for every modality of a sample); zeros where the
+                                 modality is absent
     attrs: modalities (list, canonical order), dims ({m: D}), views (K), view_columns ([a, b]
            when views are stored), local_views (L, 0 without them), augmented (K', 0 without
-           copies), complete (True)
+           copies), windows (W, 0 without windows; every modality stored has them or none
+           does), complete (True)
 
 A modality may be missing from the store altogether. The pipeline's stores also carry attrs
 ``view_roles`` (the video roles whose views are stored) and ``backbones`` (role -> its shard
@@ -30,9 +35,9 @@ Shard stores (:func:`write_shard`, one per dataset, shard and role, the output o
 
     sample_id [N] str, split [N] str, feature [N, D], present [N] bool,
     views [N, K, D] optional, local_views [N, L, D] optional, augmented [N, K', D] optional
-    (zeros where the clip is not a train one or lacks the modality)
+    (zeros where the clip is not a train one or lacks the modality), windows [N, W, D] optional
     attrs: the extraction's settings (role, weights, views, local_views, ...), dim (D),
-           augmented (K'), complete (True)
+           augmented (K'), windows (W), complete (True)
 
 :func:`merge_shards` joins the shard stores of every role into ``features.zarr`` through
 :func:`write_features` (video = 2D || 3D). Every store is written by :func:`write_store`: rows
@@ -78,6 +83,7 @@ class FeatureSet:
     views: torch.Tensor | None = None  # [N, K, Dv'] augmented video views (attrs view_columns)
     local_views: torch.Tensor | None = None  # [N, L, Dv'] DINO's local views (same columns)
     augmented: dict[str, torch.Tensor] | None = None  # modality -> [N, K', D] augmented copies
+    windows: dict[str, torch.Tensor] | None = None  # modality -> [N, W, D] temporal windows
     attrs: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -97,9 +103,10 @@ class FeatureSet:
         if index.dtype == torch.bool:
             index = index.nonzero().squeeze(1)
         np_index = index.numpy()
-        augmented = None
-        if self.augmented is not None:
-            augmented = {m: x[index.to(x.device)] for m, x in self.augmented.items()}
+
+        def rows(arrays: dict[str, torch.Tensor] | None):
+            return None if arrays is None else {m: x[index.to(x.device)] for m, x in arrays.items()}
+
         return FeatureSet(
             sample_id=self.sample_id[np_index],
             split=self.split[np_index],
@@ -109,7 +116,8 @@ class FeatureSet:
             local_views=None
             if self.local_views is None
             else self.local_views[index.to(self.local_views.device)],
-            augmented=augmented,
+            augmented=rows(self.augmented),
+            windows=rows(self.windows),
             attrs=dict(self.attrs),
         )
 
@@ -125,6 +133,7 @@ class ShardFeatures:
     views: torch.Tensor | None  # [N, K, D]
     augmented: torch.Tensor | None = None  # [N, K', D]: zeros for clips not in the train split
     local_views: torch.Tensor | None = None  # [N, L, D]: DINO's local views
+    windows: torch.Tensor | None = None  # [N, W, D] temporal windows
 
 
 def _chunk_rows(row_shape: tuple[int, ...], dtype) -> int:
@@ -184,6 +193,7 @@ def write_features(
     view_columns: tuple[int, int] | None = None,
     attrs: dict | None = None,
     local_views=None,
+    windows: dict | None = None,
 ) -> None:
     """Write a features store atomically (see the module docstring for the layout).
 
@@ -191,10 +201,12 @@ def write_features(
     ``views``: optional [N, K, b - a] augmented video features of ``video``'s columns
     ``view_columns`` [a, b] (default: all of them); ``local_views``: optional [N, L, b - a]
     DINO's local views of the same columns (only with ``views``); ``augmented``: optional
-    modality -> [N, K', D] augmented copies, the same K' for every modality; ``attrs``: more
-    attributes (not the layout's). Values are stored as ``dtype``. Arrays may be anything
-    sliceable by rows with a ``shape`` (another zarr array, :class:`ShardRows`): they are copied
-    in row blocks, so a store larger than memory streams through.
+    modality -> [N, K', D] augmented copies, the same K' for every modality; ``windows``:
+    optional modality -> [N, W, D] temporal windows, for every modality stored and the same W
+    for all; ``attrs``: more attributes (not the layout's). Values are stored as ``dtype``.
+    Arrays may be anything sliceable by rows with a ``shape`` (another zarr array,
+    :class:`ShardRows`): they are copied in row blocks, so a store larger than memory streams
+    through.
     """
     sample_id = np.asarray(sample_id).astype(str)
     split = np.asarray(split).astype(str)
@@ -221,6 +233,12 @@ def write_features(
         raise ValueError("augmented copies need stored modalities and one count K for all")
     if any(tuple(x.shape) != (n, *copies, arrays[m].shape[1]) for m, x in augmented.items()):
         raise ValueError("augmented copies must be [N, K, D] with the modality's feature size")
+    windows = windows or {}
+    n_windows = {int(x.shape[1]) for x in windows.values()}
+    if windows and (set(windows) != set(mods) or len(n_windows) > 1):
+        raise ValueError(f"windows need every stored modality {mods} and one count W for all")
+    if any(tuple(x.shape) != (n, *n_windows, arrays[m].shape[1]) for m, x in windows.items()):
+        raise ValueError("windows must be [N, W, D] with the modality's feature size")
     columns = {"sample_id": (sample_id, str), "split": (split, str)}
     for m in mods:
         mask = present.get(m)
@@ -231,6 +249,7 @@ def write_features(
     if local_views is not None:
         columns["video_local_views"] = (local_views, dtype)
     columns |= {f"{m}_augmented": (x, dtype) for m, x in augmented.items()}
+    columns |= {f"{m}_windows": (x, dtype) for m, x in windows.items()}
     layout = {
         "modalities": mods,
         "dims": {m: int(arrays[m].shape[1]) for m in mods},
@@ -238,6 +257,7 @@ def write_features(
         **({"view_columns": view_columns} if views is not None else {}),
         "local_views": 0 if local_views is None else int(local_views.shape[1]),
         "augmented": copies.pop() if copies else 0,
+        "windows": n_windows.pop() if n_windows else 0,
     }
     if set(layout) & set(attrs or {}):
         raise ValueError(f"attrs {sorted(set(layout) & set(attrs))} are the layout's own")
@@ -257,13 +277,15 @@ def read_features(
     views: bool = True,
     augmented: bool = False,
     local_views: bool = False,
+    windows: bool = False,
 ) -> FeatureSet:
     """Read a features store (all modalities unless ``modalities`` is given; all samples unless
     ``split`` names one). Features come back as torch tensors of ``dtype`` (None keeps the
     stored dtype, which halves memory for a float16 store); ``views=False`` skips the views;
     ``augmented=True`` also reads the augmented copies of the modalities read (``augmented``
     stays None when the store has none); ``local_views=True`` (with ``views``) DINO's local
-    views (None when the store has none)."""
+    views (None when the store has none); ``windows=True`` the temporal windows of the
+    modalities read (None when the store has none)."""
     group = open_store(path)
     stored = list(group.attrs["modalities"])
     mods = stored if modalities is None else [m for m in MODALITIES if m in modalities]
@@ -285,6 +307,9 @@ def read_features(
     copies = None
     if augmented and group.attrs.get("augmented", 0) > 0:
         copies = {m: load(f"{m}_augmented") for m in mods if f"{m}_augmented" in group}
+    spans = None
+    if windows and group.attrs.get("windows", 0) > 0:
+        spans = {m: load(f"{m}_windows") for m in mods}
     return FeatureSet(
         sample_id=sample_id if index is None else sample_id[index],
         split=split_all if index is None else split_all[index],
@@ -293,6 +318,7 @@ def read_features(
         views=load("video_views") if has_views else None,
         local_views=load("video_local_views") if has_local else None,
         augmented=copies,
+        windows=spans,
         attrs=dict(group.attrs),
     )
 
@@ -315,8 +341,12 @@ def write_shard(path: str | os.PathLike, shard: ShardFeatures, dtype: str, attrs
         arrays["local_views"] = (shard.local_views, dtype)
     if shard.augmented is not None:
         arrays["augmented"] = (shard.augmented, dtype)
+    if shard.windows is not None:
+        arrays["windows"] = (shard.windows, dtype)
     copies = 0 if shard.augmented is None else int(shard.augmented.shape[1])
-    write_store(path, arrays, {**attrs, "dim": int(shard.feature.shape[1]), "augmented": copies})
+    windows = 0 if shard.windows is None else int(shard.windows.shape[1])
+    counts = {"dim": int(shard.feature.shape[1]), "augmented": copies, "windows": windows}
+    write_store(path, arrays, {**attrs, **counts})
 
 
 def open_shard(path: str | os.PathLike):
@@ -372,6 +402,8 @@ def merge_shards(
     Augmented copies: ``{m}_augmented`` for every backbone's modality (video = 2D || 3D) when
     every backbone role has them (attr ``augmented``: K, the fewest any shard has); zeros where
     a role lacks a row. Keypoints have none, so adding them leaves the other arrays as they are.
+    Temporal windows: ``{m}_windows`` for every modality when every role has them (attr
+    ``windows``: W, the fewest any shard has; video = 2D || 3D), zeros where a role lacks a row.
     """
     missing = set(VIDEO_ROLES) - set(shards)
     if missing:
@@ -395,6 +427,9 @@ def merge_shards(
     first = dims["video2d"] if view_roles == ["video3d"] else 0
     view_columns = [first, first + sum(dims[r] for r in view_roles)]
     n_aug = min(int(g.attrs.get("augmented", 0)) for r in ROLES if r in groups for g in groups[r])
+    n_windows = min(int(g.attrs.get("windows", 0)) for r in groups for g in groups[r])
+    if not n_windows and any(g.attrs.get("windows", 0) for r in groups for g in groups[r]):
+        log.warning("only some roles have temporal windows; features.zarr gets none")
 
     kept, split, rows = [], [], []  # per shard: kept ids, their split, {role: row in its shard}
     for k in range(counts.pop()):
@@ -443,6 +478,9 @@ def merge_shards(
     if n_aug:
         augmented = {m: column(m, "augmented", roles[m], dims[m], n_aug)
                      for m in mods if m != KEYPOINTS_ROLE}  # fmt: skip
+    windows = None
+    if n_windows:
+        windows = {m: column(m, "windows", roles[m], dims[m], n_windows) for m in mods}
     backbones = {
         r: {k: v for k, v in groups[r][0].attrs.items() if k != "complete"} for r in groups
     }
@@ -458,5 +496,6 @@ def merge_shards(
         view_columns=view_columns if n_views else None,
         local_views=local_views,
         attrs={**({"view_roles": view_roles} if n_views else {}), "backbones": backbones},
+        windows=windows,
     )
     return sum(sizes)

@@ -199,6 +199,60 @@ class Augment:
 
 NO_AUGMENT = Augment()
 
+# Temporal windows start and end on whole seconds: one 3D window of 16 frames at 16 fps, one 1 fps
+# frame of the 2D backbone, so a window's video features are the clip's own inputs of that
+# stretch (no frame is decoded or run again) and equal what the window alone would give.
+WINDOW_UNIT_FRAMES = WINDOW  # frames of the 16 fps grid per second-long unit
+WINDOW_STREAM = 1 << 16  # the windows' draws: a stream apart from the views' and the copies'
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Temporal windows (config ``features.windows``; MPUC's temporal augmentation): ``count``
+    windows of ``seconds`` whole seconds per clip and modality, drawn from ``seed``."""
+
+    count: int = 0
+    seconds: int = 4
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: dict | None) -> Windows:
+        """From ``{count, seconds, seed}`` (None or count 0: no windows)."""
+        return cls(**settings) if settings else cls()
+
+
+NO_WINDOWS = Windows()
+
+
+def clip_units(start: float, end: float) -> int:
+    """A clip's length in window units: its 16 fps frames in whole seconds, rounded up."""
+    return -(-len(sample_times(start, end, FPS)) // WINDOW_UNIT_FRAMES)
+
+
+def window_span(sample_id: str, window: int, units: int, windows: Windows, train: bool):
+    """``(first, end)``: the whole seconds [first, end) from the clip's start that window
+    ``window`` of a clip of ``units`` seconds (:func:`clip_units`) covers, the same for every
+    modality. Its length is ``windows.seconds``, clamped to the clip; for a clip of the train
+    split its first second is drawn uniformly from those that fit, by (seed, sample id,
+    window), so each window is drawn independently; for the other splits every window starts
+    at the clip's start (MPUC's evaluation)."""
+    length = max(1, min(windows.seconds, units))
+    if not train:
+        return 0, length
+    rng = clip_rng(windows.seed, sample_id, window, WINDOW_STREAM)
+    first = int(rng.integers(units - length + 1))
+    return first, first + length
+
+
+def window_spans(clip: dict, windows: Windows) -> list[tuple[int, int]]:
+    """Every window of ``clip`` (a clips row: sample_id, split, start, end) by
+    :func:`window_span`; empty without windows."""
+    if not windows.count:
+        return []
+    units = clip_units(clip["start"], clip["end"])
+    train = clip["split"] == "train"
+    return [window_span(clip["sample_id"], w, units, windows, train) for w in range(windows.count)]
+
 
 @dataclass(frozen=True)
 class LocalViews:
@@ -549,6 +603,12 @@ class ClipInputs:
     present: bool = True  # False: the clip lacks this modality (not an error)
     error: str | None = None  # the clip is unusable (ledger)
     last: bool = True  # the clip's last chunk
+    # Temporal windows. Video: [W, n] 0/1, which of the plain crop's n inputs each window
+    # pools; their rows come after the first ``window_row`` variants (the plain crop, views,
+    # local views). Audio: each window's own spectrogram [F, T_w].
+    window_mask: torch.Tensor | None = None
+    window_row: int = 1
+    window_specs: list[torch.Tensor] | None = None
 
 
 class VideoClips(torch.utils.data.Dataset):
@@ -566,7 +626,9 @@ class VideoClips(torch.utils.data.Dataset):
 
     A chunk's inputs hold the plain crop, then ``views`` Instance-Cont views (``recipe``), then
     ``local.count`` DINO local views (:func:`local_view_params`), then, for a clip of the train
-    split, ``augment.count`` downstream copies (:func:`copy_params`).
+    split, ``augment.count`` downstream copies (:func:`copy_params`). Temporal ``windows``
+    (:func:`window_spans`) cost no input of their own: each pools the plain crop's inputs that
+    lie in its seconds (``window_mask``).
     """
 
     read = staticmethod(read_frames)  # (path, times) -> (frames, found)
@@ -574,7 +636,8 @@ class VideoClips(torch.utils.data.Dataset):
     def __init__(self, clips: pd.DataFrame, role: str, boxes: dict[str, np.ndarray],
                  crop_size: int, views: int = 0, view_seed: int = 0,
                  chunk_frames: int = CHUNK_FRAMES, recipe: ViewRecipe = ViewRecipe(),
-                 augment: Augment = NO_AUGMENT, local: LocalViews = NO_LOCAL_VIEWS):  # fmt: skip
+                 augment: Augment = NO_AUGMENT, local: LocalViews = NO_LOCAL_VIEWS,
+                 windows: Windows = NO_WINDOWS):  # fmt: skip
         if role not in VIDEO_ROLES:
             raise ValueError(f"not a video role: {role}")
         if chunk_frames <= 0 or (role == "video3d" and chunk_frames % WINDOW):
@@ -583,7 +646,7 @@ class VideoClips(torch.utils.data.Dataset):
         self.clips = clips[columns].to_dict("records")
         self.role, self.boxes, self.size = role, boxes, crop_size
         self.views, self.view_seed, self.recipe, self.augment = views, view_seed, recipe, augment
-        self.local = local
+        self.local, self.windows = local, windows
         self.items = []  # (clip, first and end sampled frame of the chunk)
         for i, clip in enumerate(self.clips):
             n = len(self.grid(clip)[1])
@@ -608,10 +671,35 @@ class VideoClips(torch.utils.data.Dataset):
         last = k + 1 == len(self.items) or self.items[k + 1][0] != i
         try:
             times, index = self.grid(clip)
-            inputs = self.cropped(clip, a, b, *self.read(clip["video"], times[index[a:b]]))
+            return self.prepared(clip, a, b, *self.read(clip["video"], times[index[a:b]]), last)
         except Exception as e:
             return ClipInputs(clip["sample_id"], None, error=clip_error(e), last=last)
-        return ClipInputs(clip["sample_id"], inputs, last=last)
+
+    def prepared(self, clip: dict, a: int, b: int, frames: np.ndarray, found: np.ndarray,
+                 last: bool) -> ClipInputs:  # fmt: skip
+        """Sampled frames ``a:b`` of a clip (:meth:`cropped`) as a chunk's inputs, with the
+        windows' masks over them (:meth:`window_mask`)."""
+        inputs = self.cropped(clip, a, b, frames, found)
+        mask = self.window_mask(clip, a, b, found, inputs.shape[1])
+        return ClipInputs(clip["sample_id"], inputs, last=last, window_mask=mask,
+                          window_row=1 + self.views + self.local.count)  # fmt: skip
+
+    def window_mask(self, clip: dict, a: int, b: int, found: np.ndarray,
+                    n: int) -> torch.Tensor | None:  # fmt: skip
+        """[W, n]: 1 where the chunk's input lies in the window's seconds (None without
+        windows). A 2D input is one frame, in the second of its grid position; a 3D input is
+        one 16-frame window, in its own second (the chunk starts on a whole second)."""
+        spans = window_spans(clip, self.windows)
+        if not spans:
+            return None
+        if self.role == "video2d":
+            keep = found | (np.arange(a, b) == 0)
+            units = self.grid(clip)[1][a:b][keep] // WINDOW_UNIT_FRAMES
+        else:
+            units = a // WINDOW_UNIT_FRAMES + np.arange(n)
+        units = torch.from_numpy(np.asarray(units, dtype=np.int64))
+        first, end = (torch.tensor(x) for x in zip(*spans, strict=True))
+        return ((units >= first[:, None]) & (units < end[:, None])).float()
 
     def cropped(self, clip: dict, a: int, b: int, frames: np.ndarray,
                 found: np.ndarray) -> torch.Tensor:  # fmt: skip
@@ -684,11 +772,9 @@ class SharedVideoClips(torch.utils.data.Dataset):
             first, end = -(-a // reader.step), -(-b // reader.step)  # its sampled frames here
             picked = slice(first * reader.step - a, end * reader.step - a, reader.step)  # a view
             try:
-                inputs = reader.cropped(clip, first, end, frames[picked], found[picked])
+                out[role] = reader.prepared(clip, first, end, frames[picked], found[picked], last)
             except Exception as e:
                 out[role] = ClipInputs(sample_id, None, error=clip_error(e), last=last)
-            else:
-                out[role] = ClipInputs(sample_id, inputs, last=last)
         return out
 
 
@@ -728,14 +814,18 @@ def spectrogram(audio: np.ndarray, filters: torch.Tensor, chunk: int = 4096) -> 
 
 class AudioClips(torch.utils.data.Dataset):
     """Decodes one clip's audio per item into its mel spectrogram [F, T]; a clip of the train
-    split gets ``augment.count`` masked copies too: [1 + K, F, T], the plain one first. No audio
-    track (or one too short to frame) is an absent modality; another exception (other than
-    :func:`is_fatal` ones) while preparing it is the clip's error."""
+    split gets ``augment.count`` masked copies too: [1 + K, F, T], the plain one first. Temporal
+    ``windows`` (:func:`window_spans`) are the spectrogram's frames of their seconds
+    (``window_specs``, scaled with the whole clip; one past the audio's end is the whole
+    spectrogram). No audio track (or one too short to frame) is an absent modality; another
+    exception (other than :func:`is_fatal` ones) while preparing it is the clip's error."""
 
-    def __init__(self, clips: pd.DataFrame, augment: Augment = NO_AUGMENT):
+    def __init__(self, clips: pd.DataFrame, augment: Augment = NO_AUGMENT,
+                 windows: Windows = NO_WINDOWS):  # fmt: skip
         self.clips = clips.to_dict("records")
         self.filters = mel_filters()
         self.augment = augment
+        self.windows = windows
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -759,13 +849,18 @@ class AudioClips(torch.utils.data.Dataset):
         if len(audio) <= N_FFT // 2:  # too short to frame (reflect padding needs more)
             return ClipInputs(clip["sample_id"], None, present=False)
         spec = spectrogram(audio, self.filters)
+        per_second = SAMPLE_RATE // HOP
+        windows = [
+            spec[:, a * per_second : b * per_second] for a, b in window_spans(clip, self.windows)
+        ]
+        windows = [w if w.shape[1] else spec for w in windows] or None
         if clip["split"] != "train" or not self.augment.count:
-            return ClipInputs(clip["sample_id"], spec)
+            return ClipInputs(clip["sample_id"], spec, window_specs=windows)
         rngs = [
             copy_rng(self.augment, clip["sample_id"], k, "audio") for k in range(self.augment.count)
         ]
         copies = [masked(spec, spectrogram_masks(spec.shape, rng, self.augment)) for rng in rngs]
-        return ClipInputs(clip["sample_id"], torch.stack([spec, *copies]))
+        return ClipInputs(clip["sample_id"], torch.stack([spec, *copies]), window_specs=windows)
 
 
 def decoded(dataset, workers: int) -> Iterator[ClipInputs]:
@@ -791,19 +886,30 @@ class Result:
 
 class _Pools:
     """Running per-clip sums of feature vectors whose inputs arrive in pieces (chunks, audio
-    windows) that may span several batches; a clip's result is its sum over the count of vectors
-    summed, ready once its last piece has arrived and nothing of it is pending."""
+    windows) that may span several batches; each row of a clip's result (the plain clip, its
+    views, windows and copies) is its sum over the count of vectors summed into that row, ready
+    once the clip's last piece has arrived and nothing of it is pending. A row nothing was
+    summed into (a temporal window past the video's real end, whose frames the decoder lacks)
+    takes the plain clip's row."""
 
     def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # [R, D]
+        self.counts: dict[str, torch.Tensor] = {}  # [R]
         self.decided: dict[str, Result] = {}  # clips without features: failed or absent
         self.finished: list[str] = []  # clips whose last piece arrived, in order
 
-    def add(self, sample_id: str, total: torch.Tensor, count: float) -> None:
-        if sample_id not in self.decided:
-            self.sums[sample_id] = self.sums.get(sample_id, 0) + total
-            self.counts[sample_id] = self.counts.get(sample_id, 0) + count
+    def add(self, sample_id: str, total: torch.Tensor, count, rows=None) -> None:
+        """Add ``total`` [r, D] into the clip's ``rows`` (default the first r), each row a
+        sum over ``count`` vectors (a number, or one per row)."""
+        if sample_id in self.decided:
+            return
+        rows = torch.arange(len(total)) if rows is None else torch.as_tensor(rows)
+        count = torch.as_tensor(count, dtype=torch.float32).expand(len(total))
+        size = int(rows.max()) + 1
+        sums = _grown(self.sums.get(sample_id, total.new_zeros(0, total.shape[1])), size)
+        counts = _grown(self.counts.get(sample_id, torch.zeros(0)), size)
+        self.sums[sample_id] = sums.index_add_(0, rows, total.float())
+        self.counts[sample_id] = counts.index_add_(0, rows, count)
 
     def decide(self, result: Result) -> None:
         """A clip's result without features; the first one counts (later pieces are ignored)."""
@@ -814,14 +920,22 @@ class _Pools:
         done, self.finished = self.finished, []
         out = []
         for sample_id in done:
-            total, count = self.sums.pop(sample_id, None), self.counts.pop(sample_id, 0)
+            total, count = self.sums.pop(sample_id, None), self.counts.pop(sample_id, None)
             result = self.decided.pop(sample_id, None)
-            if result is None and count:
-                result = Result(sample_id, total / count)
+            if result is None and count is not None and count[0]:
+                mean = total / count.clamp(min=1)[:, None]
+                result = Result(sample_id, torch.where(count[:, None] > 0, mean, mean[:1]))
             elif result is None:  # not expected: a clip's first frame is always kept
                 result = Result(sample_id, None, error="no model inputs")
             out.append(result)
         return out
+
+
+def _grown(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` with zero rows appended up to ``rows`` rows."""
+    if len(x) >= rows:
+        return x
+    return torch.cat([x, x.new_zeros(rows - len(x), *x.shape[1:])])
 
 
 class VideoRunner:
@@ -904,7 +1018,7 @@ def _flush_video(runner, pending: list[ClipInputs], batch_size: int, pools: _Poo
         out = torch.cat([runner(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)])
         sizes = [c.inputs.shape[0] * c.inputs.shape[1] for c in group]
         parts = zip(group, out.split(sizes), strict=True)
-        return [f.reshape(*c.inputs.shape[:2], -1).sum(1) for c, f in parts]
+        return [_chunk_sums(c, f.reshape(*c.inputs.shape[:2], -1)) for c, f in parts]
 
     if not pending:
         return
@@ -912,7 +1026,21 @@ def _flush_video(runner, pending: list[ClipInputs], batch_size: int, pools: _Poo
         if isinstance(out, Exception):
             pools.decide(Result(chunk.sample_id, None, error=f"backbone: {describe(out)}"))
         else:
-            pools.add(chunk.sample_id, out, chunk.inputs.shape[1])
+            pools.add(chunk.sample_id, *out)
+
+
+def _chunk_sums(chunk: ClipInputs, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's rows and their counts from its inputs' features [V, n, D]: each variant's sum
+    over its n inputs, with the temporal windows' sums of the plain crop's inputs
+    (``window_mask``) after the first ``window_row`` variants."""
+    sums = features.sum(1)
+    counts = torch.full((len(sums),), float(features.shape[1]))
+    mask = chunk.window_mask
+    if mask is None:
+        return sums, counts
+    k = chunk.window_row
+    return (torch.cat([sums[:k], mask @ features[0], sums[k:]]),
+            torch.cat([counts[:k], mask.sum(1), counts[k:]]))  # fmt: skip
 
 
 def _time_convs(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, int]]:
@@ -1035,35 +1163,41 @@ class AudioRunner:
 
 
 def run_audio(runner, clips: Iterable[ClipInputs], batch_size: int) -> Iterator[Result]:
-    """One vector per clip and variant (the plain spectrogram, then its masked copies), the mean
-    over all its output positions; ``batch_size`` model inputs (:meth:`AudioRunner.pieces`, one
-    per variant) per forward pass, gathered across clips. A piece whose input makes the model
-    raise (:func:`_each_or_alone`) fails its clip with that message."""
+    """One vector per clip and variant (the plain spectrogram, then its temporal windows'
+    spectrograms, then its masked copies), the mean over all its output positions;
+    ``batch_size`` model inputs (:meth:`AudioRunner.pieces`, one per variant) per forward
+    pass, gathered across clips. A piece whose input makes the model raise
+    (:func:`_each_or_alone`) fails its clip with that message."""
     pools = _Pools()
-    pending: list[tuple[str, tuple]] = []
+    pending: list[tuple[str, tuple, list[int]]] = []  # (clip, piece, the rows of its variants)
 
     def flush():
         if pending:
-            outs = _each_or_alone(lambda group: runner.sums([p for _, p in group]), pending)
-            for (sample_id, _), out in zip(pending, outs, strict=True):
+            outs = _each_or_alone(lambda group: runner.sums([p for _, p, _ in group]), pending)
+            for (sample_id, _, rows), out in zip(pending, outs, strict=True):
                 if isinstance(out, Exception):
                     pools.decide(Result(sample_id, None, error=f"backbone: {describe(out)}"))
                 else:
-                    pools.add(sample_id, *out)
+                    pools.add(sample_id, *out, rows=rows)
             pending.clear()
         return pools.ready()
 
-    rows = 0
+    units = 0
     for clip in clips:
         if clip.inputs is None:
             pools.decide(Result(clip.sample_id, None, present=clip.present, error=clip.error))
         else:
-            for piece in runner.pieces(clip.inputs):
-                pending.append((clip.sample_id, piece))
-                rows += len(piece[0])
-                if rows >= batch_size:
-                    rows = 0
-                    yield from flush()
+            specs = clip.inputs if clip.inputs.dim() == 3 else clip.inputs[None]
+            windows = clip.window_specs or []
+            variants = [(specs, [0, *range(1 + len(windows), len(windows) + len(specs))])]
+            variants += [(spec, [1 + w]) for w, spec in enumerate(windows)]
+            for inputs, rows in variants:
+                for piece in runner.pieces(inputs):
+                    pending.append((clip.sample_id, piece, rows))
+                    units += len(piece[0])
+                    if units >= batch_size:
+                        units = 0
+                        yield from flush()
         pools.finished.append(clip.sample_id)
     yield from flush()
 
@@ -1120,6 +1254,7 @@ def extract_shard(
     recipe: ViewRecipe = ViewRecipe(),
     augment: Augment = NO_AUGMENT,
     local_views: LocalViews = NO_LOCAL_VIEWS,
+    windows: Windows = NO_WINDOWS,
 ) -> ShardFeatures:
     """Features of ``clips`` (:func:`shard_clips`) for ``role`` with a loaded backbone.
 
@@ -1136,7 +1271,10 @@ def extract_shard(
     ``recipe`` is the views' augmentation; ``local_views`` DINO's local views (video roles
     only, ``local_views`` of the shard); ``augment`` the downstream copies, which every clip
     of the train split gets (``augmented``; zeros for the other clips and for absent
-    modalities). A copy that fails fails its clip.
+    modalities). A copy that fails fails its clip. ``windows``: every clip's temporal windows
+    (``windows``; :func:`window_spans`): video pools the plain crop's inputs of each window's
+    seconds, audio runs each window's spectrogram, text repeats the whole clip's feature (the
+    transcripts have no word timings).
     """
     views = views if role in VIDEO_ROLES else 0
     local = local_views if role in VIDEO_ROLES else NO_LOCAL_VIEWS
@@ -1145,6 +1283,7 @@ def extract_shard(
             role, clips, chunk_frames, model=model, device=device, boxes=boxes,
             crop_size=crop_size, mean=mean, std=std, views=views, view_seed=view_seed,
             precision=precision, recipe=recipe, augment=augment, local_views=local,
+            windows=windows,
         )  # fmt: skip
         results = run_video(runner, decoded(data, workers), batch_size)
     elif role == "audio":
@@ -1152,13 +1291,14 @@ def extract_shard(
         by_length = clips.assign(length=clips["end"] - clips["start"])
         by_length = by_length.sort_values(["length", "sample_id"], kind="stable")
         runner = AudioRunner(model, device, precision, audio_window)
-        results = run_audio(runner, decoded(AudioClips(by_length, augment), workers), batch_size)
+        data = AudioClips(by_length, augment, windows)
+        results = run_audio(runner, decoded(data, workers), batch_size)
     elif role == "text":
-        results = text_results(model, clips, batch_size, device, augment)
+        results = text_results(model, clips, batch_size, device, augment, windows)
     else:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     results = progress(results, len(clips), f"{role} clips")
-    widths = (views, local.count, augment.count)
+    widths = (views, local.count, windows.count, augment.count)
     return _shard_features(role, results, clips, model.feature_dim, widths, ledger)
 
 
@@ -1173,11 +1313,11 @@ def extract_video_shards(
     (:class:`SharedVideoClips`): ``roles`` maps each role to the keywords of its
     :func:`extract_shard` call, all of ``model``, ``device``, ``batch_size``, ``boxes``,
     ``crop_size``, ``mean``, ``std``, ``views``, ``view_seed``, ``precision``, ``recipe`` and
-    ``augment``, and optionally ``local_views``; ``ledgers`` each role's ledger. Each role's
-    shard equals its own :func:`extract_shard`'s up to float rounding (its frames arrive in
-    chunks of other sizes, so its batches and running sums group other frames). A clip that
-    cannot be decoded is an entry in every role's ledger; one whose crops or model input fail,
-    only in that role's."""
+    ``augment``, and optionally ``local_views`` and ``windows``; ``ledgers`` each role's
+    ledger. Each role's shard equals its own :func:`extract_shard`'s up to float rounding (its
+    frames arrive in chunks of other sizes, so its batches and running sums group other
+    frames). A clip that cannot be decoded is an entry in every role's ledger; one whose crops
+    or model input fail, only in that role's."""
     readers, batches = {}, {}
     for role, kw in roles.items():
         kw = dict(kw)
@@ -1192,7 +1332,8 @@ def extract_video_shards(
     shards = {}
     for role, kw in roles.items():
         local = kw.get("local_views", NO_LOCAL_VIEWS).count
-        widths = (kw["views"], local, kw["augment"].count)
+        windows = kw.get("windows", NO_WINDOWS).count
+        widths = (kw["views"], local, windows, kw["augment"].count)
         dim = kw["model"].feature_dim
         shards[role] = _shard_features(role, results[role], clips, dim, widths, ledgers[role])
     return shards
@@ -1201,21 +1342,22 @@ def extract_video_shards(
 def _video_parts(
     role: str, clips: pd.DataFrame, chunk_frames: int, *, model, device: str, boxes,
     crop_size: int, mean, std, views: int, view_seed: int, precision: str, recipe: ViewRecipe,
-    augment: Augment, local_views: LocalViews = NO_LOCAL_VIEWS,
+    augment: Augment, local_views: LocalViews = NO_LOCAL_VIEWS, windows: Windows = NO_WINDOWS,
 ) -> tuple[VideoClips, VideoRunner]:  # fmt: skip
     """A video role's reader and runner from :func:`extract_shard`'s keywords."""
     data = VideoClips(clips, role, boxes or {}, crop_size, views, view_seed, chunk_frames,
-                      recipe, augment, local_views)  # fmt: skip
+                      recipe, augment, local_views, windows)  # fmt: skip
     return data, VideoRunner(model, mean, std, device, role == "video3d", precision)
 
 
 def _shard_features(role: str, results: Iterable[Result], clips: pd.DataFrame, dim: int,
-                    widths: tuple[int, int, int], ledger) -> ShardFeatures:  # fmt: skip
+                    widths: tuple[int, int, int, int], ledger) -> ShardFeatures:  # fmt: skip
     """One role's shard from its clips' results: failed clips to the ledger, rows of the
     others (zeros where a modality or a copy is absent) in the clips' order. ``widths``: the
-    views, local views and copies per clip, the rows after the plain one in that order."""
-    views, local, copies = widths
-    width = 1 + views + local + copies
+    views, local views, temporal windows and copies per clip, the rows after the plain one in
+    that order."""
+    views, local, windows, copies = widths
+    width = 1 + views + local + windows + copies
     kept, feats, present = [], [], []
     for r in results:
         if r.error is not None:
@@ -1240,15 +1382,18 @@ def _shard_features(role: str, results: Iterable[Result], clips: pd.DataFrame, d
         present=torch.tensor(present, dtype=torch.bool),
         views=stacked[:, 1 : 1 + views] if views else None,
         augmented=stacked[:, width - copies :] if copies else None,
-        local_views=stacked[:, 1 + views : width - copies] if local else None,
+        local_views=stacked[:, 1 + views : 1 + views + local] if local else None,
+        windows=stacked[:, 1 + views + local : width - copies] if windows else None,
     )
 
 
 def text_results(encoder, clips: pd.DataFrame, batch_size: int, device: str,
-                 augment: Augment = NO_AUGMENT) -> list[Result]:  # fmt: skip
+                 augment: Augment = NO_AUGMENT,
+                 windows: Windows = NO_WINDOWS) -> list[Result]:  # fmt: skip
     """:func:`run_text` over the clips' texts and, for train clips with a text, its
     ``augment.count`` word-swapped copies (:func:`swap_words`): one result per clip, its
-    feature [1 + copies, D]; a copy that fails fails its clip."""
+    feature [1 + windows + copies, D], every temporal window the whole text's feature (the
+    transcripts have no word timings); a copy that fails fails its clip."""
     texts = list(clips["text"])
     copies: dict[int, range] = {}
     for i, (sample_id, split, text) in enumerate(
@@ -1263,7 +1408,7 @@ def text_results(encoder, clips: pd.DataFrame, batch_size: int, device: str,
     encoded = run_text(encoder, texts, batch_size, device)
     results = []
     for i, sample_id in enumerate(clips["sample_id"]):
-        own = [encoded[i], *(encoded[j] for j in copies.get(i, ()))]
+        own = [encoded[i], *[encoded[i]] * windows.count, *(encoded[j] for j in copies.get(i, ()))]
         error = next((r.error for r in own if r.error is not None), None)
         feature = None if error or own[0].feature is None else torch.cat([r.feature for r in own])
         results.append(Result(sample_id, feature, own[0].present, error))

@@ -18,6 +18,11 @@ face tracks, computed per clip (one row per clip in ``features.zarr``, like the 
    and max of the positions over the T frames and of the T - 1 frame-to-frame velocities
    (normalised units per 1/16 s; zero for a one-frame clip), ``FEATURE_DIM`` = 10 x 8 = 80.
 
+Temporal windows (config ``features.windows``, :func:`conclugen.features.window_span`, the
+same seconds as the other modalities' windows): step 3 on the window's frames of the clip's
+normalised sequence (16 per second; normalised over the whole clip, as MPUC's windows of their
+min-max scaled landmarks).
+
 A clip without any detected frame (kept with a centre crop under ``faces.no_face: centre``) has
 no keypoints: ``present`` False and zeros, as a clip without audio. A clip whose landmarks cannot
 be read (not 10 values per frame) is its ledger entry and left out of the role's shard, which
@@ -31,6 +36,7 @@ import pandas as pd
 import torch
 
 from conclugen.featstore import ShardFeatures
+from conclugen.features import NO_WINDOWS, WINDOW_UNIT_FRAMES, Windows, window_spans
 
 POINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # MTCNN's order
 STATISTICS = ("mean", "std", "min", "max")
@@ -76,34 +82,48 @@ def encode(sequence: np.ndarray) -> np.ndarray:
 
 def clip_feature(rows: pd.DataFrame) -> np.ndarray | None:
     """One clip's keypoint feature [FEATURE_DIM], or None when no frame has a face."""
+    features = clip_features(rows)
+    return None if features is None else features[0]
+
+
+def clip_features(rows: pd.DataFrame, spans=()) -> np.ndarray | None:
+    """One clip's keypoint features [1 + W, FEATURE_DIM]: the whole clip's, then those of the
+    windows ``spans`` ([first, end) seconds, :func:`conclugen.features.window_spans`; one past
+    the clip's frames takes the whole clip's); None when no frame has a face."""
     points, found = clip_points(rows)
     if not found.any():
         return None
-    return encode(normalise(points, found))
+    sequence = normalise(points, found)
+    parts = [sequence[a * WINDOW_UNIT_FRAMES : b * WINDOW_UNIT_FRAMES] for a, b in spans]
+    return np.stack([encode(p) for p in [sequence, *(p if len(p) else sequence for p in parts)]])
 
 
-def keypoint_features(clips: pd.DataFrame, faces: pd.DataFrame, ledger) -> ShardFeatures:
+def keypoint_features(clips: pd.DataFrame, faces: pd.DataFrame, ledger,
+                      windows: Windows = NO_WINDOWS) -> ShardFeatures:  # fmt: skip
     """The keypoints role's shard features of ``clips`` (:func:`conclugen.features.shard_clips`,
-    in their order) from the shard's face tracks ``faces``: ``present`` False (zeros) for a clip
-    without any detection; a clip whose landmarks cannot be read goes to ``ledger`` and is left
-    out (see the module docstring)."""
+    in their order) from the shard's face tracks ``faces``, with each clip's temporal
+    ``windows``: ``present`` False (zeros) for a clip without any detection; a clip whose
+    landmarks cannot be read goes to ``ledger`` and is left out (see the module docstring)."""
     by_clip = dict(tuple(faces.groupby("sample_id", sort=False))) if len(faces) else {}
     kept, feats, present = [], [], []
-    for sample_id in clips["sample_id"]:
-        rows = by_clip.get(sample_id)
+    for clip in clips.to_dict("records"):
+        sample_id, rows = clip["sample_id"], by_clip.get(clip["sample_id"])
         try:
-            feature = None if rows is None else clip_feature(rows)
+            feature = None if rows is None else clip_features(rows, window_spans(clip, windows))
         except ValueError as e:
             ledger.drop(sample_id, f"keypoints: {e}")
             continue
         kept.append(sample_id)
         present.append(feature is not None)
-        feats.append(np.zeros(FEATURE_DIM, np.float32) if feature is None else feature)
+        empty = np.zeros((1 + windows.count, FEATURE_DIM), np.float32)
+        feats.append(empty if feature is None else feature)
     split = clips.set_index("sample_id").loc[kept, "split"].to_numpy() if kept else []
+    stacked = torch.from_numpy(np.stack(feats)) if feats else torch.zeros(0, 1, FEATURE_DIM)
     return ShardFeatures(
         sample_id=np.array(kept, dtype=str),
         split=np.asarray(split, dtype=str),
-        feature=torch.from_numpy(np.stack(feats)) if feats else torch.zeros(0, FEATURE_DIM),
+        feature=stacked[:, 0],
         present=torch.tensor(present, dtype=torch.bool),
         views=None,
+        windows=stacked[:, 1:] if windows.count else None,
     )

@@ -159,10 +159,20 @@ def video_feature_settings(wildcards):
     return {role: role_settings(wildcards.dataset, role) for role in VIDEO_ROLES}
 
 
+def window_settings(dataset):
+    """A dataset's temporal windows (features.windows): count, seconds and seed, or None where
+    the dataset gets none, so that changing them reruns only its feature jobs."""
+    windows = config["features"]["windows"]
+    if dataset not in windows["datasets"] or not windows["count"]:
+        return None
+    return {k: windows[k] for k in ("count", "seconds", "seed")}
+
+
 def role_settings(dataset, role):
     """The settings one backbone's features depend on: its backbone's, the views of its
-    dataset and role (features.views) and their local views (features.local_views), and its
-    modality's downstream copies (features.augment)."""
+    dataset and role (features.views) and their local views (features.local_views), its
+    modality's downstream copies (features.augment) and the dataset's temporal windows
+    (features.windows)."""
     cfg = config["features"]
     views, augment = cfg["views"], cfg["augment"]
     with_views = dataset in views["datasets"] and role in views["roles"]
@@ -171,6 +181,8 @@ def role_settings(dataset, role):
     # Which jobs get views; the rest of the settings say how they are drawn.
     which = ("datasets", "roles", "count", "seed")
     recipe = {k: v for k, v in views.items() if k not in which}
+    # Only a dataset with windows has the key: adding windows elsewhere reruns no other job.
+    windows = window_settings(dataset)
     return {
         **{k: cfg[k] for k in ("device", "precision", "dtype", "crop_size", "workers")},
         **cfg[role],
@@ -178,6 +190,7 @@ def role_settings(dataset, role):
         "view_seed": views["seed"],
         "view_recipe": recipe if with_views else {},
         "local_views": cfg["local_views"] if with_views else {"count": 0},
+        **({"windows": windows} if windows else {}),
         "augment": (
             {"count": copies, "seed": augment["seed"], modality: augment[modality]}
             if copies

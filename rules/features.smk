@@ -73,6 +73,7 @@ rule features_keypoints:
     params:
         dtype=config["features"]["dtype"],
         max_failure_fraction=config["max_failure_fraction"],
+        windows=lambda wildcards: window_settings(wildcards.dataset),
     script:
         "../workflow/scripts/features_keypoints.py"
 

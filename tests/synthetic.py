@@ -17,6 +17,7 @@ def synthetic_features(
     views: int = 0,
     augmented: int = 0,
     local_views: int = 0,
+    windows: int = 0,
     latent: int = 16,
     noise: float = 0.3,
     missing: dict[str, float] | None = None,
@@ -31,9 +32,10 @@ def synthetic_features(
     instance codes (augmentations); so are the ``augmented`` copies, per modality, of the train
     samples (zeros elsewhere and where the modality is absent, as extraction stores them).
     ``local_views`` (DINO's small crops) are video features of codes jittered twice as much
-    (a small crop shows less of the clip).
-    ``missing``: modality -> fraction of samples without it. Returns float32 tensors; splits are
-    assigned by a seeded permutation.
+    (a small crop shows less of the clip). ``windows`` temporal windows per sample are jittered
+    codes too, one jitter per window shared by every modality (a window is one stretch of the
+    clip in all of them; zeros where the modality is absent). ``missing``: modality -> fraction
+    of samples without it. Returns float32 tensors; splits are assigned by a seeded permutation.
     """
     dims = dims or PAPER_DIMS
     g = torch.Generator().manual_seed(seed)
@@ -68,8 +70,14 @@ def synthetic_features(
     for m, x in (copies or {}).items():
         x[~present[m] | torch.from_numpy(split != "train")] = 0
     local_t = jittered(local_views, "video", 0.6) if local_views else None  # likewise
+    spans = None
+    if windows:  # drawn last, so that asking for windows changes nothing else
+        codes = z[:, None, :] + 0.3 * torch.randn(n, windows, latent, generator=g)
+        spans = {m: observe(codes, m) for m in dims}
+        for m, x in spans.items():
+            x[~present[m]] = 0
     attrs = {"modalities": list(dims), "dims": dict(dims), "views": views, "augmented": augmented,
-             "local_views": local_views}  # fmt: skip
+             "local_views": local_views, "windows": windows}  # fmt: skip
     if views:
         attrs["view_columns"] = [0, dims["video"]]
     return FeatureSet(
@@ -80,5 +88,6 @@ def synthetic_features(
         views=view_t,
         local_views=local_t,
         augmented=copies,
+        windows=spans,
         attrs=attrs,
     )

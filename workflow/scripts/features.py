@@ -19,6 +19,7 @@ from conclugen.features import (
     Augment,
     LocalViews,
     ViewRecipe,
+    Windows,
     extract_shard,
     extract_video_shards,
     face_boxes,
@@ -71,10 +72,11 @@ with logged(snakemake.log[0]) as log:
             recipe=ViewRecipe.from_settings(cfg["view_recipe"]),
             augment=Augment.from_settings(cfg["augment"]),
             local_views=LocalViews.from_settings(cfg["local_views"]),
+            windows=Windows.from_settings(cfg.get("windows")),
         )  # fmt: skip
         ledgers[role] = FailureLedger(f"features/{role}")
         attrs[role] = {"role": role, "weights": spec, "views": 0, "crop_size": cfg["crop_size"],
-                       "precision": precision}  # fmt: skip
+                       "precision": precision, "window_settings": cfg.get("windows")}  # fmt: skip
     if snakemake.rule == "features_video":
         shards = extract_video_shards(clips, keywords, ledgers, workers=workers)
     else:
@@ -92,7 +94,8 @@ with logged(snakemake.log[0]) as log:
         write_shard(store, shard, settings[role]["dtype"], attrs[role] | counts)
         log.info(
             "%s: %d clips, %d with this modality, %d dropped (%s); %d views, %d local views, "
-            "%d augmented copies",
+            "%d augmented copies, %d temporal windows",
             role, len(shard.sample_id), int(shard.present.sum()), len(ledgers[role].dropped),
             failures, views, local, settings[role]["augment"]["count"],
+            0 if shard.windows is None else shard.windows.shape[1],
         )  # fmt: skip

@@ -8,7 +8,7 @@ import pandas as pd
 
 from conclugen.data.manifest import read_manifest
 from conclugen.featstore import KEYPOINTS_ROLE, write_shard
-from conclugen.features import shard_clips
+from conclugen.features import Windows, shard_clips
 from conclugen.keypoints import FEATURE_DIM, POINTS, STATISTICS, keypoint_features
 from conclugen.ledger import FailureLedger
 from conclugen.logs import logged
@@ -19,14 +19,16 @@ with logged(snakemake.log[0]) as log:
     faces = pd.read_parquet(inputs.faces)
     clips = shard_clips(manifest, pd.read_parquet(inputs.probe), faces)
     ledger = FailureLedger(f"features/{KEYPOINTS_ROLE}")
-    shard = keypoint_features(clips, faces, ledger)
+    windows = Windows.from_settings(snakemake.params.windows)
+    shard = keypoint_features(clips, faces, ledger, windows)
     ledger.write(snakemake.output.failures)
     ledger.check(len(clips), snakemake.params.max_failure_fraction)
     statistics = [f"{s} of {x}" for x in ("positions", "velocities") for s in STATISTICS]
-    attrs = {"role": KEYPOINTS_ROLE, "points": list(POINTS), "statistics": statistics}
+    attrs = {"role": KEYPOINTS_ROLE, "points": list(POINTS), "statistics": statistics,
+             "window_settings": snakemake.params.windows}  # fmt: skip
     write_shard(snakemake.output.store, shard, snakemake.params.dtype, attrs)
     log.info(
-        "%d clips, %d with keypoints (%d-d), %d dropped (%s)",
+        "%d clips, %d with keypoints (%d-d), %d dropped (%s); %d temporal windows",
         len(shard.sample_id), int(shard.present.sum()), FEATURE_DIM, len(ledger.dropped),
-        snakemake.output.failures,
+        snakemake.output.failures, windows.count,
     )  # fmt: skip
