@@ -35,8 +35,17 @@ from conclugen.weights import (
 )
 
 # The pretraining methods trained on the augmented video views (conclugen.pretrain.uses_views;
-# not imported from there: this module loads without torch).
+# not imported from there: this module loads without torch), and those trained on the temporal
+# windows (conclugen.pretrain.uses_windows).
 VIEW_METHODS = ("instancecont", "byol", "dino")
+WINDOW_METHODS = ("mpuc", "mpuc_wo_text")
+
+
+def pretraining_dataset(config: dict[str, Any], method: str) -> str:
+    """The dataset ``method`` pretrains on: its entry of ``pretrain.datasets``, else
+    ``pretrain.dataset``."""
+    pre = config["pretrain"]
+    return pre.get("datasets", {}).get(method, pre["dataset"])
 
 
 class ConfigError(ValueError):
@@ -125,15 +134,24 @@ def inconsistencies(config: dict[str, Any]) -> list[str]:
     """Settings that are valid one by one but do not fit together."""
     problems = []
     pre = config.get("pretrain", {})
-    if pre.get("methods"):
-        if pre["dataset"] not in enabled_datasets(config):
-            problems.append(f"pretrain.dataset: {pre['dataset']} is not an enabled dataset")
-        views = config["features"]["views"]
-        on_views = [m for m in VIEW_METHODS if m in pre["methods"]]
-        if on_views and (pre["dataset"] not in views["datasets"] or views["count"] < 2):
+    methods = pre.get("methods") or []
+    for key, dataset in dict.fromkeys(
+        (f"pretrain.datasets.{m}" if m in pre.get("datasets", {}) else "pretrain.dataset",
+         pretraining_dataset(config, m)) for m in methods
+    ):  # fmt: skip
+        if dataset not in enabled_datasets(config):
+            problems.append(f"{key}: {dataset} is not an enabled dataset")
+    for kind, needing in (("views", VIEW_METHODS), ("windows", WINDOW_METHODS)):
+        spec, lacking = config["features"][kind], {}
+        for method in (m for m in methods if m in needing):
+            dataset = pretraining_dataset(config, method)
+            if dataset not in spec["datasets"] or spec["count"] < 2:
+                lacking.setdefault(dataset, []).append(method)
+        what = "video views" if kind == "views" else "temporal windows"
+        for dataset, names in lacking.items():
             problems.append(
-                f"pretrain.methods: {', '.join(on_views)} train on the video views, which needs "
-                f"features.views.count >= 2 and {pre['dataset']} in features.views.datasets"
+                f"pretrain.methods: {', '.join(names)} train on the {what}, which needs "
+                f"features.{kind}.count >= 2 and {dataset} in features.{kind}.datasets"
             )
     views = config.get("features", {}).get("views", {})
     augment = config.get("features", {}).get("augment", {})

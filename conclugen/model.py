@@ -3,7 +3,8 @@
 Follows the authors' ``ConCluModel``. Backbones are frozen and their features precomputed, so the
 model only sees feature vectors: per modality a representation head F (Sec. 3.1) to ``rep_dim``
 (4096 in the paper), ONE projection head J shared by all modalities, a one-layer cluster head G,
-and one decoder Q per modality (Sec. 3.4).
+and one decoder Q per modality (Sec. 3.4). MPUC (Franceschini et al.) instead gives each
+modality a projection head of its own, fc + ReLU + fc (``projection="per_modality"``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class ConCluGenModel(nn.Module):
     ``final_relu=True`` adds the authors' extra ReLU after the projection head's last Linear
     (making projections non-negative) and after each decoder (which then cannot reproduce
     negative features, e.g. text); the default follows the paper's description (no such ReLU).
+
+    ``projection="shared"``: J = Linear -> BatchNorm -> ReLU -> Linear, one for all modalities
+    (``self.projection`` a Sequential); ``"per_modality"``: MPUC's Linear -> ReLU -> Linear, one
+    per modality (``self.projection`` a ModuleDict).
     """
 
     def __init__(
@@ -71,8 +76,11 @@ class ConCluGenModel(nn.Module):
         final_relu: bool = False,
         proj_hidden_dim: int | None = None,
         input_columns: dict[str, list[int]] | None = None,
+        projection: str = "shared",
     ):
         super().__init__()
+        if projection not in ("shared", "per_modality"):
+            raise ValueError(f"projection must be 'shared' or 'per_modality', not {projection!r}")
         proj_hidden_dim = proj_hidden_dim or rep_dim // 8
         self.kwargs = dict(
             in_dims=dict(in_dims),
@@ -83,18 +91,32 @@ class ConCluGenModel(nn.Module):
             final_relu=final_relu,
             proj_hidden_dim=proj_hidden_dim,
             input_columns={m: list(c) for m, c in (input_columns or {}).items()},
+            projection=projection,
         )
         tail = [nn.ReLU()] if final_relu else []
         self.heads = nn.ModuleDict(
             {m: representation_head(m, d, rep_dim) for m, d in in_dims.items()}
         )
-        self.projection = nn.Sequential(
-            nn.Linear(rep_dim, proj_hidden_dim),
-            nn.BatchNorm1d(proj_hidden_dim),
-            nn.ReLU(),
-            nn.Linear(proj_hidden_dim, proj_dim),
-            *tail,
-        )
+        if projection == "shared":
+            self.projection = nn.Sequential(
+                nn.Linear(rep_dim, proj_hidden_dim),
+                nn.BatchNorm1d(proj_hidden_dim),
+                nn.ReLU(),
+                nn.Linear(proj_hidden_dim, proj_dim),
+                *tail,
+            )
+        else:
+            self.projection = nn.ModuleDict(
+                {
+                    m: nn.Sequential(
+                        nn.Linear(rep_dim, proj_hidden_dim),
+                        nn.ReLU(),
+                        nn.Linear(proj_hidden_dim, proj_dim),
+                        *tail,
+                    )
+                    for m in in_dims
+                }
+            )
         self.cluster = nn.Linear(proj_dim, num_clusters, bias=False) if num_clusters else None
         self.decoders = nn.ModuleDict(
             {
@@ -113,9 +135,10 @@ class ConCluGenModel(nn.Module):
         ``recon`` (Q(D)) where the model has those heads. The shared projection head (and its
         BatchNorm statistics) is applied to each modality's batch separately."""
         out = {}
+        shared = isinstance(self.projection, nn.Sequential)
         for m, xm in x.items():
             h = self.heads[m](xm)
-            z = self.projection(h)
+            z = self.projection(h) if shared else self.projection[m](h)
             o = {"rep": h, "proj": F.normalize(z.float(), dim=-1)}
             if self.cluster is not None:
                 o["cluster"] = self.cluster(z)

@@ -1,17 +1,23 @@
-"""Self-supervised pretraining on precomputed features: every method of the paper's study, and
-BYOL and DINO, the negative-free pretext tasks of SS-VAERR (Jegorova et al.), on the video views.
+"""Self-supervised pretraining on precomputed features: every method of the paper's study,
+BYOL and DINO, the negative-free pretext tasks of SS-VAERR (Jegorova et al.), on the video views,
+and MPUC (Franceschini et al., ICPR 2022) on temporal windows of every modality.
 
-A method is data, not code: which loss terms it sums, which modalities it sees, and its learning
-rate and weight decay (:data:`METHODS`). One loop trains them all (:func:`pretrain`): the whole
-feature set lives on the device, batches are index tensors from a seeded permutation, AdamW with
-a linear warm-up then cosine annealing with warm restarts, bf16 autocast where the device
-multiplies bf16 natively (``precision``: conclugen.torchutil.autocast), a resumable checkpoint
-every epoch. BYOL and DINO add a :class:`Pretext`: a trainable predictor or prototype
-layer, and a target (teacher) network that only an exponential moving average updates.
+A method is data, not code: which loss terms it sums, which modalities it sees, its learning
+rate and weight decay, and hyperparameters of its own (:data:`METHODS`). One loop trains them
+all (:func:`pretrain`): the whole feature set lives on the device, batches are index tensors
+from a seeded permutation, AdamW with a linear warm-up then cosine annealing with warm restarts
+(or SGD with a step decay, ``optimizer`` / ``schedule``), optional early stopping on the
+held-out clips' loss (``patience``), bf16 autocast where the device multiplies bf16 natively
+(``precision``: conclugen.torchutil.autocast), a resumable checkpoint every epoch. BYOL and DINO
+add a :class:`Pretext`: a trainable predictor or prototype layer, and a target (teacher) network
+that only an exponential moving average updates.
 
 Outputs in ``out_dir``: ``last.ckpt`` and ``history.csv`` every epoch; at the end
 ``retrieval.json`` (cross-modal recall@1 at init and after pretraining), ``loss.png`` and, last,
 ``model.pt``, so that ``model.pt`` existing means the run finished.
+
+Which dataset a method pretrains on is the workflow's choice (config ``pretrain.dataset``, and
+``pretrain.datasets`` per method: MPUC's CMU-MOSEI); every method trains on its train split.
 """
 
 from __future__ import annotations
@@ -33,13 +39,34 @@ import torch.nn.functional as F
 
 from conclugen import figures
 from conclugen import losses as L
-from conclugen.featstore import MODALITIES, FeatureSet, read_features
+from conclugen.featstore import MODALITIES, FeatureSet, open_store, read_features
 from conclugen.io import atomic_path
 from conclugen.model import ConCluGenModel, save_model
 from conclugen.torchutil import autocast, make_scheduler, resolve_device, resolve_precision
 
 log = logging.getLogger("conclugen")
 
+# MPUC (Franceschini et al., ICPR 2022; issue 19): its modality-pairwise contrastive loss on two
+# temporal windows of every modality (features.windows), and, as its Table II, without text.
+# Its own settings (Sec. III-B to III-D and the authors' code): one projection head per modality,
+# fc + ReLU + fc (512 -> 1024 -> 512), on 512-d representations; SGD, lr 1e-3, momentum 0.9,
+# weight decay 1e-3, the lr times 0.9 every 5 epochs (CMU-MOSEI), batch 32, at most 2000 epochs
+# with a patience of 100 (the paper's; their code's: 50); tau 0.07. Keypoints are its fourth
+# modality where the store has them (the face datasets: optional).
+MPUC_HPARAMS = dict(
+    rep_dim=512,
+    proj_dim=512,
+    proj_hidden_dim=1024,
+    projection="per_modality",
+    optimizer="sgd",
+    momentum=0.9,
+    schedule="step",
+    step_epochs=5,
+    step_gamma=0.9,
+    batch_size=32,
+    epochs=2000,
+    patience=100,
+)
 # Learning rates and weight decays: the paper's appendix (Sec. 6, "Pretraining"). The paper
 # leaves Multi-Cont's weight decay blank and gives nothing for the two ablations; the authors'
 # code released no pretraining recipe, so Multi-Cont takes the weight decay of the authors'
@@ -68,9 +95,26 @@ METHODS: dict[str, dict] = {
     # method of the study, they share AdamW and the scheduler, at Instance-Cont's values.
     "byol": dict(terms=("byol",), modalities=("video",), lr=3.6e-4, weight_decay=3.2e-4),
     "dino": dict(terms=("dino",), modalities=("video",), lr=3.6e-4, weight_decay=3.2e-4),
+    "mpuc": dict(
+        terms=("mpuc",),
+        modalities=ALL,
+        optional=("keypoints",),
+        lr=1e-3,
+        weight_decay=1e-3,
+        hparams=MPUC_HPARAMS,
+    ),  # fmt: skip
+    "mpuc_wo_text": dict(
+        terms=("mpuc",),
+        modalities=("video", "audio"),
+        optional=("keypoints",),
+        lr=1e-3,
+        weight_decay=1e-3,
+        hparams=MPUC_HPARAMS,
+    ),  # fmt: skip
 }
-TERMS = ("mms", "clustering", "reconstruction", "infonce", "byol", "dino")
+TERMS = ("mms", "clustering", "reconstruction", "infonce", "byol", "dino", "mpuc")
 VIEW_TERMS = ("infonce", "byol", "dino")  # trained on the augmented video views alone
+WINDOW_TERMS = ("mpuc",)  # trained on the temporal windows of every modality alone
 TARGET_TERMS = ("byol", "dino")  # with an EMA target network (:class:`Pretext`)
 # Collapse check of BYOL and DINO (:func:`representation_std`, :func:`collapse_floor`): a
 # collapsed representation has std 0; one spread evenly over the sphere 1 / sqrt(rep_dim).
@@ -103,7 +147,10 @@ HPARAMS: dict = dict(
     temperature=L.TEMPERATURE,
     final_relu=False,  # True: the authors' extra ReLUs (see ConCluGenModel)
     combine="sum",  # "sum" (paper, Eq. 11-13) or "mean" (authors' LossesMergingLoss)
-    weights=dict(mms=1.0, clustering=1.0, reconstruction=1.0, infonce=1.0, byol=1.0, dino=1.0),
+    weights=dict(
+        mms=1.0, clustering=1.0, reconstruction=1.0, infonce=1.0, byol=1.0, dino=1.0, mpuc=1.0
+    ),
+    projection="shared",  # one head J for every modality (the paper's) or "per_modality" (MPUC)
     infonce_joint_batch=False,  # True: both views as one BatchNorm batch (SimCLR's 2B batch)
     # BYOL and DINO (:class:`Pretext`): the target's EMA momentum goes from ema_momentum to 1 by
     # a cosine over the training steps (BYOL's tau_base and DINO's teacher momentum, 0.996).
@@ -115,10 +162,16 @@ HPARAMS: dict = dict(
     dino_warmup_teacher_temp=L.DINO_TEACHER_TEMP,  # linear from this over the warm-up epochs
     dino_warmup_teacher_temp_epochs=0,  # DINO's paper: 0.04 -> 0.07 over 30 epochs
     dino_center_momentum=L.DINO_CENTER_MOMENTUM,  # 0.9
+    optimizer="adamw",  # or "sgd" (with ``momentum``; MPUC's)
+    momentum=0.9,
+    schedule="cosine",  # warm-up then warm restarts, or "step": x step_gamma every step_epochs
     warmup_epochs=5,
     T_0=20,
     T_mult=2,
     eta_min=1e-6,
+    step_epochs=5,
+    step_gamma=0.9,
+    patience=None,  # epochs without a lower held-out loss before stopping; None: all epochs
     lr=None,  # None: each method's own value (METHODS); a number overrides all (e.g. the demo)
     weight_decay=None,  # likewise
     train_split="train",
@@ -132,17 +185,28 @@ def method_config(name: str, **overrides) -> dict:
     return {"name": name, **METHODS[name], **overrides}
 
 
-def resolve_hparams(hparams: dict | None) -> dict:
-    """:data:`HPARAMS` updated by ``hparams`` (``weights`` merged key by key)."""
+CHOICES = dict(
+    combine=("sum", "mean"),
+    projection=("shared", "per_modality"),
+    optimizer=("adamw", "sgd"),
+    schedule=("cosine", "step"),
+)
+
+
+def resolve_hparams(hparams: dict | None, method: dict | None = None) -> dict:
+    """:data:`HPARAMS` updated by the method's own ``hparams`` (:data:`METHODS`), then by
+    ``hparams`` (``weights`` merged key by key)."""
     hp = copy.deepcopy(HPARAMS)
-    hparams = dict(hparams or {})
-    hp["weights"].update(hparams.pop("weights", {}) or {})
-    unknown = set(hparams) - set(hp)
-    if unknown:
-        raise KeyError(f"unknown pretraining hyperparameters {sorted(unknown)}")
-    hp.update(hparams)
-    if hp["combine"] not in ("sum", "mean"):
-        raise ValueError(f"combine must be 'sum' or 'mean', not {hp['combine']!r}")
+    for given in ((method or {}).get("hparams"), hparams):
+        given = dict(given or {})
+        hp["weights"].update(given.pop("weights", {}) or {})
+        unknown = set(given) - set(hp)
+        if unknown:
+            raise KeyError(f"unknown pretraining hyperparameters {sorted(unknown)}")
+        hp.update(given)
+    for key, allowed in CHOICES.items():
+        if hp[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, not {hp[key]!r}")
     return hp
 
 
@@ -160,12 +224,27 @@ def build_model(
         rec_dim=hp["rec_dim"] if "reconstruction" in method["terms"] else 0,
         final_relu=hp["final_relu"],
         input_columns=input_columns,
+        projection=hp["projection"],
     )
 
 
 def uses_views(method: dict) -> bool:
     """Whether the method trains on the augmented video views (:data:`VIEW_TERMS`)."""
     return bool(set(method["terms"]) & set(VIEW_TERMS))
+
+
+def uses_windows(method: dict) -> bool:
+    """Whether the method trains on the temporal windows (:data:`WINDOW_TERMS`)."""
+    return bool(set(method["terms"]) & set(WINDOW_TERMS))
+
+
+def store_modalities(features_path, method: dict) -> tuple[str, ...]:
+    """The method's modalities on this store: its ``modalities``, then those of its
+    ``optional`` ones the store holds, in canonical order (MPUC's keypoints where the dataset
+    has face tracks)."""
+    stored = set(open_store(features_path).attrs["modalities"])
+    wanted = set(method["modalities"]) | (set(method.get("optional", ())) & stored)
+    return tuple(m for m in MODALITIES if m in wanted)
 
 
 class Prototypes(nn.Module):
@@ -316,6 +395,17 @@ def sample_views(views: torch.Tensor, idx: torch.Tensor, gen: torch.Generator):
     return views[idx, first].float(), views[idx, second].float()
 
 
+def sample_windows(windows: dict[str, torch.Tensor], idx: torch.Tensor, gen: torch.Generator):
+    """MPUC's two views of each sample of ``idx``: two distinct of its temporal windows, drawn
+    uniformly, the same two for every modality (a view is one stretch of the clip in all of
+    them): modality -> [2, B, D] float32 from ``windows`` (modality -> [N, W, D])."""
+    k = next(iter(windows.values())).shape[1]
+    first = torch.randint(k, (len(idx),), generator=gen)
+    second = (first + torch.randint(1, k, (len(idx),), generator=gen)) % k
+    first, second = first.to(idx.device), second.to(idx.device)
+    return {m: torch.stack([w[idx, first], w[idx, second]]).float() for m, w in windows.items()}
+
+
 def _byol(model: ConCluGenModel, pretext: Pretext, v1, v2) -> torch.Tensor:
     """BYOL's loss: each view through the online F, J and predictor q, and through the target's
     F and J, one BatchNorm batch per view (as BYOL's code)."""
@@ -367,8 +457,9 @@ def compute_losses(
     teacher_temp: float = L.DINO_TEACHER_TEMP,
 ) -> dict[str, torch.Tensor]:
     """The unweighted loss terms of one batch. ``batch`` maps modality -> [B, D] features, plus
-    ``views`` -> ([B, Dv], [B, Dv]) for InfoNCE, BYOL and DINO, and for DINO ``local_views`` ->
-    [B, L, Dv] when the store has them (:func:`make_batch`). The clustering term pushes the
+    ``views`` -> ([B, Dv], [B, Dv]) for InfoNCE, BYOL and DINO, for DINO ``local_views`` ->
+    [B, L, Dv] when the store has them (:func:`make_batch`), and ``windows`` -> {modality:
+    [2, B, D]} for MPUC (each view through the heads on its own). The clustering term pushes the
     detached fused batch onto ``queue`` (FIFO of the last ``queue_batches`` batches). BYOL and
     DINO use ``pretext`` (:class:`Pretext`); DINO updates its centre, with the teacher
     temperature ``teacher_temp``."""
@@ -386,6 +477,11 @@ def compute_losses(
         else:  # each view through the projection head's BatchNorm on its own, as the authors
             p1, p2 = (model({"video": v})["video"]["proj"] for v in (v1, v2))
         out["infonce"] = L.info_nce_loss(p1, p2, hp["temperature"])
+    if "mpuc" in terms:
+        windows = batch["windows"]
+        views = [model({m: w[v] for m, w in windows.items()}) for v in range(2)]
+        projections = [torch.stack([o[m]["proj"] for o in views]) for m in windows]
+        out["mpuc"] = L.mpuc_loss(projections, hp["temperature"])
     if not set(terms) & {"mms", "clustering", "reconstruction"}:
         return out
     o = model({m: batch[m] for m in mods})
@@ -408,6 +504,46 @@ def compute_losses(
         queue.append(fused)
         del queue[: -hp["queue_batches"]]
     return out
+
+
+@torch.no_grad()
+def heldout_loss(
+    model: ConCluGenModel,
+    heldout: FeatureSet,
+    method: dict,
+    hp: dict,
+    terms: list[str],
+    device: torch.device,
+    min_batch: int = 2,
+) -> float:
+    """The early-stopping criterion: the total loss of ``terms`` on the held-out clips, the mean
+    over their batches of ``batch_size`` in stored order (a smaller last batch left out), on a
+    train-mode copy of the model (its BatchNorm normalises each batch as in training; the model
+    itself is left alone), with views and windows drawn from a generator seeded by ``seed`` and
+    a fresh k-means queue, so that every epoch is measured on the same draws."""
+    probe = copy.deepcopy(model).train()
+    gen = torch.Generator().manual_seed(hp["seed"])
+    feats = {m: t.to(device) for m, t in heldout.features.items()}
+    views = None if heldout.views is None else heldout.views.to(device)
+    windows = {m: w.to(device) for m, w in (heldout.windows or {}).items()} or None
+    index = torch.arange(len(heldout), device=device).split(hp["batch_size"])
+    totals = []
+    for idx in (i for i in index if len(i) >= min_batch):
+        batch = make_batch(feats, views, idx, method, gen, windows=windows)
+        with autocast(device, hp["precision"]):
+            values = compute_losses(probe, batch, method, hp, terms, [], gen)
+        totals.append(combine(values, hp["weights"], hp["combine"]).float())
+    return torch.stack(totals).mean().item()
+
+
+def make_optimizer(params, method: dict, hp: dict, device: torch.device):
+    """The optimiser of ``params``: AdamW (the paper's) or SGD with ``momentum`` (MPUC's),
+    at the method's learning rate and weight decay unless ``hp`` overrides them."""
+    lr = method["lr"] if hp["lr"] is None else hp["lr"]
+    weight_decay = method["weight_decay"] if hp["weight_decay"] is None else hp["weight_decay"]
+    if hp["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=hp["momentum"], weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
 
 
 def train_step(
@@ -436,14 +572,19 @@ def train_step(
     return {**{t: v.detach() for t, v in values.items()}, "total": total.detach()}
 
 
-def make_batch(feats: dict[str, torch.Tensor], views, idx, method, gen, local_views=None) -> dict:
+def make_batch(
+    feats: dict[str, torch.Tensor], views, idx, method, gen, local_views=None, windows=None
+) -> dict:
     """Gather one batch from the resident features (index tensors, no per-sample Python): the
-    method's modalities, two views (:func:`sample_views`) and, for DINO, every local view."""
+    method's modalities, two views (:func:`sample_views`), for DINO every local view, and for
+    MPUC two temporal windows (:func:`sample_windows`)."""
     batch = {m: feats[m][idx].float() for m in method["modalities"] if m in feats}
     if uses_views(method):
         batch["views"] = sample_views(views, idx, gen)
     if local_views is not None and "dino" in method["terms"]:
         batch["local_views"] = local_views[idx].float()
+    if uses_windows(method):
+        batch["windows"] = sample_windows(windows, idx, gen)
     return batch
 
 
@@ -505,6 +646,7 @@ def data_digest(train: FeatureSet, rows: int = 4096) -> str:
     pick = torch.linspace(0, max(len(train) - 1, 0), min(rows, len(train))).long()
     tensors = [train.features[m] for m in sorted(train.features)]
     tensors += [v for v in (train.views, train.local_views) if v is not None]
+    tensors += [train.windows[m] for m in sorted(train.windows or {})]
     for x in tensors:
         h.update(x[pick.to(x.device)].cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -535,9 +677,10 @@ def _plot_history(history: list[dict], out_dir: Path) -> None:
 
 def load_training_data(features_path, method: dict, hp: dict) -> tuple[FeatureSet, FeatureSet]:
     """(train, heldout): the ``train_split`` samples that have all the method's modalities, with
-    ``eval_samples`` of them (at most a quarter, chosen by the seed) held out for retrieval and
-    never trained on. float16 features stay float16 (half the memory; batches become float32).
-    DINO also reads the local views, when the store has them."""
+    ``eval_samples`` of them (at most a quarter, chosen by the seed) held out for retrieval (and
+    early stopping) and never trained on. float16 features stay float16 (half the memory;
+    batches become float32). DINO also reads the local views, when the store has them, MPUC
+    the temporal windows."""
     mods, terms = method["modalities"], method["terms"]
     feats = read_features(
         features_path,
@@ -546,9 +689,12 @@ def load_training_data(features_path, method: dict, hp: dict) -> tuple[FeatureSe
         dtype=None,
         views=uses_views(method),
         local_views="dino" in terms,
+        windows=uses_windows(method),
     )
     if uses_views(method) and (feats.views is None or feats.views.shape[1] < 2):
         raise ValueError(f"{terms} need >= 2 augmented video views in {features_path}")
+    if uses_windows(method) and (feats.windows is None or feats.attrs["windows"] < 2):
+        raise ValueError(f"{terms} need >= 2 temporal windows in {features_path}")
     complete = torch.stack([feats.present[m] for m in mods]).all(0)
     if not complete.all():
         log.info("%d samples lack one of %s and are left out", int((~complete).sum()), list(mods))
@@ -577,29 +723,42 @@ def pretrain(
     ``rep_std`` (:func:`representation_std` of the first view of up to 1024 training clips)
     and ``rep_std_floor`` (:func:`collapse_floor`; the log warns below it); DINO also
     ``teacher_entropy`` (:func:`teacher_entropy`) and ``teacher_temp``.
+
+    The method's ``optional`` modalities join where the store has them
+    (:func:`store_modalities`; ``model.pt`` records the modalities trained). With ``patience``
+    set, every epoch also records ``heldout`` (:func:`heldout_loss`); training stops once
+    ``patience`` epochs have passed without a lower one, and ``model.pt`` holds the weights of
+    the epoch with the lowest.
     """
-    hp = resolve_hparams(hparams)
+    hp = resolve_hparams(hparams, method)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(resolve_device(device or "auto"))
+    method = {**method, "modalities": store_modalities(features_path, method)}
     name, mods, terms = method.get("name", "pretrain"), method["modalities"], method["terms"]
     if set(terms) - set(TERMS) or set(mods) - set(MODALITIES):
         raise ValueError(f"unknown loss terms or modalities in {method}")
     targets = [t for t in terms if t in TARGET_TERMS]
     if len(targets) > 1 or (targets and list(mods) != ["video"]):
         raise ValueError(f"BYOL or DINO train alone on the video views, not {method}")
+    if targets and hp["patience"] is not None:
+        raise ValueError("early stopping (patience) is not defined for BYOL or DINO")
 
     train, heldout = load_training_data(features_path, method, hp)
-    # Resident for the whole run; Instance-Cont, BYOL and DINO train on the views alone.
-    plain = bool(set(terms) - set(VIEW_TERMS))
+    # Resident for the whole run; Instance-Cont, BYOL and DINO train on the views alone, MPUC on
+    # the windows alone.
+    plain = bool(set(terms) - set(VIEW_TERMS) - set(WINDOW_TERMS))
     x = {m: t.to(device) for m, t in train.features.items()} if plain else {}
     views = train.views.to(device) if train.views is not None else None
     local = train.local_views.to(device) if train.local_views is not None else None
+    windows = {m: w.to(device) for m, w in (train.windows or {}).items()} or None
     n = len(train)
     # BatchNorm needs >= 2 rows and k-means >= k points: a smaller last batch is dropped.
     min_batch = max(2, hp["num_clusters"]) if "clustering" in terms else 2
     if n < min_batch:
         raise ValueError(f"{n} training samples are too few (at least {min_batch} needed)")
+    if hp["patience"] is not None and len(heldout) < min_batch:
+        raise ValueError(f"{len(heldout)} held-out samples are too few for early stopping")
     log.info(
         "pretrain %s: %d samples (%d held out), %s, %s, %s, %s",
         name,
@@ -624,12 +783,7 @@ def pretrain(
         with torch.no_grad():
             initial_std = representation_std(model.heads["video"](collapse_views)).item()
         floor = collapse_floor(hp["rep_dim"], initial_std)
-    optimizer = torch.optim.AdamW(
-        trainable_parameters(model, pretext),
-        lr=method["lr"] if hp["lr"] is None else hp["lr"],
-        weight_decay=method["weight_decay"] if hp["weight_decay"] is None else hp["weight_decay"],
-        fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(trainable_parameters(model, pretext), method, hp, device)
     scheduler = make_scheduler(optimizer, hp)
     gen = torch.Generator().manual_seed(hp["seed"])  # all training randomness draws from it
     retrieval_init = cross_modal_recall_at_1(model, heldout, precision=hp["precision"])
@@ -637,6 +791,7 @@ def pretrain(
     fingerprint = _fingerprint(method, hp, train)
     ckpt_path = out_dir / "last.ckpt"
     start, history, queue = 0, [], []
+    best, stopped = None, False  # best: the epoch, held-out loss and weights of the lowest
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states: CPU
         if ckpt["fingerprint"] == fingerprint and ckpt["epoch"] > hp["epochs"]:
@@ -656,12 +811,13 @@ def pretrain(
             queue = [q.to(device) for q in ckpt["queue"]]
             if pretext is not None:
                 pretext.load_state_dict(ckpt["pretext"])
+            best, stopped = ckpt["best"], ckpt["stopped"]
             log.info("resumed from %s after epoch %d", ckpt_path, start)
         else:
             log.warning("%s was written by another configuration; starting afresh", ckpt_path)
 
     model.train()
-    for epoch in range(start, hp["epochs"]):
+    for epoch in range(start, start if stopped else hp["epochs"]):
         t0 = time.perf_counter()
         on = active_terms(method, hp, epoch)
         if hp["queue_reset_each_epoch"]:
@@ -671,7 +827,7 @@ def pretrain(
         sums: dict[str, torch.Tensor] = {}  # on the device: one host sync per epoch
         temp = teacher_temperature(epoch, hp)
         for i, idx in enumerate(batches):
-            batch = make_batch(x, views, idx, method, gen, local)
+            batch = make_batch(x, views, idx, method, gen, local, windows)
             step = epoch * steps_per_epoch + i
             momentum = ema_momentum(step, hp["epochs"] * steps_per_epoch, hp["ema_momentum"])
             values = train_step(
@@ -701,6 +857,13 @@ def pretrain(
                 log.warning(
                     "%s epoch %d: the representation has collapsed%s", name, epoch + 1, extra
                 )
+        if hp["patience"] is not None:
+            row["heldout"] = heldout_loss(model, heldout, method, hp, on, device, min_batch)
+            if best is None or row["heldout"] < best["loss"]:
+                weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best = dict(epoch=epoch, loss=row["heldout"], model=weights)
+            stopped = epoch - best["epoch"] >= hp["patience"]
+            extra += f", held out {row['heldout']:.4f} (best {best['loss']:.4f})"
         row["seconds"] = time.perf_counter() - t0
         row["samples_per_s"] = sum(len(b) for b in batches) / row["seconds"]
         history.append(row)
@@ -720,15 +883,25 @@ def pretrain(
             queue=[q.cpu() for q in queue],
             pretext=pretext.state_dict() if pretext is not None else None,
             history=history,
+            best=best,
+            stopped=stopped,
         )
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
         _write_history(history, out_dir)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
+        if stopped:
+            log.info(
+                "%s: no lower held-out loss in %d epochs; stopped after epoch %d, keeping epoch %d",
+                name, hp["patience"], epoch + 1, best["epoch"] + 1,
+            )  # fmt: skip
+            break
 
     if not history:
         raise ValueError(f"no epochs to train (epochs={hp['epochs']})")
+    if best is not None:
+        model.load_state_dict(best["model"])
     _write_history(history, out_dir)  # also when a finished run is resumed (no epoch left)
     report = {}
     for pair, r in cross_modal_recall_at_1(model, heldout, precision=hp["precision"]).items():

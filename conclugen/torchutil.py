@@ -24,7 +24,11 @@ def resolve_device(name: str) -> str:
 def make_scheduler(optimizer, hp: dict):
     """The schedule both training loops use, stepped once per epoch: ``warmup_epochs`` epochs of
     ``LinearLR`` from 0.1 of the learning rate, then ``CosineAnnealingWarmRestarts(T_0, T_mult,
-    eta_min)`` (the authors' ``SequentialLR``); ``warmup_epochs`` 0 starts with the restarts."""
+    eta_min)`` (the authors' ``SequentialLR``); ``warmup_epochs`` 0 starts with the restarts.
+    Pretraining's ``schedule: step`` is MPUC's instead: the learning rate times ``step_gamma``
+    every ``step_epochs`` epochs (``StepLR``)."""
+    if hp.get("schedule", "cosine") == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, hp["step_epochs"], hp["step_gamma"])
     cosine = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=hp["T_0"], T_mult=hp["T_mult"], eta_min=hp["eta_min"]
     )

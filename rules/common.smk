@@ -1,7 +1,12 @@
 # Helpers and input functions shared by the rules (no rule definitions here).
 import hashlib
 
-from conclugen.config import enabled_datasets, produced_by_workflow, weights_key
+from conclugen.config import (
+    enabled_datasets,
+    pretraining_dataset,
+    produced_by_workflow,
+    weights_key,
+)
 from conclugen.data.manifest import load_exclusions
 from conclugen.tables import METHOD_LABELS, load_paper_results
 
@@ -210,6 +215,19 @@ def feature_shards(wildcards):
         )
         for role in feature_roles(wildcards.dataset)
     }
+
+
+def pretrain_input(wildcards):
+    """The features store of the dataset the method pretrains on (pretrain.dataset, or its
+    entry of pretrain.datasets)."""
+    return f"results/{pretraining_dataset(config, wildcards.method)}/features.zarr"
+
+
+def pretrain_hparams(wildcards):
+    """One method's hyperparameter overrides: pretrain.hparams, then its own entry of
+    pretrain.method_hparams, so that changing one method's reruns only its job."""
+    own = PRETRAIN["method_hparams"].get(wildcards.method, {})
+    return {**PRETRAIN["hparams"], **own}
 
 
 DOWNSTREAM = config["downstream"]

@@ -1,9 +1,10 @@
 rule pretrain:
-    """Self-supervised pretraining of one method on the pretraining dataset's features.
-    last.ckpt (written every epoch) is not an output, so a failed job keeps its resume state.
+    """Self-supervised pretraining of one method on its pretraining dataset's features (the
+    train split). last.ckpt (written every epoch) is not an output, so a failed job keeps its
+    resume state.
     """
     input:
-        features=f"results/{PRETRAIN['dataset']}/features.zarr",
+        features=pretrain_input,
     output:
         model="results/pretrain/{method}/model.pt",
         history="results/pretrain/{method}/history.csv",
@@ -26,7 +27,7 @@ rule pretrain:
         runtime=growing_runtime(12 * 60),
         gpu=gpus(PRETRAIN),
     params:
-        hparams=PRETRAIN["hparams"],
+        hparams=pretrain_hparams,
         device=PRETRAIN["device"],
     script:
         "../workflow/scripts/pretrain.py"

@@ -31,10 +31,12 @@ from conclugen.pretrain import (
     representation_std,
     resolve_hparams,
     sample_views,
+    sample_windows,
     teacher_temperature,
     train_step,
     trainable_parameters,
     uses_views,
+    uses_windows,
 )
 from tests.synthetic import synthetic_features
 
@@ -62,6 +64,23 @@ def store(tmp_path_factory):
     return path
 
 
+WINDOW_DIMS = {**DIMS, "keypoints": 20}
+
+
+@pytest.fixture(scope="module")
+def window_store(tmp_path_factory):
+    """A CMU-MOSEI-like store: keypoints, and two temporal windows of every modality."""
+    path = tmp_path_factory.mktemp("feat") / "windows.zarr"
+    fs = synthetic_features(600, WINDOW_DIMS, seed=0, windows=2, missing={"keypoints": 0.1})
+    write_features(path, fs.sample_id, fs.split, fs.features, fs.present, windows=fs.windows)
+    return path
+
+
+def store_of(method: str, request) -> str:
+    """The store a method trains on here: the windows store for MPUC, else the views store."""
+    return request.getfixturevalue("window_store" if uses_windows(METHODS[method]) else "store")
+
+
 def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 
@@ -70,8 +89,9 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["conclugen", "instancecont", "dino"])
-def test_resume_after_a_kill_ends_with_the_same_weights(store, tmp_path, name):
+@pytest.mark.parametrize("name", ["conclugen", "instancecont", "dino", "mpuc"])
+def test_resume_after_a_kill_ends_with_the_same_weights(request, tmp_path, name):
+    store = store_of(name, request)
     hp = dict(TINY, epochs=4)
     full = pretrain(store, tmp_path / "full", method_config(name), hp, device="cpu")
 
@@ -142,9 +162,9 @@ def test_recomputed_features_do_not_resume_a_finished_run(store, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_each_method_trains_and_records_its_terms(store, tmp_path, name):
+def test_each_method_trains_and_records_its_terms(request, tmp_path, name):
     method = method_config(name)
-    path = pretrain(store, tmp_path, method, dict(TINY, epochs=3), device="cpu")
+    path = pretrain(store_of(name, request), tmp_path, method, dict(TINY, epochs=3), "cpu")
     history = pd.read_csv(tmp_path / "history.csv")
     terms = list(method["terms"])
     expected = {"epoch", "lr", "total", "seconds", "samples_per_s"}
@@ -152,6 +172,8 @@ def test_each_method_trains_and_records_its_terms(store, tmp_path, name):
     if set(terms) & set(TARGET_TERMS):  # the target's momentum and the collapse check
         expected |= {"momentum", "rep_std", "rep_std_floor"}
         expected |= {"teacher_temp", "teacher_entropy"} if "dino" in terms else set()
+    if resolve_hparams(TINY, method)["patience"] is not None:  # MPUC: early stopping
+        expected |= {"heldout"}
     assert set(history.columns) == expected
     assert len(history) == 3
     for t in terms:
@@ -162,7 +184,8 @@ def test_each_method_trains_and_records_its_terms(store, tmp_path, name):
     for name_ in ("model.pt", "last.ckpt", "loss.png", "retrieval.json"):
         assert (tmp_path / name_).stat().st_size > 0
     model = load_model(path)
-    assert set(model.heads) == set(method["modalities"])
+    # MPUC's optional keypoints join: the windows store has them
+    assert set(model.heads) == set(method["modalities"]) | set(method.get("optional", ()))
     assert (model.cluster is not None) == ("clustering" in terms)
     assert set(model.decoders) == (
         set(method["modalities"]) if "reconstruction" in terms else set()
@@ -532,3 +555,93 @@ def test_a_bf16_cpu_loss_curve_is_finite_and_follows_fp32():
     assert bf16[0] != fp32[0] and abs(bf16[0] / fp32[0] - 1) < 1e-3
     assert np.abs(bf16 / fp32 - 1).max() < 0.02
     assert bf16[-1] < 0.85 * bf16[0]  # it trains
+
+
+def test_the_config_check_knows_which_methods_need_windows():
+    assert config.WINDOW_METHODS == tuple(m for m in METHODS if uses_windows(METHODS[m]))
+
+
+def test_mpuc_views_are_two_distinct_windows_the_same_in_every_modality():
+    n, k = 6, 3
+    # window w of sample i in modality m holds 100 m + 10 w + i in every column
+    windows = {
+        m: (100 * j + 10 * torch.arange(k)[None, :, None] + torch.arange(n)[:, None, None])
+        .float()
+        .expand(n, k, 4)
+        for j, m in enumerate(("video", "audio", "keypoints"))
+    }
+    idx = torch.tensor([5, 0, 3, 3])
+    views = sample_windows(windows, idx, torch.Generator().manual_seed(0))
+    assert set(views) == set(windows) and all(v.shape == (2, 4, 4) for v in views.values())
+    which = (views["video"][..., 0] % 100) // 10  # [2, B]: the window of each view
+    assert (which[0] != which[1]).all()
+    assert torch.equal(views["video"][..., 0] % 10, idx.float().expand(2, -1))  # its own sample
+    for j, m in enumerate(("audio", "keypoints")):
+        assert torch.equal(views[m][..., 0] - 100 * (j + 1), views["video"][..., 0])
+    again = sample_windows(windows, idx, torch.Generator().manual_seed(0))
+    assert all(torch.equal(views[m], again[m]) for m in views)
+
+
+def test_mpuc_has_its_own_heads_optimiser_and_step_decay(window_store, store):
+    from conclugen.pretrain import make_optimizer, store_modalities
+    from conclugen.torchutil import make_scheduler
+
+    method = METHODS["mpuc"]
+    assert store_modalities(window_store, method) == ("video", "audio", "text", "keypoints")
+    assert store_modalities(window_store, METHODS["mpuc_wo_text"]) == (
+        "video", "audio", "keypoints"
+    )  # fmt: skip
+    assert store_modalities(store, method) == ("video", "audio", "text")  # no keypoints there
+    hp = resolve_hparams(None, method)
+    model = build_model({**method, "modalities": ALL_WINDOW_MODS}, hp, WINDOW_DIMS)
+    assert model.kwargs["rep_dim"] == 512 and set(model.projection) == set(ALL_WINDOW_MODS)
+    for head in model.projection.values():  # fc + ReLU + fc, 512 -> 1024 -> 512, no BatchNorm
+        assert [type(x).__name__ for x in head] == ["Linear", "ReLU", "Linear"]
+        assert (head[0].in_features, head[0].out_features, head[2].out_features) == (
+            512, 1024, 512
+        )  # fmt: skip
+    optimizer = make_optimizer(model.parameters(), method, hp, torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-3, 0.9, 1e-3)
+    scheduler, lrs = make_scheduler(optimizer, hp), []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(lrs, [1e-3] * 5 + [9e-4] * 5 + [8.1e-4] * 2)
+    assert (hp["batch_size"], hp["epochs"], hp["patience"]) == (32, 2000, 100)
+    with pytest.raises(ValueError, match="temporal windows"):
+        pretrain(store, "unused", method_config("mpuc"), dict(TINY, epochs=1), "cpu")
+    with pytest.raises(ValueError, match="patience"):
+        pretrain(store, "unused", method_config("byol"), dict(TINY, patience=3), "cpu")
+
+
+ALL_WINDOW_MODS = ("video", "audio", "text", "keypoints")
+
+
+def test_mpuc_loss_falls_and_early_stopping_keeps_the_best_epoch(window_store, tmp_path):
+    from conclugen.pretrain import heldout_loss, load_training_data, store_modalities
+
+    hp = dict(TINY, epochs=300, patience=3, lr=0.05, proj_hidden_dim=64)
+    seen = []
+    path = pretrain(window_store, tmp_path, method_config("mpuc"), hp, "cpu",
+                    lambda e, r: seen.append(e))  # fmt: skip
+    h = pd.read_csv(tmp_path / "history.csv")
+    assert h["mpuc"].iloc[-1] < 0.8 * h["mpuc"].iloc[0]  # it learns
+    best = int(h["heldout"].idxmin())
+    assert len(h) == best + 1 + 3 < 300  # stopped three epochs after its best held-out loss
+    # model.pt holds the best epoch's weights: their held-out loss is the lowest recorded.
+    method = method_config("mpuc")
+    method["modalities"] = store_modalities(window_store, method)
+    full = resolve_hparams(hp, method)
+    _, heldout = load_training_data(window_store, method, full)
+    loss = heldout_loss(load_model(path), heldout, method, full, ["mpuc"], torch.device("cpu"))
+    assert loss == pytest.approx(h["heldout"].min(), rel=1e-5)
+    retrieval = json.loads((tmp_path / "retrieval.json").read_text())
+    assert retrieval["video->text"]["pretrained"] > 3 * retrieval["video->text"]["chance"]
+    # A finished, stopped run is not trained on when it is run again.
+    before = _weights(path)
+    seen.clear()
+    pretrain(window_store, tmp_path, method_config("mpuc"), hp, "cpu", lambda e, r: seen.append(e))
+    assert seen == [] and all(torch.equal(before[k], v) for k, v in _weights(path).items())
