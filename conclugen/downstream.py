@@ -9,6 +9,11 @@ video, audio, text (authors' ``ClassificationHead`` with ``downstream_fusion_mod
 - ``finetune``: the same, heads unfrozen;
 - ``vision``: ``linear`` on the video representation alone (the paper's "ConCluGen (vision)").
 
+``readout_hidden`` > 0 puts a hidden layer in the read-out: Dropout + Linear to that width +
+ReLU + Linear, MPUC's prediction layer (fc + ReLU + fc on the concatenated 512-d
+representations, Franceschini et al. Sec. III-C; config ``downstream.method_hparams`` gives it
+to the mpuc cells).
+
 A pretrained model that lacks a modality (Instance-Cont, the Multi-Cont ablations) uses only its
 own. Tasks (:data:`TASKS`): CAER and MELD single-label over 7 classes (cross-entropy), CMU-MOSEI
 multi-label over 6 emotions (label = intensity > 0, BCE with logits and ``pos_weight``).
@@ -65,7 +70,7 @@ from conclugen import figures
 from conclugen.data.manifest import read_manifest
 from conclugen.featstore import MODALITIES, PAPER_MODALITIES, FeatureSet, read_features
 from conclugen.io import atomic_path, write_parquet
-from conclugen.metrics import classification_metrics
+from conclugen.metrics import EMOTION_METRICS, classification_metrics
 from conclugen.model import load_model, representation_head
 from conclugen.torchutil import autocast, make_scheduler, resolve_device, resolve_precision
 
@@ -97,6 +102,7 @@ HPARAMS: dict = dict(
     class_weights="balanced",  # or "none" (see the module docstring)
     augment=True,  # train on the store's augmented copies where it has them (features.augment)
     rep_dim=4096,  # supervised only; pretrained heads keep their own
+    readout_hidden=0,  # 0: Dropout + Linear (the paper's); > 0: a hidden ReLU layer (MPUC's)
     train_fraction=1.0,  # share of the train labels (label_subset); validation and test whole
     precision="auto",  # bf16 autocast where the device has it natively (torchutil.native_bf16)
 )
@@ -141,7 +147,9 @@ class Evaluation:
 
 class Classifier(nn.Module):
     """Representation heads (one per modality, in ``heads``' order) -> concatenation ->
-    Dropout -> Linear (Kaiming-normal init, as the authors' ``ClassificationHead``)."""
+    Dropout -> Linear (Kaiming-normal init, as the authors' ``ClassificationHead``); with
+    ``hidden`` > 0, Dropout -> Linear(M rep_dim, hidden) -> ReLU -> Linear (MPUC's prediction
+    layer; ``self.hidden``, PyTorch's default init), ``self.fc`` being the last Linear."""
 
     def __init__(
         self,
@@ -150,12 +158,15 @@ class Classifier(nn.Module):
         num_outputs: int,
         dropout: float,
         input_columns: dict[str, list[int]] | None = None,
+        hidden: int = 0,
     ):
         super().__init__()
         self.heads = nn.ModuleDict(heads)
         self.input_columns = dict(input_columns or {})  # modality -> [a, b] the head reads
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(len(heads) * rep_dim, num_outputs)
+        width = len(heads) * rep_dim
+        self.hidden = nn.Sequential(nn.Linear(width, hidden), nn.ReLU()) if hidden else None
+        self.fc = nn.Linear(hidden or width, num_outputs)
         nn.init.kaiming_normal_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
 
@@ -169,7 +180,8 @@ class Classifier(nn.Module):
         return torch.cat(reps, 1)
 
     def classify(self, rep: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(rep))
+        x = self.dropout(rep)
+        return self.fc(x if self.hidden is None else self.hidden(x))
 
     def forward(self, x, present):
         return self.classify(self.represent(x, present))
@@ -187,17 +199,20 @@ def save_classifier(model: Classifier, path: str | os.PathLike) -> None:
 
 def classifier_spec(model: Classifier) -> dict:
     """The architecture of a :class:`Classifier`: per modality the head's input width (its
-    first Linear) and feature columns, the representation width, outputs and dropout."""
+    first Linear) and feature columns, the representation width, outputs, dropout and the
+    read-out's hidden width (0: none)."""
     in_dims = {
         m: next(x for x in head.modules() if isinstance(x, nn.Linear)).in_features
         for m, head in model.heads.items()
     }
+    first = model.fc if model.hidden is None else model.hidden[0]
     return dict(
         in_dims=in_dims,
         input_columns={m: list(c) for m, c in model.input_columns.items()},
-        rep_dim=model.fc.in_features // len(model.heads),
+        rep_dim=first.in_features // len(model.heads),
         num_outputs=model.fc.out_features,
         dropout=model.dropout.p,
+        hidden=0 if model.hidden is None else model.fc.in_features,
     )
 
 
@@ -210,8 +225,9 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
         spec = json.loads(f.metadata()["classifier"])
     heads = {m: representation_head(m, d, spec["rep_dim"]) for m, d in spec["in_dims"].items()}
     model = Classifier(
-        heads, spec["rep_dim"], spec["num_outputs"], spec["dropout"], spec["input_columns"]
-    )
+        heads, spec["rep_dim"], spec["num_outputs"], spec["dropout"], spec["input_columns"],
+        spec.get("hidden", 0),
+    )  # fmt: skip
     model.load_state_dict(load_file(str(path)))
     return model.eval()
 
@@ -227,7 +243,8 @@ def build_classifier(
             raise ValueError("the supervised protocol trains from scratch; pass pretrained=None")
         heads = {m: representation_head(m, dims[m], hp["rep_dim"])
                  for m in PAPER_MODALITIES if m in dims}  # fmt: skip
-        return Classifier(heads, hp["rep_dim"], num_outputs, hp["dropout"])
+        return Classifier(heads, hp["rep_dim"], num_outputs, hp["dropout"],
+                          hidden=hp["readout_hidden"])  # fmt: skip
     if pretrained is None:
         raise ValueError(f"the {protocol} protocol needs a pretrained model.pt")
     source = load_model(pretrained)
@@ -245,7 +262,8 @@ def build_classifier(
                 f"features {dims[m]}"
             )
     heads = {m: source.heads[m] for m in mods}
-    return Classifier(heads, source.kwargs["rep_dim"], num_outputs, hp["dropout"], columns)
+    return Classifier(heads, source.kwargs["rep_dim"], num_outputs, hp["dropout"], columns,
+                      hp["readout_hidden"])  # fmt: skip
 
 
 def load_task(features_path, manifest_path, dataset: str) -> Task:
@@ -663,10 +681,14 @@ def evaluate_method(
     device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """:func:`evaluate_cell` of :func:`evaluate` runs; runs.csv holds the four test metrics
-    (accuracy, f1, precision, recall)."""
+    (accuracy, f1, precision, recall) and, multi-label (CMU-MOSEI), the literature's
+    weighted_accuracy and weighted_f1 (:func:`conclugen.metrics.emotion_metrics`)."""
     task = load_task(features_path, manifest_path, dataset)  # once: every run reads the same
+    metrics = ("accuracy", "f1", "precision", "recall")
+    if TASKS[dataset]["multilabel"]:
+        metrics += EMOTION_METRICS
     return evaluate_cell(
         out_dir, dataset, method, protocols, seeds,
         lambda protocol, seed: evaluate(task, protocol, pretrained, hparams, seed, device),
-        ("accuracy", "f1", "precision", "recall"),
+        metrics,
     )  # fmt: skip

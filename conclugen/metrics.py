@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 METRICS = ("accuracy", "f1", "precision", "recall")  # the order of the paper's columns
+EMOTION_METRICS = ("weighted_accuracy", "weighted_f1")  # multi-label only (emotion_metrics)
 THRESHOLD = 0.5  # multi-label decision threshold on probabilities (torchmetrics default)
 
 

@@ -258,14 +258,16 @@ def downstream_input(wildcards):
 
 
 def downstream_settings(wildcards):
-    """What one downstream job depends on: only its own dataset's learning rate and weight
-    decay, so changing another dataset's leaves it alone."""
+    """What one downstream job depends on: only its own method's overrides
+    (downstream.method_hparams) and its own dataset's learning rate and weight decay, so
+    changing another method's or dataset's leaves it alone."""
     task = DOWNSTREAM["tasks"].get(wildcards.dataset, {})
+    own = DOWNSTREAM["method_hparams"].get(wildcards.method, {})
     return {
         "protocols": protocols(wildcards.method),
         "seeds": DOWNSTREAM["seeds"],
         "device": DOWNSTREAM["device"],
-        "hparams": {**DOWNSTREAM["hparams"], **task},
+        "hparams": {**DOWNSTREAM["hparams"], **own, **task},
     }
 
 

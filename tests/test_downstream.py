@@ -405,3 +405,54 @@ def test_a_bf16_cpu_run_is_finite_and_close_to_fp32(signal, pretrained):
     loss = [r.history["val_loss"].to_numpy() for r in (fp32, bf16)]
     assert np.isfinite(loss[1]).all() and not np.array_equal(loss[0], loss[1])
     assert np.abs(loss[1][:epochs] / loss[0][:epochs] - 1).max() < 0.05
+
+
+def test_a_hidden_readout_is_mpucs_fc_relu_fc_and_round_trips(tmp, signal, pretrained):
+    from conclugen.downstream import classifier_spec, load_classifier, save_classifier
+
+    hp = dict(TINY, readout_hidden=24, dropout=0.0)
+    ev = run(signal, "linear", pretrained[0], hp)
+    model = ev.model
+    assert [type(x).__name__ for x in model.hidden] == ["Linear", "ReLU"]
+    assert (model.hidden[0].in_features, model.hidden[0].out_features) == (3 * 32, 24)
+    assert (model.fc.in_features, model.fc.out_features) == (24, 7)
+    assert ev.metrics["accuracy"] > 0.9 and ev.metrics["hparams"]["readout_hidden"] == 24
+    # the heads stay the pretrained ones (linear evaluation): only the read-out trained
+    source = load_model(pretrained[0])
+    for m in DIMS:
+        for a, b in zip(model.heads[m].parameters(), source.heads[m].parameters(), strict=True):
+            assert torch.equal(a, b)
+    save_classifier(model, tmp / "hidden.safetensors")
+    back = load_classifier(tmp / "hidden.safetensors")
+    assert classifier_spec(back)["hidden"] == 24 and classifier_spec(back) == classifier_spec(model)
+    feats = read_features(signal[0])
+    x = {m: feats.features[m][:16] for m in DIMS}
+    present = {m: feats.present[m][:16] for m in DIMS}
+    with torch.no_grad():
+        assert torch.allclose(back(x, present), model.eval()(x, present))
+    plain = run(signal, "linear", pretrained[0])  # the paper's read-out: Dropout + Linear
+    assert plain.model.hidden is None and classifier_spec(plain.model)["hidden"] == 0
+
+
+def test_mosei_runs_hold_the_literatures_weighted_metrics(tmp, mosei, signal, pretrained):
+    from conclugen.downstream import evaluate_method
+
+    _, _, positive = mosei
+    out = tmp / "mosei_cell"
+    hp = dict(TINY, max_epochs=10)
+    runs = evaluate_method(tmp / "mosei.zarr", tmp / "mosei.parquet", "mosei", "m", ["linear"],
+                           1, out, pretrained[0], hp, "cpu")  # fmt: skip
+    assert {"weighted_accuracy", "weighted_f1"} <= set(runs.columns)
+    assert pd.read_csv(out / "runs.csv").columns.tolist() == runs.columns.tolist()
+    p = pd.read_parquet(run_dir(out, "linear", 0) / "predictions.parquet")
+    test = p[p.split == "test"]
+    t = test[[f"target_{c}" for c in MOSEI]].to_numpy()
+    y = test[[f"predicted_{c}" for c in MOSEI]].to_numpy()
+    tp, tn = ((t == 1) & (y == 1)).sum(0), ((t == 0) & (y == 0)).sum(0)
+    pos, neg = t.sum(0), (1 - t).sum(0)
+    by_hand = np.mean((tp / pos + tn / neg) / 2)  # (TP N / P + TN) / 2N, averaged over emotions
+    assert runs["weighted_accuracy"].iloc[0] == pytest.approx(by_hand)
+    assert 0 < runs["weighted_f1"].iloc[0] <= 1
+    single = evaluate_method(*signal[:2], "caer", "m", ["linear"], 1, tmp / "caer_cell",
+                             pretrained[0], hp, "cpu")  # fmt: skip
+    assert "weighted_accuracy" not in single.columns  # single-label: not defined

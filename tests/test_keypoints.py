@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conclugen import featstore
-from conclugen.downstream import build_classifier
+from conclugen.downstream import build_classifier, resolve_hparams
 from conclugen.featstore import ShardFeatures, merge_shards, write_shard
 from conclugen.keypoints import (
     FEATURE_DIM,
@@ -151,7 +151,7 @@ def test_keypoints_join_features_zarr_and_change_none_of_the_other_arrays(tmp_pa
     paper = featstore.read_features(tmp_path / "with.zarr", ["video", "audio", "text"])
     assert paper.modalities == before.modalities
     # The supervised baseline keeps the paper's three heads on a store with keypoints.
-    hp = {"rep_dim": 8, "dropout": 0.5}
+    hp = resolve_hparams({"rep_dim": 8})
     assert list(build_classifier("supervised", None, after.dims, 7, hp).heads) == [
         "video", "audio", "text"
     ]  # fmt: skip
