@@ -68,6 +68,18 @@ def test_paper_results_hold_the_printed_tables():
     t1 = PAPER["table1"]["rows"]
     assert len(t1) == 12 and [r["method"] for r in t1 if r.get("ours")] == ["ConCluGen (ours)"]
     assert all(r["citation"].startswith("[") for r in t1 if not r.get("ours"))
+    runs = {r["method"]: r["run"] for r in t1 if "run" in r}
+    assert runs == {
+        "Franceschini et al.": {"method": "mpuc", "protocol": "linear",
+                                "metric": "weighted_accuracy"},
+        "ConCluGen (ours)": {"method": "conclugen", "protocol": "finetune", "metric": "accuracy"},
+    }  # fmt: skip
+    theirs = {r["method"]: r for r in PAPER["franceschini"]["rows"]}
+    assert (theirs["mpuc"]["weighted_accuracy"], theirs["mpuc"]["weighted_f1"]) == (66.70, 69.50)
+    assert theirs["mpuc"]["weighted_accuracy"] == t1[2]["accuracy"]  # Table 1 prints their w-ACC
+    assert (theirs["mpuc_wo_text"]["weighted_accuracy"], theirs["mpuc_wo_text"]["weighted_f1"]) == (
+        55.50, 27.77
+    )  # fmt: skip
     assert [r["group"] for r in t1].count("self_supervised") == 4
     assert [r["protocol"] for r in PAPER["table2"]["rows"]] == ["supervised", "linear", "finetune"]
     for name, dataset in [("table3", "mosei"), ("table5", "caer")]:
@@ -531,3 +543,64 @@ def test_loss_table_rows_per_method_protocol_and_combination():
     with pytest.raises(ValueError, match="lack columns"):
         tables.loss_table(_regression_runs().drop(columns="loss"), LOSSES, ["conclugen"])
     assert tables.pretext_table(None, "best", LOSSES["best"]).empty
+
+
+def _mpuc_runs() -> pd.DataFrame:
+    """MPUC and its ablation on CMU-MOSEI with the literature's weighted metrics, and a CAER
+    MPUC run without them (single-label)."""
+    rows = [
+        # weighted accuracy 0.65 and 0.68 -> 66.5 ± 2.1213; weighted F1 0.70, 0.72 -> 71 ± 1.41
+        {**_run("mosei", "mpuc", "linear", 0, 0.40), "weighted_accuracy": 0.65,
+         "weighted_f1": 0.70},
+        {**_run("mosei", "mpuc", "linear", 1, 0.42), "weighted_accuracy": 0.68,
+         "weighted_f1": 0.72},
+        {**_run("mosei", "mpuc_wo_text", "linear", 0, 0.30), "weighted_accuracy": 0.55,
+         "weighted_f1": 0.30},
+        {**_run("mosei", "conclugen", "finetune", 0, 0.66), "weighted_accuracy": 0.60,
+         "weighted_f1": 0.50},
+        _run("caer", "mpuc", "linear", 0, 0.30),
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_table1_reproduces_franceschinis_row_in_their_weighted_accuracy():
+    t1 = tables.table1(_mpuc_runs(), PAPER).set_index("method")
+    row = t1.loc["Franceschini et al."]
+    assert row["accuracy"] == pytest.approx(66.5)  # their metric, not our accuracy (41)
+    assert row["accuracy_std"] == pytest.approx(np.std([65, 68], ddof=1))
+    assert row["accuracy_paper"] == 66.70 and row["accuracy_diff"] == pytest.approx(-0.2)
+    assert row["ours_metric"] == "w-Acc." and row["n_seeds"] == 2
+    ours = t1.loc["ConCluGen (ours)"]
+    assert ours["accuracy"] == pytest.approx(66.0) and ours["ours_metric"] == "Acc."
+    assert t1.loc["CAE-LR", "ours_metric"] == "" and t1.loc["CAE-LR", "n_seeds"] == 0
+    md = tables.to_markdown(tables.table1(_mpuc_runs(), PAPER))
+    line = next(x for x in md.splitlines() if x.startswith("| Franceschini et al."))
+    assert "| 66.50 ± 2.12 | 66.7 | -0.20 | w-Acc. | 2 |" in line
+
+
+def test_the_mosei_table_has_the_weighted_metrics_beside_franceschinis():
+    runs = _mpuc_runs()
+    t3 = tables.study_table(runs, PAPER, "table3").set_index("id")
+    assert list(t3.index[-2:]) == ["mpuc", "mpuc_wo_text"]  # after the paper's rows
+    mpuc = t3.loc["mpuc"]
+    assert mpuc["weighted_accuracy"] == pytest.approx(66.5)
+    assert mpuc["weighted_f1"] == pytest.approx(71.0)
+    assert mpuc["weighted_f1_std"] == pytest.approx(np.std([70, 72], ddof=1))
+    assert mpuc["weighted_accuracy_paper"] == 66.70 and mpuc["weighted_f1_paper"] == 69.50
+    assert mpuc["weighted_f1_diff"] == pytest.approx(71.0 - 69.5)
+    assert mpuc["accuracy"] == pytest.approx(41.0) and math.isnan(mpuc["accuracy_paper"])
+    wo = t3.loc["mpuc_wo_text"]
+    assert (wo["weighted_accuracy"], wo["weighted_accuracy_paper"]) == (pytest.approx(55.0), 55.5)
+    assert wo["weighted_f1_paper"] == 27.77 and math.isnan(wo["weighted_f1_std"])
+    # ConCluGen's paper prints no weighted metric; a row without such runs has none either
+    assert math.isnan(t3.loc["conclugen", "weighted_accuracy_paper"])
+    assert math.isnan(t3.loc["conclu", "weighted_accuracy"])
+    header = tables.to_markdown(tables.study_table(runs, PAPER, "table3")).splitlines()[0]
+    assert "| w-Acc. ours | w-Acc. paper | w-Acc. Δ | w-F1 ours |" in header
+    # the single-label tables have no such columns; their MPUC row is there all the same
+    t5 = tables.study_table(runs, PAPER, "table5")
+    assert "weighted_accuracy" not in t5.columns and t5["id"].iloc[-1] == "mpuc"
+    # runs without the weighted metrics at all (older cells) leave the columns empty
+    older = _mpuc_runs().drop(columns=["weighted_accuracy", "weighted_f1"])
+    t3_old = tables.study_table(older, PAPER, "table3")
+    assert t3_old["weighted_accuracy"].isna().all()
