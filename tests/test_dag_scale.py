@@ -19,6 +19,6 @@ def test_a_full_size_dry_run_plans_one_job_per_shard_and_stage(tmp_path):
     assert counts["features_keypoints"] == counts["faces"]  # MTCNN's landmarks, MPUC's K
     assert counts["subtitles"] == SHARDS["voxceleb2"] + SHARDS["caer"]
     assert counts["features_merge"] == counts["failures"] == counts["dataset_stats"] == 4
-    assert counts["pretrain"] == 10  # the paper's 8 methods, BYOL and DINO
-    assert counts["downstream"] == 3 * (1 + 10)  # 3 datasets x (supervised + 10 methods)
+    assert counts["pretrain"] == 12  # the paper's 8 methods, BYOL, DINO and MPUC's two
+    assert counts["downstream"] == 3 * (1 + 12)  # 3 datasets x (supervised + 12 methods)
     assert "download" not in counts and "manifest" not in counts  # done already
