@@ -212,6 +212,42 @@ def test_adding_a_label_fraction_runs_only_its_jobs(demo_run, tmp_path):
     assert "output: results/label_efficiency/caer/supervised/0.05" in planned
 
 
+def test_adding_mpuc_plans_its_jobs_on_cmu_mosei_and_its_read_out(demo_run, tmp_path):
+    """The tiny demo leaves MPUC out (CI time; tests/test_pretrain.py trains it): adding it
+    plans its own jobs only, pretraining on CMU-MOSEI's store (pretrain.datasets), its cells
+    read out by MPUC's fc + ReLU + fc (downstream.method_hparams)."""
+
+    def change(config):
+        config["pretrain"]["methods"].append("mpuc")
+
+    jobs, planned = planned_jobs(demo_run, tmp_path, change)
+    # pretraining, a cell per dataset, its continuous labels and embedding, then the summaries
+    assert jobs == {"pretrain": 1, "downstream": 2, "regression": 1, "embedding_figure": 1,
+                    "tables": 1, "regression_tables": 1, "front_page": 1,
+                    "all": 1}, planned  # fmt: skip
+    job = planned[planned.index("rule pretrain:") :]
+    assert "input: results/mosei/features.zarr" in job.split("\n\n")[0]
+    for dataset in ("caer", "mosei"):
+        assert f"output: results/downstream/{dataset}/mpuc" in planned
+
+
+def test_cmu_mosei_s_store_holds_two_temporal_windows(demo_run):
+    """features.windows (the demo's 1-s windows of CMU-MOSEI): every modality's windows, at the
+    clip's start outside the train split, the same seconds in every modality."""
+    workdir, _, _ = demo_run
+    fs = read_features(workdir / "results" / "mosei" / "features.zarr", windows=True)
+    assert fs.attrs["windows"] == 2 and set(fs.windows) == set(fs.features)
+    assert all(w.shape == (len(fs), 2, fs.dims[m]) for m, w in fs.windows.items())
+    evaluation = torch.from_numpy(fs.split != "train")
+    for m, w in fs.windows.items():
+        assert torch.equal(w[evaluation, 0], w[evaluation, 1]), m  # both at the start
+        assert w[~fs.present[m]].abs().sum() == 0
+    # text has no word timings: every window is the whole text
+    assert torch.equal(fs.windows["text"][:, 0], fs.features["text"].to(fs.windows["text"].dtype))
+    other = read_features(workdir / "results" / "caer" / "features.zarr", windows=True)
+    assert other.windows is None and other.attrs["windows"] == 0  # only the listed datasets
+
+
 def test_label_efficiency_table_and_figure(demo_run):
     workdir, _, _ = demo_run
     results = workdir / "results"
