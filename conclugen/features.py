@@ -51,6 +51,14 @@ flip by the views' machinery (2D and 3D alike); audio, the spectrogram with freq
 masks (:func:`spectrogram_masks`) through the audio backbone, pooled like the plain clip; text,
 words swapped (:func:`swap_words`) through the text encoder. Clips of other splits get none.
 
+Temporal windows (:class:`Windows`, MPUC's views): for datasets in ``windows.datasets`` every
+clip also yields W features per role of stretches of whole seconds (:func:`window_span`: the
+same seconds for every role of a clip; random within a train clip, at the start of the others).
+Video pools the plain crop's inputs inside a window's seconds (no input of its own: one 3D
+window and one 1 fps frame per second, so the stretch's own features); audio runs the
+stretch's spectrogram; text repeats the whole clip's feature (no word timings). A clip's rows
+are the plain clip, its views, local views, windows, then copies.
+
 Speed: clips are decoded, cropped and augmented by DataLoader workers; the main process gathers
 the inputs of several clips into batches of ``batch_size`` model inputs (frames, windows,
 spectrogram windows or texts), runs them and pools per clip with tensor operations. Nothing
