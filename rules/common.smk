@@ -362,8 +362,14 @@ def export_protocol(method):
 
 def export_settings(wildcards):
     """What an export records (features, faces, subtitles as resolved) and digests: those and
-    the dataset's, pretraining's and its downstream job's settings."""
+    the dataset's, its method's pretraining (its dataset and hyperparameter overrides, so that
+    adding another method to pretrain.methods reruns no export) and its downstream job's
+    settings."""
     d = wildcards.dataset
+    pretraining = {
+        "dataset": pretraining_dataset(config, wildcards.method),
+        "hparams": pretrain_hparams(wildcards),
+    }
     return {
         "features": config["features"],
         "faces": job_settings("faces"),
@@ -371,7 +377,7 @@ def export_settings(wildcards):
         "cropped": d in FACE_DATASETS,
         "has_text": d not in config["subtitles"]["datasets"],
         "dataset": config["datasets"][d],
-        "pretrain": PRETRAIN if wildcards.method != "supervised" else None,
+        "pretrain": pretraining if wildcards.method != "supervised" else None,
         "downstream": downstream_settings(wildcards),
     }
 
