@@ -67,3 +67,19 @@ def run_snakemake(args: list[str], cwd: Path, timeout: float = 900, check: bool 
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny_backbones(tmp_path_factory):
+    """Small ResNets (2D, 3D) of the real architectures with look-alike weights."""
+    from conclugen import backbones
+    from conclugen.lookalike import weights as lookalike_weights
+
+    root = tmp_path_factory.mktemp("weights")
+    widths = (8, 16, 16, 32)
+    lookalike_weights.write_torchvision_resnet(root / "r2d.pth", depth=18, widths=widths)
+    lookalike_weights.write_hara_resnet3d(root / "r3d.pth", depth=18, widths=widths,
+                                          packaging="hara2020")  # fmt: skip
+    return backbones.load_resnet2d(str(root / "r2d.pth")), backbones.load_resnet3d(
+        str(root / "r3d.pth")
+    )

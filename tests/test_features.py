@@ -346,21 +346,6 @@ def test_an_unfinished_shard_store_is_refused(tmp_path):
         open_shard(path)
 
 
-@pytest.fixture(scope="module")
-def tiny_backbones(tmp_path_factory):
-    from conclugen import backbones
-    from conclugen.lookalike import weights as lookalike_weights
-
-    root = tmp_path_factory.mktemp("weights")
-    widths = (8, 16, 16, 32)
-    lookalike_weights.write_torchvision_resnet(root / "r2d.pth", depth=18, widths=widths)
-    lookalike_weights.write_hara_resnet3d(root / "r3d.pth", depth=18, widths=widths,
-                                          packaging="hara2020")  # fmt: skip
-    return backbones.load_resnet2d(str(root / "r2d.pth")), backbones.load_resnet3d(
-        str(root / "r3d.pth")
-    )
-
-
 def normalised(frames: np.ndarray, size: int) -> torch.Tensor:
     """[T, H, W, 3] uniform frames -> the [T, 3, size, size] tensor the backbone sees."""
     x = torch.from_numpy(frames[:, :size, :size]).permute(0, 3, 1, 2).float() / 255

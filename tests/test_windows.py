@@ -32,22 +32,6 @@ from tests.test_keypoints import FACE, face_rows
 TWO = Windows(count=2, seconds=4, seed=5)
 
 
-@pytest.fixture(scope="module")
-def tiny_backbones(tmp_path_factory):
-    """Small ResNets (2D, 3D) of the real architectures with look-alike weights."""
-    from conclugen import backbones
-    from conclugen.lookalike import weights as lookalike_weights
-
-    root = tmp_path_factory.mktemp("weights")
-    widths = (8, 16, 16, 32)
-    lookalike_weights.write_torchvision_resnet(root / "r2d.pth", depth=18, widths=widths)
-    lookalike_weights.write_hara_resnet3d(root / "r3d.pth", depth=18, widths=widths,
-                                          packaging="hara2020")  # fmt: skip
-    return backbones.load_resnet2d(str(root / "r2d.pth")), backbones.load_resnet3d(
-        str(root / "r3d.pth")
-    )
-
-
 def test_windows_are_whole_seconds_drawn_per_sample_and_window():
     units = clip_units(2.3, 16.3)  # 14 s: 224 frames of the 16 fps grid
     assert units == 14
