@@ -126,14 +126,21 @@ def model_card(config: dict) -> str:
     crop = "face crops (MTCNN track)" if config["faces"]["cropped"] else "whole frames"
     text = "its own transcripts" if config["subtitles"]["dataset_has_text"] else "Whisper subtitles"
     metrics = " | ".join(f"{test[k]:.3f}" for k in METRICS)
+    hidden = config["architecture"].get("hidden", 0)
+    readout = f"fc ({hidden} units) + ReLU + fc" if hidden else "a linear layer"
+    keypoints = (
+        "\n- `keypoints`: the MTCNN face track's five landmarks, encoded over time (no backbone)"
+        if "keypoints" in config["modalities"]
+        else ""
+    )
     return f"""# ConCluGen {config["method"]}: {config["dataset"]} emotion classifier
 
 A downstream classifier of the ConCluGen reproduction (`conclugen` {config["conclugen_version"]}):
 the {config["method"]} representation heads, {config["protocol"]} protocol (seed
-{config["seed"]}), and a linear layer over the concatenated representations of
+{config["seed"]}), and {readout} over the concatenated representations of
 {", ".join(config["modalities"])}. It reads features of four frozen backbones, not pixels:
 
-{backbones}
+{backbones}{keypoints}
 
 Classes ({config["task"]}): {", ".join(config["classes"])}. Probabilities: {config["labels"]}.
 

@@ -4,10 +4,12 @@ Each video goes through the pipeline's stages as one clip: the probe (:func:`con
 probe`: any container PyAV reads, rotation honoured), the MTCNN face track when the model's
 dataset was face-cropped (:func:`conclugen.faces.face_tracks`, its ``no_face`` policy), Whisper
 subtitles (:func:`conclugen.subtitles.subtitles_shard`; always, since a user's video brings no
-transcript), the four backbones (:func:`conclugen.features.extract_shard`), then the exported
-classifier (:func:`conclugen.export.load`). Every setting comes from the export's
-``config.json``; the weights are read offline from the caches and paths the pipeline's jobs
-use (:data:`conclugen.weights.OFFLINE_ENV`; relative paths are the working directory's).
+transcript), the four backbones (:func:`conclugen.features.extract_shard`), for a model that
+reads keypoints (MPUC's) the keypoint feature of the face track's landmarks
+(:func:`conclugen.keypoints.keypoint_features`), then the exported classifier
+(:func:`conclugen.export.load`). Every setting comes from the export's ``config.json``; the
+weights are read offline from the caches and paths the pipeline's jobs use
+(:data:`conclugen.weights.OFFLINE_ENV`; relative paths are the working directory's).
 
 ``--timeline`` scores windows of about :data:`TIMELINE_S` seconds along the video (equal
 windows covering it, each a clip of its own, as the pipeline would cut one) and writes
@@ -36,8 +38,9 @@ from conclugen import backbones
 from conclugen.config import weights_key
 from conclugen.export import ExportedModel, load
 from conclugen.features import ROLES, VIDEO_ROLES, extract_shard
+from conclugen.keypoints import keypoint_features
 from conclugen.ledger import FailureLedger
-from conclugen.media import FPS, MediaError, probe, read_frames
+from conclugen.media import FPS, MediaError, probe, read_frames, sample_times
 from conclugen.subtitles import configured_transcriber, subtitles_shard
 from conclugen.torchutil import resolve_device, resolve_precision
 from conclugen.weights import OFFLINE_ENV
@@ -87,6 +90,7 @@ class Predictor:
     def __init__(self, model: ExportedModel, device: str = "auto", say=lambda text: None):
         self.model, self.config, self.say = model, model.config, say
         self.device = resolve_device(device)
+        self.roles = [*ROLES, *(["keypoints"] if "keypoints" in self.config["modalities"] else [])]
         feats = self.config["features"]
         say("loading the backbones")
         self.backbones = {role: LOADERS[role](feats[role][weights_key(role)]) for role in ROLES}
@@ -116,17 +120,21 @@ class Predictor:
             [dict(clip, sample_id=i, start=a, end=b) for i, (a, b) in zip(ids, spans, strict=True)]
         )
         ledger = FailureLedger("predict")
-        track, boxes = None, {}
+        face, track, boxes = None, None, {}
         if self.mtcnn is not None:
             self.say(f"{name}: faces")
-            track = self._track(clip, ledger)
+            face = self._track(clip, ledger)
+            track = face.track
             boxes = {i: track[round(a * FPS) :] for i, (a, _) in zip(ids, spans, strict=True)}
         self.say(f"{name}: Whisper subtitles")
         clips = self._subtitles(clips, ledger)
         x, present = {}, {}
-        for role in ROLES:
+        for role in self.roles:
             self.say(f"{name}: {role} features")
-            shard = self._features(role, clips, boxes, ledger)
+            if role == "keypoints":
+                shard = keypoint_features(clips, window_faces(face, ids, spans), ledger)
+            else:
+                shard = self._features(role, clips, boxes, ledger)
             rows = pd.Index(shard.sample_id).get_indexer(ids)
             if role in VIDEO_ROLES and (rows < 0).any():
                 raise PredictError(f"{role}: {_reason(ledger)}")
@@ -140,8 +148,9 @@ class Predictor:
         probabilities = self.model.probabilities(x, present).numpy()
         return Prediction(str(path), spans, probabilities, track)
 
-    def _track(self, clip: dict, ledger: FailureLedger) -> np.ndarray:
-        """The whole video's smoothed face box on the 16 fps grid, or :class:`PredictError`."""
+    def _track(self, clip: dict, ledger: FailureLedger):
+        """The whole video's :class:`conclugen.faces.FaceTrack` on the 16 fps grid (``track``:
+        the smoothed box the crops follow), or :class:`PredictError`."""
         from conclugen.faces import face_tracks
 
         cfg = self.config["faces"]
@@ -150,7 +159,7 @@ class Predictor:
         tracks = list(face_tracks(self.mtcnn, whole, ledger, workers=0, **options))
         if not tracks:
             raise PredictError(f"faces: {_reason(ledger)}")
-        return tracks[0].track
+        return tracks[0]
 
     def _subtitles(self, clips: pd.DataFrame, ledger: FailureLedger) -> pd.DataFrame:
         cfg = self.config["subtitles"]
@@ -168,6 +177,19 @@ class Predictor:
             crop_size=feats["crop_size"], mean=feats[role].get("mean"),
             std=feats[role].get("std"), precision=precision,
         )  # fmt: skip
+
+
+def window_faces(face, ids: list[str], spans: list[tuple[float, float]]) -> pd.DataFrame:
+    """The rows of the whole video's face track ``face`` that fall in each window ``(a, b)``,
+    as the faces stage stores a clip of those seconds: ``sample_id`` the window's id, frames
+    counted from the window's start (the frames :func:`conclugen.media.sample_times` gives it)."""
+    whole = face.to_frame()
+    parts = []
+    for sample_id, (a, b) in zip(ids, spans, strict=True):
+        first = round(a * FPS)
+        rows = whole.iloc[first : first + len(sample_times(a, b, FPS))]
+        parts.append(rows.assign(sample_id=sample_id, frame=np.arange(len(rows), dtype=np.int32)))
+    return pd.concat(parts, ignore_index=True)
 
 
 def _reason(ledger: FailureLedger) -> str:

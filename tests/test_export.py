@@ -46,19 +46,30 @@ def pipeline_settings(weights: dict[str, str] | None = None) -> dict:
     }
 
 
-def trained_cell(tmp, n: int = 160):
-    """A CAER-like feature store and manifest at the demo's widths, one supervised run on it
-    (seed 0) in ``tmp/cell``; returns (features, manifest, run directory)."""
-    fs = synthetic_features(n, DIMS, num_classes=7, seed=1, missing={"audio": 0.2})
+def labelled_store(tmp, n: int = 160, dims: dict[str, int] = DIMS, windows: int = 0):
+    """A CAER-like feature store (``windows`` temporal windows per clip) and manifest in
+    ``tmp``; returns their paths."""
+    fs = synthetic_features(n, dims, num_classes=7, seed=1, windows=windows,
+                            missing={"audio": 0.2})  # fmt: skip
     features, manifest = tmp / "features.zarr", tmp / "manifest.parquet"
-    write_features(features, fs.sample_id, fs.split, fs.features, fs.present)
+    write_features(features, fs.sample_id, fs.split, fs.features, fs.present, windows=fs.windows)
     cls = fs.features["video"][:, :7].argmax(1).numpy()  # any deterministic labelling
     frame = pd.DataFrame({"sample_id": fs.sample_id, "split": fs.split,
                           "labels": list(np.eye(7)[cls])})  # fmt: skip
     write_parquet(frame, manifest, metadata={"dataset": "caer", "task": "single_label",
                                              "classes": json.dumps(list(CAER))})  # fmt: skip
-    run = evaluate(load_task(features, manifest, "caer"), "supervised", None, TINY, 0, "cpu")
-    out = run_dir(tmp / "cell", "supervised", 0)
+    return features, manifest
+
+
+def trained_cell(tmp, n: int = 160, protocol: str = "supervised", pretrained=None, **store):
+    """:func:`labelled_store` at the demo's widths (``store``: its other arguments), one
+    ``protocol`` run on it (seed 0) in ``tmp/cell``; returns (features, manifest, run
+    directory)."""
+    features, manifest = labelled_store(tmp, n, **store)
+    task = load_task(features, manifest, "caer")
+    run = evaluate(task, protocol, None if pretrained is None else pretrained(features), TINY, 0,
+                   "cpu")  # fmt: skip
+    out = run_dir(tmp / "cell", protocol, 0)
     write_evaluation(run, out)
     return features, manifest, out
 
@@ -101,6 +112,7 @@ def test_export_writes_weights_config_and_card(cell, tmp_path):
     assert config_digest(other) != config["config_digest"]
     card = (tmp_path / "export" / "README.md").read_text()
     assert "conclugen predict" in card and f"{metrics['accuracy']:.3f}" in card
+    assert "a linear layer over" in card and "landmarks" not in card  # no keypoints read
 
 
 def test_an_export_copied_alone_predicts_in_a_fresh_process(cell, tmp_path):

@@ -12,15 +12,21 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from conclugen import predict as predict_module
 from conclugen.data.caer import CLASSES as CAER
-from conclugen.export import export_model
+from conclugen.export import export_model, load
+from conclugen.faces import FaceTrack, face_tracks, load_mtcnn
+from conclugen.keypoints import FEATURE_DIM, keypoint_features
+from conclugen.ledger import FailureLedger
 from conclugen.lookalike import generate
 from conclugen.lookalike.weights import write_demo_weights
 from conclugen.media import probe
-from conclugen.predict import timeline_windows
+from conclugen.predict import Predictor, timeline_windows, window_faces
+from conclugen.pretrain import method_config, pretrain
 from tests.hostile_media import face_clip, ffmpeg
-from tests.test_export import pipeline_settings, trained_cell
+from tests.test_export import DIMS, pipeline_settings, trained_cell
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +108,74 @@ def test_timeline_windows_cover_the_video():
     assert timeline_windows(1.0) == [(0.0, 1.0)]
     spans = timeline_windows(10.0)
     assert len(spans) == 2 and spans[0] == (0.0, 5.0) and spans[-1][1] == 10.0
+
+
+@pytest.fixture(scope="module")
+def keypoints_model(setup):
+    """An exported model that reads keypoints: MPUC pretrained for two epochs on a CAER-like
+    store with keypoints and two temporal windows, read out linearly."""
+    tmp = setup[0] / "keypoints"
+    tmp.mkdir()
+
+    def mpuc(features):
+        hp = dict(epochs=2, batch_size=64, rep_dim=16, proj_hidden_dim=32)
+        return pretrain(features, tmp / "mpuc", method_config("mpuc"), hp, "cpu")
+
+    _, _, run = trained_cell(tmp, protocol="linear", pretrained=mpuc,
+                             dims={**DIMS, "keypoints": FEATURE_DIM}, windows=2)  # fmt: skip
+    export_model(run, tmp / "model", pipeline_settings(write_demo_weights(tmp / "w")), "mpuc")
+    return load(tmp / "model")
+
+
+def test_a_model_that_reads_keypoints_gets_the_keypoints_of_the_clips_face_track(
+    setup, keypoints_model, monkeypatch
+):
+    tmp, lookalike, phone, _ = setup
+    assert keypoints_model.config["modalities"] == ["video", "audio", "text", "keypoints"]
+    card = (tmp / "keypoints" / "model" / "README.md").read_text()
+    assert "- `keypoints`: the MTCNN face track's five landmarks" in card
+    made = []
+
+    def recorded(*args, **kwargs):
+        made.append(keypoint_features(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(predict_module, "keypoint_features", recorded)
+    monkeypatch.chdir(tmp)
+    predictor = Predictor(keypoints_model, "cpu")
+    prediction = predictor(lookalike)
+    assert prediction.probabilities.shape == (1, len(CAER))
+    assert np.isclose(prediction.probabilities.sum(), 1, atol=1e-4)
+    (shard,) = made
+    assert bool(shard.present.all()) and shard.feature.shape == (1, FEATURE_DIM)
+    # The pipeline's keypoints of the same seconds: the faces stage's track of the clip, then
+    # the keypoints role (rules faces and features_keypoints).
+    info, cfg = probe(lookalike), keypoints_model.config["faces"]
+    clips = pd.DataFrame([dict(sample_id="w00000", video=str(lookalike), audio=None,
+                               split="test", start=0.0, end=info.duration,
+                               duration=info.duration, width=info.width, height=info.height,
+                               fps=info.fps)])  # fmt: skip
+    options = {k: cfg[k] for k in ("detect_every", "batch_frames", "smooth", "no_face")}
+    mtcnn = load_mtcnn("cpu", cfg["min_face_size"])
+    tracks = list(face_tracks(mtcnn, clips, FailureLedger("faces"), workers=0, **options))
+    faces = pd.concat([t.to_frame() for t in tracks])
+    pipeline = keypoint_features(clips, faces, FailureLedger("features/keypoints"))
+    assert np.allclose(shard.feature.numpy(), pipeline.feature.numpy())
+    # A timeline: each window's keypoints from its own seconds of the video's track.
+    timeline = predictor(phone, timeline=True)
+    assert len(timeline.windows) == 2 and timeline.probabilities.shape == (2, len(CAER))
+    windows = made[-1]
+    assert bool(windows.present.all()) and not torch.equal(windows.feature[0], windows.feature[1])
+
+
+def test_window_faces_are_the_tracks_rows_of_each_window_counted_from_its_start():
+    t = 48  # 3 s on the 16 fps grid
+    landmarks = np.arange(t * 10, dtype=np.float64).reshape(t, 5, 2)
+    face = FaceTrack("video", np.arange(t) / 16, np.ones(t, bool), np.ones(t, bool),
+                     np.zeros((t, 4)), np.ones(t), landmarks, np.zeros((t, 4)))  # fmt: skip
+    rows = window_faces(face, ["w0", "w1"], [(0.0, 1.5), (1.5, 3.0)])
+    assert rows.groupby("sample_id").size().to_dict() == {"w0": 24, "w1": 24}
+    second = rows[rows.sample_id == "w1"]
+    assert second.frame.tolist() == list(range(24))
+    assert np.array_equal(np.stack(second.landmarks), landmarks[24:].reshape(24, 10))
+    assert np.allclose(second.time, np.arange(24, 48) / 16)  # the video's times, kept
