@@ -646,20 +646,28 @@ def evaluate_cell(
     seeds: int,
     evaluate_run,
     metrics: tuple[str, ...],
+    per_class: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """Every protocol and seed of one (dataset, method) cell: ``evaluate_run(protocol, seed)``'s
     :class:`Evaluation` written to its :func:`run_dir` (:func:`write_evaluation`), then
     ``out_dir/runs.csv``, last: one row per run with dataset, method, protocol, seed, the test
-    ``metrics``, best_epoch and epochs."""
+    ``metrics``, the ``per_class`` metrics of every class as ``{metric}_{class}``, best_epoch
+    and epochs."""
     rows = []
     for protocol in protocols:
         for seed in range(seeds):
             run = evaluate_run(protocol, seed)
             write_evaluation(run, run_dir(out_dir, protocol, seed))
             m = run.metrics
+            names = m["per_class"].get("names", [])
             rows.append(
                 dict(dataset=dataset, method=method, protocol=protocol, seed=seed)
                 | {k: m[k] for k in metrics}
+                | {
+                    f"{k}_{c}": v
+                    for k in per_class
+                    for c, v in zip(names, m["per_class"][k], strict=True)
+                }
                 | dict(best_epoch=m["best_epoch"], epochs=m["epochs"])
             )
     runs = pd.DataFrame(rows)
@@ -682,13 +690,14 @@ def evaluate_method(
 ) -> pd.DataFrame:
     """:func:`evaluate_cell` of :func:`evaluate` runs; runs.csv holds the four test metrics
     (accuracy, f1, precision, recall) and, multi-label (CMU-MOSEI), the literature's
-    weighted_accuracy and weighted_f1 (:func:`conclugen.metrics.emotion_metrics`)."""
+    weighted_accuracy and weighted_f1 (:func:`conclugen.metrics.emotion_metrics`), their mean
+    over the emotions and each emotion's (``weighted_accuracy_happy``, ...)."""
     task = load_task(features_path, manifest_path, dataset)  # once: every run reads the same
     metrics = ("accuracy", "f1", "precision", "recall")
-    if TASKS[dataset]["multilabel"]:
-        metrics += EMOTION_METRICS
+    multilabel = TASKS[dataset]["multilabel"]
     return evaluate_cell(
         out_dir, dataset, method, protocols, seeds,
         lambda protocol, seed: evaluate(task, protocol, pretrained, hparams, seed, device),
-        metrics,
+        metrics + EMOTION_METRICS if multilabel else metrics,
+        EMOTION_METRICS if multilabel else (),
     )  # fmt: skip

@@ -32,6 +32,10 @@ A cell is NaN where the paper prints no number (all of Table 4 in our copy) or w
   (``weighted_accuracy``, ``weighted_f1``; ConCluGen's paper prints neither), their paper
   numbers those of Franceschini et al.'s Table II (its "Overall" column: MPUC and MPUC without
   text; ``franceschini`` in ``config/paper_results.yaml``).
+- Franceschini et al.'s Table II (:func:`franceschini_table`, ``franceschini``): per emotion
+  and overall, the weighted accuracy and F1 of their rows (their two supervised baselines as
+  printed, theirs only), our ``mpuc`` and ``mpuc_wo_text`` linear evaluations beside theirs
+  (the runs' ``{metric}_{emotion}`` columns); one row per method and emotion.
 
 Numeric columns: for each value key ``k`` (a metric, or a dataset in Table 2) ``k`` (ours),
 ``k_std``, ``k_paper``, ``k_diff``, and the number of seeds (``n_seeds``, Table 2
@@ -129,6 +133,7 @@ HEADERS = {
     "emotion_ccc": "Emotions CCC",
     "protocol": "Protocol",
     "loss": "Loss",
+    "emotion": "Emotion",
 }
 NOTE = "Ours: mean ± std over seeds, in percent; Δ = ours − paper (percentage points)."
 SYNTHETIC = (
@@ -274,7 +279,9 @@ def study_table(runs: pd.DataFrame | None, paper: dict, name: str) -> pd.DataFra
     spec = paper[name]
     multilabel = spec["dataset"] in MULTILABEL_DATASETS
     keys = [*METRICS, *EMOTION_METRICS] if multilabel else list(METRICS)
-    theirs = {r["method"]: r for r in paper.get("franceschini", {}).get("rows", [])}
+    theirs = {
+        r["method"]: r for r in paper.get("franceschini", {}).get("rows", []) if "method" in r
+    }
     rows = list(spec["rows"])
     printed = {r["method"] for r in rows}
     # Methods we ran that the paper's table lacks get empty paper cells and their place in the
@@ -460,13 +467,67 @@ def loss_table(
     return _regression_frame(rows, ["method", "protocol", "loss", "id"], LOSS_CAPTION, synthetic)
 
 
+FRANCESCHINI_TITLE = "Franceschini et al., Table II"
+FRANCESCHINI_NOTE = (
+    "Ours: MPUC and MPUC without text, pretrained on CMU-MOSEI's train split and read out by "
+    "their prediction layer (fc + ReLU + fc, linear evaluation), on CMU-MOSEI's test split: "
+    "each emotion's weighted accuracy (TP·N/P + TN)/2N and weighted F1, and Overall, their "
+    "mean over the six emotions. Late Fusion and Attention Mec. are their supervised "
+    "baselines, not run here."
+)
+
+
+def franceschini_table(runs: pd.DataFrame | None, paper: dict) -> pd.DataFrame:
+    """Franceschini et al.'s Table II (``paper["franceschini"]``) with our MPUC runs beside
+    theirs: one row per printed method and emotion (then Overall), columns
+    :data:`EMOTION_METRICS` (ours: the runs' ``{metric}_{emotion}`` columns, and for Overall
+    the metric itself, the mean over emotions; linear evaluation on CMU-MOSEI)."""
+    runs = _check_runs(runs)
+    spec = paper["franceschini"]
+    emotions = list(spec["rows"][0]["emotions"])
+    columns = {(e, k): f"{k}_{e}" for e in emotions for k in EMOTION_METRICS}
+    columns |= {("overall", k): k for k in EMOTION_METRICS}
+    runs = runs.assign(**{c: np.nan for c in columns.values() if c not in runs})
+    mosei = runs[(runs["dataset"] == TABLE1_DATASET) & (runs["protocol"] == STUDY_PROTOCOL)]
+    groups = mosei.groupby("method")[list(columns.values())]
+    mean, std, seeds = groups.mean() * 100, groups.std(ddof=1) * 100, groups.size()
+    rows = []
+    for row in spec["rows"]:
+        method = row.get("method")
+        ran = method in mean.index
+        for emotion in [*emotions, "overall"]:
+            printed = row["emotions"].get(emotion, [None, None])
+            published = dict(zip(EMOTION_METRICS, printed, strict=True))
+            if emotion == "overall":
+                published = {k: row[k] for k in EMOTION_METRICS}
+            ours = None
+            if ran:
+                cells = [columns[emotion, k] for k in EMOTION_METRICS]
+                values = [*mean.loc[method, cells], *std.loc[method, cells]]
+                keys = [*EMOTION_METRICS, *(f"{k}_std" for k in EMOTION_METRICS)]
+                ours = pd.Series(values, index=keys)
+            rows.append(
+                {
+                    "method": METHOD_LABELS[method] if method else row["label"],
+                    "emotion": emotion.capitalize(),
+                    **_value_cells(ours, published, EMOTION_METRICS),
+                    "n_seeds": int(seeds[method]) if ran else 0,
+                }
+            )
+    frame = _framed(rows, f"{FRANCESCHINI_TITLE}. {spec['caption']} {FRANCESCHINI_NOTE}")
+    frame.attrs["title"] = FRANCESCHINI_TITLE
+    return frame
+
+
 def build_tables(
     runs: pd.DataFrame | None, paper: dict, synthetic: bool = False
 ) -> dict[str, pd.DataFrame]:
-    """All five tables, keyed ``table1`` ... ``table5``; ``synthetic`` (the runs are on the
-    look-alike data) is kept in each frame's ``attrs`` for the writers."""
+    """The paper's five tables, keyed ``table1`` ... ``table5``, then Franceschini et al.'s
+    Table II (``franceschini``); ``synthetic`` (the runs are on the look-alike data) is kept in
+    each frame's ``attrs`` for the writers."""
     tables = {"table1": table1(runs, paper), "table2": table2(runs, paper)}
     tables |= {name: study_table(runs, paper, name) for name in STUDY_TABLES}
+    tables["franceschini"] = franceschini_table(runs, paper)
     for frame in tables.values():
         frame.attrs["synthetic"] = synthetic
     return tables
@@ -638,7 +699,8 @@ def to_html(tables: dict[str, pd.DataFrame], paper: dict) -> str:
         parts.insert(0, f"<p><strong>{SYNTHETIC}</strong></p>")
     for name, frame in tables.items():
         caption = frame.attrs.get("caption") or paper.get(name, {}).get("caption", "")
-        parts.append(f"<h2>Table {name.removeprefix('table')}</h2><p>{caption}</p>")
+        title = frame.attrs.get("title", f"Table {name.removeprefix('table')}")
+        parts.append(f"<h2>{title}</h2><p>{caption}</p>")
         parts.append(display_frame(frame).to_html(index=False, border=0))
     return "<html><body>\n" + "\n".join(parts) + "\n</body></html>\n"
 

@@ -450,9 +450,15 @@ def test_mosei_runs_hold_the_literatures_weighted_metrics(tmp, mosei, signal, pr
     y = test[[f"predicted_{c}" for c in MOSEI]].to_numpy()
     tp, tn = ((t == 1) & (y == 1)).sum(0), ((t == 0) & (y == 0)).sum(0)
     pos, neg = t.sum(0), (1 - t).sum(0)
-    by_hand = np.mean((tp / pos + tn / neg) / 2)  # (TP N / P + TN) / 2N, averaged over emotions
+    per_emotion = (tp / pos + tn / neg) / 2  # (TP N / P + TN) / 2N
+    by_hand = np.mean(per_emotion)  # averaged over the emotions
     assert runs["weighted_accuracy"].iloc[0] == pytest.approx(by_hand)
     assert 0 < runs["weighted_f1"].iloc[0] <= 1
+    # each emotion's too (Franceschini et al.'s Table II columns)
+    for c, value in zip(MOSEI, per_emotion, strict=True):
+        assert runs[f"weighted_accuracy_{c}"].iloc[0] == pytest.approx(value), c
+    f1s = runs[[f"weighted_f1_{c}" for c in MOSEI]].iloc[0]
+    assert f1s.mean() == pytest.approx(runs["weighted_f1"].iloc[0])
     single = evaluate_method(*signal[:2], "caer", "m", ["linear"], 1, tmp / "caer_cell",
                              pretrained[0], hp, "cpu")  # fmt: skip
-    assert "weighted_accuracy" not in single.columns  # single-label: not defined
+    assert not any(c.startswith("weighted_") for c in single.columns)  # single-label: undefined

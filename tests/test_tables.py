@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from conclugen import tables
+from conclugen.data.mosei import CLASSES as MOSEI
 from tests.conftest import ROOT
 
 PAPER = tables.load_paper_results(ROOT / "config" / "paper_results.yaml")
@@ -74,7 +75,7 @@ def test_paper_results_hold_the_printed_tables():
                                 "metric": "weighted_accuracy"},
         "ConCluGen (ours)": {"method": "conclugen", "protocol": "finetune", "metric": "accuracy"},
     }  # fmt: skip
-    theirs = {r["method"]: r for r in PAPER["franceschini"]["rows"]}
+    theirs = {r["method"]: r for r in PAPER["franceschini"]["rows"] if "method" in r}
     assert (theirs["mpuc"]["weighted_accuracy"], theirs["mpuc"]["weighted_f1"]) == (66.70, 69.50)
     assert theirs["mpuc"]["weighted_accuracy"] == t1[2]["accuracy"]  # Table 1 prints their w-ACC
     assert (theirs["mpuc_wo_text"]["weighted_accuracy"], theirs["mpuc_wo_text"]["weighted_f1"]) == (
@@ -202,7 +203,7 @@ def test_table2_rows_and_dataset_columns(runs):
 
 def test_write_table_writes_three_parseable_files(runs, tmp_path):
     built = tables.build_tables(runs, PAPER)
-    assert list(built) == ["table1", "table2", "table3", "table4", "table5"]
+    assert list(built) == ["table1", "table2", "table3", "table4", "table5", "franceschini"]
     frame = built["table5"]
     paths = tables.write_table(frame, tmp_path / "tables" / "table5")
     assert [p.name for p in paths] == ["table5.md", "table5.csv", "table5.tex"]
@@ -315,7 +316,7 @@ def _outputs(runs, tmp_path, synthetic):
 def test_synthetic_outputs_say_so_and_real_ones_do_not(runs, tmp_path):
     marked = _outputs(runs, tmp_path / "demo", synthetic=True)
     plain = _outputs(runs, tmp_path / "real", synthetic=False)
-    assert len(marked) == 5 * 3 + 4
+    assert len(marked) == 6 * 3 + 4
     for name, text in marked.items():
         assert "synthetic look-alike data" in text.lower(), name
         assert "synthetic" not in plain[name].lower(), name
@@ -604,3 +605,52 @@ def test_the_mosei_table_has_the_weighted_metrics_beside_franceschinis():
     older = _mpuc_runs().drop(columns=["weighted_accuracy", "weighted_f1"])
     t3_old = tables.study_table(older, PAPER, "table3")
     assert t3_old["weighted_accuracy"].isna().all()
+
+
+def test_paper_results_hold_franceschinis_table_ii_per_emotion():
+    rows = {r["label"]: r for r in PAPER["franceschini"]["rows"]}
+    assert list(rows) == ["Late Fusion", "Attention Mec.", "Ours wout/ text", "Ours"]
+    assert [r.get("method") for r in rows.values()] == [None, None, "mpuc_wo_text", "mpuc"]
+    assert rows["Ours"]["emotions"]["surprise"] == [62.93, 72.73]
+    assert rows["Late Fusion"]["emotions"]["surprise"] == [50.01, 3.31]
+    for label, row in rows.items():
+        assert list(row["emotions"]) == list(MOSEI), label
+        # each printed Overall is the mean of the printed emotions, to the digits they print
+        for i, metric in enumerate(("weighted_accuracy", "weighted_f1")):
+            mean = np.mean([v[i] for v in row["emotions"].values()])
+            assert row[metric] == pytest.approx(mean, abs=0.06), (label, metric)
+
+
+def test_franceschini_table_puts_our_mpuc_runs_beside_their_table_ii_per_emotion():
+    runs = _mpuc_runs()
+    for metric, base in (("weighted_accuracy", 0.60), ("weighted_f1", 0.50)):
+        for i, emotion in enumerate(MOSEI):  # seed 0: base + i/100, seed 1: base + 3 i/100
+            runs[f"{metric}_{emotion}"] = base + i / 100 * np.where(runs["seed"] == 0, 1, 3)
+    frame = tables.franceschini_table(runs, PAPER)
+    assert len(frame) == 4 * 7 and frame.attrs["title"] == "Franceschini et al., Table II"
+    table = frame.set_index(["method", "emotion"])
+    fear = table.loc[("MPUC", "Fear")]  # i = 5: 0.65 and 0.75 -> 70 ± 7.07
+    assert fear["weighted_accuracy"] == pytest.approx(70.0)
+    assert fear["weighted_accuracy_std"] == pytest.approx(np.std([65, 75], ddof=1))
+    assert fear["weighted_accuracy_paper"] == 64.49
+    assert fear["weighted_accuracy_diff"] == pytest.approx(70.0 - 64.49)
+    assert fear["weighted_f1"] == pytest.approx(60.0) and fear["weighted_f1_paper"] == 74.85
+    assert fear["n_seeds"] == 2
+    overall = table.loc[("MPUC", "Overall")]  # the runs' own mean over the emotions
+    assert overall["weighted_accuracy"] == pytest.approx(66.5)
+    assert overall["weighted_f1_paper"] == 69.50
+    wo = table.loc[("MPUC Wout/text", "Happy")]  # one seed: no std
+    assert wo["weighted_accuracy"] == pytest.approx(60.0) and math.isnan(wo["weighted_f1_std"])
+    assert wo["weighted_accuracy_paper"] == 63.96
+    baseline = table.loc[("Late Fusion", "Sad")]  # theirs only
+    assert math.isnan(baseline["weighted_accuracy"]) and baseline["weighted_f1_paper"] == 27.97
+    assert baseline["n_seeds"] == 0
+    md = tables.to_markdown(frame)
+    assert md.splitlines()[0].startswith("| Method | Emotion | w-Acc. ours | w-Acc. paper |")
+    line = next(x for x in md.splitlines() if x.startswith("| MPUC | Fear |"))
+    assert "| 70.00 ± 7.07 | 64.49 | +5.51 |" in line
+    # runs without the per-emotion columns (older cells): their emotions only, our Overall kept
+    older = tables.franceschini_table(_mpuc_runs(), PAPER)
+    per_emotion = older["emotion"] != "Overall"
+    assert older.loc[per_emotion, "weighted_f1"].isna().all()
+    assert older.loc[~per_emotion, "weighted_f1"].notna().sum() == 2  # MPUC and without text

@@ -476,6 +476,10 @@ def test_tables_have_every_paper_row(demo_run):
         assert len(frame) >= len(paper[f"table{n}"]["rows"]), n
         assert (tables / f"table{n}.md").read_text().count("\n") > len(frame)
         assert "\\begin{tabular}" in (tables / f"table{n}.tex").read_text()
+    franceschini = pd.read_csv(tables / "franceschini.csv")  # the tiny demo runs no MPUC
+    assert len(franceschini) == 7 * len(paper["franceschini"]["rows"])
+    assert franceschini["weighted_accuracy_paper"].notna().all()
+    assert franceschini["weighted_accuracy"].isna().all()
     table2 = pd.read_csv(tables / "table2.csv")
     # ours is filled where the tiny run evaluated (CAER, MOSEI) and empty for MELD
     assert table2["caer"].notna().all() and table2["meld"].isna().all()

@@ -1,7 +1,7 @@
-"""Rule tables: Tables 1-5 (md, csv, tex), one HTML page of them, the headline figures, the
-pretrained methods' cross-modal retrieval and the collapse check of BYOL and DINO. With
-``params.synthetic`` (config ``lookalike.enabled``) every output says it comes from synthetic
-look-alike data (:data:`conclugen.tables.SYNTHETIC`)."""
+"""Rule tables: Tables 1-5 and Franceschini et al.'s Table II (md, csv, tex), one HTML page of
+them, the headline figures, the pretrained methods' cross-modal retrieval and the collapse check
+of BYOL and DINO. With ``params.synthetic`` (config ``lookalike.enabled``) every output says it
+comes from synthetic look-alike data (:data:`conclugen.tables.SYNTHETIC`)."""
 
 import json
 from pathlib import Path
