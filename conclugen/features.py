@@ -280,7 +280,8 @@ class LocalViews:
 
 NO_LOCAL_VIEWS = LocalViews()
 # The last key of a local view's generator (:func:`local_view_params`): nonzero, since numpy's
-# SeedSequence ignores trailing zero words, and none of the modality indices of the downstream
+# SeedSequence pads entropy shorter than its 4-word pool with zero words (so a trailing 0 key
+# can repeat a shorter key's stream), and none of the modality indices of the downstream
 # copies' keys, so it shares its stream with no global view and no copy.
 LOCAL_VIEW_KEY = 1000
 

@@ -194,6 +194,24 @@ def test_views_are_temporally_consistent_and_shared_by_2d_and_3d(videos):
     assert view_params("still", 0, 5) != view_params("still", 0, 6)
 
 
+def test_no_two_draws_of_a_clip_share_a_random_stream():
+    """View k, local view k, downstream copy k of each modality and temporal window k of one
+    clip under one seed each draw their own stream."""
+    from conclugen.features import LOCAL_VIEW_KEY, WINDOW_STREAM, copy_rng
+
+    seed, clip = 0, "clip"
+    augment = Augment(count=3, seed=seed)
+    for k in range(3):
+        streams = {
+            "view": clip_rng(seed, clip, k),
+            "local view": clip_rng(seed, clip, k, LOCAL_VIEW_KEY),
+            "window": clip_rng(seed, clip, k, WINDOW_STREAM),
+            **{f"copy {m}": copy_rng(augment, clip, k, m) for m in featstore.MODALITIES},
+        }
+        first = {name: rng.integers(1 << 62) for name, rng in streams.items()}
+        assert len(set(first.values())) == len(first), (k, first)
+
+
 def test_local_views_follow_the_views_and_are_shared_by_2d_and_3d(videos):
     clips = clips_table(videos, ["still"], {"still": 20})
     local = LocalViews(count=2)
