@@ -106,6 +106,19 @@ def is_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
+def source_files(config: dict[str, Any], dataset: str) -> list[str]:
+    """The user's files a dataset's download takes (``path`` archives, every part of a glob;
+    not a folder, which is linked as is, nor the demo's look-alike archives), those that exist:
+    the download rule's inputs, so replacing one reruns it."""
+    files = []
+    for archive in config["datasets"][dataset]["source"]["archives"]:
+        path = archive.get("path")
+        if path is None or produced_by_workflow(path, config):
+            continue
+        files += sorted(p for p in glob.glob(os.path.expanduser(path)) if os.path.isfile(p))
+    return files
+
+
 def missing_paths(config: dict[str, Any]) -> list[str]:
     """User-supplied input paths named by ``config`` that do not exist, as ``key: path`` lines."""
     problems = []
@@ -116,7 +129,7 @@ def missing_paths(config: dict[str, Any]) -> list[str]:
             path = archive.get("path")
             if path is None or produced_by_workflow(path, config):
                 continue
-            if not glob.glob(path):
+            if not glob.glob(os.path.expanduser(path)):
                 what = "matches no file" if is_glob(path) else "does not exist"
                 problems.append(f"datasets.{name}.source.archives.{i}.path: {path} {what}")
     for role in ("video2d", "video3d", "audio"):

@@ -5,6 +5,7 @@ from conclugen.config import (
     enabled_datasets,
     pretraining_dataset,
     produced_by_workflow,
+    source_files,
     weights_key,
 )
 from conclugen.data.manifest import load_exclusions
@@ -84,12 +85,14 @@ def shards(dataset):
     return range(config["datasets"][dataset]["shards"])
 
 
-def lookalike_input(wildcards):
-    """The look-alike generator's output when the demo's sources point into it, else nothing."""
+def download_input(wildcards):
+    """What a dataset's download reads: the look-alike generator's output when the demo's
+    sources point into it, and the user's archive files (so replacing one reruns it)."""
     archives = config["datasets"][wildcards.dataset]["source"]["archives"]
+    files = source_files(config, wildcards.dataset)
     if any(produced_by_workflow(a.get("path", ""), config) for a in archives):
-        return f"{LOOKALIKE['root']}/{wildcards.dataset}/truth.parquet"
-    return []
+        files.append(f"{LOOKALIKE['root']}/{wildcards.dataset}/truth.parquet")
+    return files
 
 
 def shard_stages(dataset):

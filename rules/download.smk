@@ -1,7 +1,7 @@
 rule download:
     """Fetch (public archives) or take (licence-gated data) a dataset, verify, extract."""
     input:
-        lookalike_input,
+        download_input,
     output:
         directory("results/{dataset}/raw"),
     log:

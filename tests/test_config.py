@@ -10,6 +10,7 @@ from conclugen.config import (
     missing_paths,
     needed_missing,
     overlay_problem,
+    source_files,
     validate,
 )
 from tests.conftest import ROOT, run_snakemake
@@ -77,6 +78,18 @@ def test_missing_user_path_is_refused_and_named(tmp_path, monkeypatch):
     assert any(p.startswith("datasets.caer.source.archives.0.path:") for p in problems)
     with pytest.raises(ConfigError, match="datasets.voxceleb2.source.archives.0.path"):
         load_checked(copy.deepcopy(config), SCHEMA)
+
+
+def test_a_user_path_under_home_is_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "CAER.zip").write_bytes(b"PK")
+    config = demo_config()
+    config["lookalike"]["enabled"] = False
+    config["datasets"]["caer"]["source"]["archives"] = [{"path": "~/data/CAER.zip"}]
+    validate(config, SCHEMA)
+    assert not any(p.startswith("datasets.caer.") for p in missing_paths(config))
+    assert source_files(config, "caer") == [str(tmp_path / "data" / "CAER.zip")]
 
 
 def test_lookalike_sources_need_not_exist_yet():

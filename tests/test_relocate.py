@@ -1,8 +1,10 @@
 """The workflow runs in any working directory (`-d`) and does not depend on where the checkout is:
 no path in the DAG names the checkout, so a moved checkout reruns nothing."""
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,3 +93,31 @@ def test_the_plan_names_no_path_in_the_checkout(tmp_path):
     jobs = [line for line in proc.stdout.splitlines() if line.startswith("    ")]
     assert any(line.startswith("    input: ") for line in jobs)
     assert not [line for line in jobs if str(ROOT) in line]
+
+
+def test_a_new_copy_of_a_users_archive_reruns_its_download(finished):
+    """A ``path`` source's files (every part of a glob) are the download's inputs: a part
+    replaced by other bytes reruns the download; a part merely touched does not."""
+    top, workdir, _ = finished
+    user = top / "my-data"
+    user.mkdir()
+    for part in (workdir / "results" / "lookalike" / "voxceleb2").glob("vox2_*_parta?"):
+        shutil.copy2(part, user / part.name)
+    config = tiny_config()
+    config["exclusions"] = "config/exclusions.yaml"
+    for archive in config["datasets"]["voxceleb2"]["source"]["archives"]:
+        archive["path"] = str(user / Path(archive["path"]).name)  # the same glob, elsewhere
+    cfg = top / "mine.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    snakemake(ROOT, workdir, cfg, "--cores", "2", TARGET)
+    assert NOTHING_TO_DO in snakemake(ROOT, workdir, cfg, "-n", TARGET)
+    part = sorted(user.glob("vox2_dev_aac_parta?"))[-1]
+    later = os.stat(workdir / "results" / "voxceleb2" / "raw").st_mtime + 10
+    os.utime(part, (later, later))  # the same bytes, newer: Snakemake's checksum sees no change
+    assert NOTHING_TO_DO in snakemake(ROOT, workdir, cfg, "-n", TARGET)
+    with open(part, "ab") as f:  # other bytes (only planned here, never extracted)
+        f.write(b"\0")
+    os.utime(part, (later + 10, later + 10))
+    log = snakemake(ROOT, workdir, cfg, "-n", TARGET)
+    assert "output: results/voxceleb2/raw" in log, log[-3000:]
+    assert "Updated input files" in log and str(part) in log
