@@ -63,6 +63,7 @@ test: setup slurm
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check conclugen tests workflow
+	$(BIN)/ruff format --check --preview README.md docs  # their Python code blocks (preview in ruff 0.17)
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --configfile config/demo.yaml --lint
 

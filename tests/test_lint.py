@@ -32,3 +32,15 @@ def test_ruff_is_clean():
         [_tool("ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout
+
+
+def test_ruff_format_is_clean():
+    """The code, and the Python code blocks of README.md and docs/ (markdown: ruff's preview)."""
+    for args in (["conclugen", "tests", "workflow"], ["--preview", "README.md", "docs"]):
+        proc = subprocess.run(
+            [_tool("ruff"), "format", "--check", "--no-cache", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
