@@ -659,7 +659,7 @@ def evaluate_cell(
             run = evaluate_run(protocol, seed)
             write_evaluation(run, run_dir(out_dir, protocol, seed))
             m = run.metrics
-            names = m["per_class"].get("names", [])
+            names = m["per_class"].get("names", []) if per_class else []
             rows.append(
                 dict(dataset=dataset, method=method, protocol=protocol, seed=seed)
                 | {k: m[k] for k in metrics}
