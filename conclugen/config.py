@@ -106,17 +106,21 @@ def is_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def source_files(config: dict[str, Any], dataset: str) -> list[str]:
-    """The user's files a dataset's download takes (``path`` archives, every part of a glob;
-    not a folder, which is linked as is, nor the demo's look-alike archives), those that exist:
-    the download rule's inputs, so replacing one reruns it."""
-    files = []
-    for archive in config["datasets"][dataset]["source"]["archives"]:
+def user_archives(config: dict[str, Any], dataset: str):
+    """``(index, path, matches)`` of each ``path`` archive of a dataset's source the user
+    supplies (not the demo's look-alike archives): ``matches`` what the path (``~`` expanded,
+    a glob of parts) names now, sorted."""
+    for i, archive in enumerate(config["datasets"][dataset]["source"]["archives"]):
         path = archive.get("path")
-        if path is None or produced_by_workflow(path, config):
-            continue
-        files += sorted(p for p in glob.glob(os.path.expanduser(path)) if os.path.isfile(p))
-    return files
+        if path is not None and not produced_by_workflow(path, config):
+            yield i, path, sorted(glob.glob(os.path.expanduser(path)))
+
+
+def source_files(config: dict[str, Any], dataset: str) -> list[str]:
+    """The user's files a dataset's download takes (:func:`user_archives`, every part of a
+    glob; not a folder, which is linked as is), those that exist: the download rule's inputs,
+    so replacing one reruns it."""
+    return [p for _, _, found in user_archives(config, dataset) for p in found if os.path.isfile(p)]
 
 
 def missing_paths(config: dict[str, Any]) -> list[str]:
@@ -125,11 +129,8 @@ def missing_paths(config: dict[str, Any]) -> list[str]:
     for name, ds in config.get("datasets", {}).items():
         if not ds.get("enabled", True):
             continue
-        for i, archive in enumerate(ds["source"]["archives"]):
-            path = archive.get("path")
-            if path is None or produced_by_workflow(path, config):
-                continue
-            if not glob.glob(os.path.expanduser(path)):
+        for i, path, found in user_archives(config, name):
+            if not found:
                 what = "matches no file" if is_glob(path) else "does not exist"
                 problems.append(f"datasets.{name}.source.archives.{i}.path: {path} {what}")
     for role in ("video2d", "video3d", "audio"):

@@ -659,14 +659,13 @@ def evaluate_cell(
             run = evaluate_run(protocol, seed)
             write_evaluation(run, run_dir(out_dir, protocol, seed))
             m = run.metrics
-            names = m["per_class"].get("names", []) if per_class else []
             rows.append(
                 dict(dataset=dataset, method=method, protocol=protocol, seed=seed)
                 | {k: m[k] for k in metrics}
                 | {
                     f"{k}_{c}": v
-                    for k in per_class
-                    for c, v in zip(names, m["per_class"][k], strict=True)
+                    for k in per_class  # (regression runs have no per_class: none asked)
+                    for c, v in zip(m["per_class"]["names"], m["per_class"][k], strict=True)
                 }
                 | dict(best_epoch=m["best_epoch"], epochs=m["epochs"])
             )

@@ -169,13 +169,16 @@ def _check_runs(
     return runs
 
 
-def summarise_runs(runs: pd.DataFrame | None) -> pd.DataFrame:
+def summarise_runs(
+    runs: pd.DataFrame | None, metrics: tuple[str, ...] = (*METRICS, *EMOTION_METRICS)
+) -> pd.DataFrame:
     """Mean and sample std (ddof=1) over seeds, in percent, per (dataset, method, protocol):
-    columns ``{metric}``, ``{metric}_std`` (:data:`METRICS`, and :data:`EMOTION_METRICS`: NaN
-    where the runs lack them, single-label ones) and ``n_seeds``."""
+    columns ``{metric}``, ``{metric}_std`` for ``metrics`` (by default :data:`METRICS` and
+    :data:`EMOTION_METRICS`; NaN where the runs lack one, e.g. single-label ones) and
+    ``n_seeds``."""
     runs = _check_runs(runs)
-    runs = runs.assign(**{k: np.nan for k in EMOTION_METRICS if k not in runs})
-    groups = runs.groupby(["dataset", "method", "protocol"])[[*METRICS, *EMOTION_METRICS]]
+    runs = runs.assign(**{k: np.nan for k in metrics if k not in runs})
+    groups = runs.groupby(["dataset", "method", "protocol"])[list(metrics)]
     mean, std = groups.mean() * 100, groups.std(ddof=1) * 100
     out = pd.concat([mean, std.add_suffix("_std")], axis=1)
     out["n_seeds"] = groups.size()
@@ -482,36 +485,29 @@ def franceschini_table(runs: pd.DataFrame | None, paper: dict) -> pd.DataFrame:
     theirs: one row per printed method and emotion (then Overall), columns
     :data:`EMOTION_METRICS` (ours: the runs' ``{metric}_{emotion}`` columns, and for Overall
     the metric itself, the mean over emotions; linear evaluation on CMU-MOSEI)."""
-    runs = _check_runs(runs)
     spec = paper["franceschini"]
     emotions = list(spec["rows"][0]["emotions"])
-    columns = {(e, k): f"{k}_{e}" for e in emotions for k in EMOTION_METRICS}
-    columns |= {("overall", k): k for k in EMOTION_METRICS}
-    runs = runs.assign(**{c: np.nan for c in columns.values() if c not in runs})
-    mosei = runs[(runs["dataset"] == TABLE1_DATASET) & (runs["protocol"] == STUDY_PROTOCOL)]
-    groups = mosei.groupby("method")[list(columns.values())]
-    mean, std, seeds = groups.mean() * 100, groups.std(ddof=1) * 100, groups.size()
+    column = {(e, k): f"{k}_{e}" for e in emotions for k in EMOTION_METRICS}
+    column |= {("overall", k): k for k in EMOTION_METRICS}
+    summary = summarise_runs(runs, tuple(column.values()))
     rows = []
     for row in spec["rows"]:
         method = row.get("method")
-        ran = method in mean.index
+        ours = _ours(summary, TABLE1_DATASET, method, STUDY_PROTOCOL) if method else None
         for emotion in [*emotions, "overall"]:
-            printed = row["emotions"].get(emotion, [None, None])
-            published = dict(zip(EMOTION_METRICS, printed, strict=True))
             if emotion == "overall":
                 published = {k: row[k] for k in EMOTION_METRICS}
-            ours = None
-            if ran:
-                cells = [columns[emotion, k] for k in EMOTION_METRICS]
-                values = [*mean.loc[method, cells], *std.loc[method, cells]]
-                keys = [*EMOTION_METRICS, *(f"{k}_std" for k in EMOTION_METRICS)]
-                ours = pd.Series(values, index=keys)
+            else:
+                published = dict(zip(EMOTION_METRICS, row["emotions"][emotion], strict=True))
+            cells = {}
+            for k in EMOTION_METRICS:
+                cells |= _value_cells(ours, published, [k], metric=column[emotion, k])
             rows.append(
                 {
                     "method": METHOD_LABELS[method] if method else row["label"],
                     "emotion": emotion.capitalize(),
-                    **_value_cells(ours, published, EMOTION_METRICS),
-                    "n_seeds": int(seeds[method]) if ran else 0,
+                    **cells,
+                    "n_seeds": _seeds(ours),
                 }
             )
     frame = _framed(rows, f"{FRANCESCHINI_TITLE}. {spec['caption']} {FRANCESCHINI_NOTE}")
